@@ -1,0 +1,3 @@
+"""socialstream: streaming multi-person conversation understanding."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,129 @@
+"""Lay out a scene in time and draw its frames.
+
+Timing comes from the synthesized speech itself, so the ground truth is exact:
+a line's start and end are the first and last voiced samples placed on the
+timeline. While a player speaks their jaw follows the speech envelope and they
+face the person they address; listeners face the speaker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from stream.demo import portrait as pt
+from stream.demo.scene import Scene
+from stream.demo.speech import envelope
+from stream.frames import SAMPLE_RATE
+
+SCALE = 0.8
+"""Portrait size in the frame relative to the photograph crop."""
+TOP = 165
+"""Frame row of the portraits' top edge."""
+TABLE_TOP = 400
+YAW_TIME_CONSTANT = 0.25
+MOUTH_RELEASE = 0.5
+"""Per-frame decay of mouth opening when the voice drops (jaw closes smoothly)."""
+
+
+@dataclass(frozen=True)
+class PlacedLine:
+    index: int
+    start: float
+    end: float
+    audio: np.ndarray
+
+
+def layout(scene: Scene, audios: list[np.ndarray]) -> tuple[list[PlacedLine], float]:
+    """Place each line after the previous one; return them and the clip's duration."""
+    placed, t = [], scene.lead_in
+    for i, audio in enumerate(audios):
+        t = round(t * SAMPLE_RATE) / SAMPLE_RATE
+        end = t + len(audio) / SAMPLE_RATE
+        placed.append(PlacedLine(i, t, end, audio))
+        t = end + scene.gaps[i % len(scene.gaps)]
+    return placed, placed[-1].end + scene.tail
+
+
+def mix(placed: list[PlacedLine], duration: float) -> np.ndarray:
+    track = np.zeros(int(np.ceil(duration * SAMPLE_RATE)), np.float32)
+    for line in placed:
+        at = round(line.start * SAMPLE_RATE)
+        track[at: at + len(line.audio)] += line.audio
+    return np.clip(track, -1.0, 1.0)
+
+
+def seat_centres(scene: Scene) -> list[int]:
+    n = len(scene.players)
+    return [round(scene.width * (i + 0.5) / n) for i in range(n)]
+
+
+def background(scene: Scene) -> np.ndarray:
+    rows = np.linspace(0.0, 1.0, scene.height, dtype=np.float32)[:, None, None]
+    wall = (1 - rows) * np.array([214, 205, 190], np.float32) + rows * np.array([150, 140, 128])
+    image = np.broadcast_to(wall, (scene.height, scene.width, 3)).astype(np.uint8).copy()
+    image[TABLE_TOP:] = (110, 78, 52)
+    return image
+
+
+class Renderer:
+    """Draws frame after frame; keeps the smoothed head and jaw state between calls."""
+
+    def __init__(self, scene: Scene, placed: list[PlacedLine]) -> None:
+        self.scene, self.placed = scene, placed
+        self.backdrop = background(scene)
+        self.centres = seat_centres(scene)
+        self.ids = [p.id for p in scene.players]
+        self.portraits = [pt.portrait(p.look) for p in scene.players]
+        n = len(self.ids)
+        self.yaw = np.zeros(n)
+        self.target = np.zeros(n)
+        self.mouth = np.zeros(n)
+        self.voices = [
+            envelope(pl.audio, np.arange(0.0, pl.end - pl.start, 1.0 / scene.fps)) for pl in placed
+        ]
+
+    def frame(self, t: float) -> np.ndarray:
+        self._update(t)
+        image = self.backdrop.copy()
+        for i, p in enumerate(self.portraits):
+            self._paste(image, i, pt.animate(p, float(self.mouth[i]), float(self.yaw[i])), p)
+        image[TABLE_TOP:] = self.backdrop[TABLE_TOP:]
+        return image
+
+    def _update(self, t: float) -> None:
+        line = next((pl for pl in self.placed if pl.start - 0.3 <= t <= pl.end + 0.3), None)
+        voice = np.zeros(len(self.ids))
+        if line is not None:
+            spoken = self.scene.lines[line.index]
+            speaker = self.ids.index(spoken.speaker)
+            addressee = self.ids.index(spoken.addressee)
+            for i in range(len(self.ids)):
+                look_at = addressee if i == speaker else speaker
+                self.target[i] = self._facing(i, look_at)
+            frame = round((t - line.start) * self.scene.fps)
+            if line.start <= t <= line.end and frame < len(self.voices[line.index]):
+                voice[speaker] = self.voices[line.index][frame]
+        step = 1.0 / self.scene.fps
+        self.yaw += (self.target - self.yaw) * (1 - np.exp(-step / YAW_TIME_CONSTANT))
+        self.mouth = np.maximum(voice, self.mouth * MOUTH_RELEASE)
+
+    def _facing(self, i: int, j: int) -> float:
+        if i == j:
+            return 0.0
+        distance = (self.centres[j] - self.centres[i]) / (self.scene.width / 2)
+        return float(np.clip(distance * 1.5, -1.0, 1.0))
+
+    def _paste(self, image: np.ndarray, seat: int, face: np.ndarray, p: pt.Portrait) -> None:
+        w, h = round(pt.WIDTH * SCALE), round(pt.HEIGHT * SCALE)
+        face = cv2.resize(face, (w, h), interpolation=cv2.INTER_AREA)
+        alpha = cv2.resize(p.alpha, (w, h), interpolation=cv2.INTER_AREA)[..., None]
+        x0 = self.centres[seat] - w // 2
+        x1, y1 = min(x0 + w, image.shape[1]), min(TOP + h, image.shape[0])
+        xs = max(x0, 0)
+        region = image[TOP:y1, xs:x1].astype(np.float32)
+        src = face[: y1 - TOP, xs - x0: x1 - x0].astype(np.float32)
+        a = alpha[: y1 - TOP, xs - x0: x1 - x0]
+        image[TOP:y1, xs:x1] = (a * src + (1 - a) * region).astype(np.uint8)

@@ -1,0 +1,78 @@
+"""What a generated conversation contains: players at seats, and a scripted dialogue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Player:
+    id: str
+    name: str
+    voice: str
+    """An espeak-ng voice, e.g. `en-us+f3`."""
+    look: int = 0
+    """Which appearance variant renders this player (see `portrait.py`)."""
+
+
+@dataclass(frozen=True)
+class Pronoun:
+    word: str
+    player: str
+    """Id of the player the pronoun refers to."""
+
+
+@dataclass(frozen=True)
+class Line:
+    speaker: str
+    addressee: str
+    text: str
+    pronouns: tuple[Pronoun, ...] = ()
+    mentions: tuple[str, ...] = ()
+    """Ids of players named in the text."""
+
+
+@dataclass(frozen=True)
+class Scene:
+    players: tuple[Player, ...]
+    lines: tuple[Line, ...]
+    width: int = 640
+    height: int = 480
+    fps: int = 30
+    lead_in: float = 0.8
+    gaps: tuple[float, ...] = (0.8,)
+    """Silence between lines, cycled; long enough for a voice-activity hangover."""
+    tail: float = 1.0
+
+    def player(self, player_id: str) -> Player:
+        return next(p for p in self.players if p.id == player_id)
+
+
+def _p(word: str, player: str) -> Pronoun:
+    return Pronoun(word, player)
+
+
+DEMO = Scene(
+    players=(
+        Player("P1", "Alice", "en-us+f3", look=0),
+        Player("P2", "Ben", "en-gb+m3", look=1),
+        Player("P3", "Clara", "en+f4", look=2),
+    ),
+    lines=(
+        Line("P1", "P2", "Ben, did you finish the map for our trip?", mentions=("P2",)),
+        Line("P2", "P1", "Almost. Clara helped me with the route.", mentions=("P3",)),
+        Line("P3", "P1", "He did most of it, honestly.", pronouns=(_p("He", "P2"),)),
+        Line("P1", "P3", "That is kind of you to say, Clara.", mentions=("P3",)),
+        Line("P2", "P3", "You found the shortcut by the lake."),
+        Line("P3", "P2", "Only because you asked me to look."),
+        Line("P1", "P2", "Does she always find the best roads?", pronouns=(_p("she", "P3"),)),
+        Line("P2", "P1", "She does. Ask her about last summer.",
+             pronouns=(_p("She", "P3"), _p("her", "P3"))),
+        Line("P3", "P1", "Alice, he is exaggerating again.", pronouns=(_p("he", "P2"),),
+             mentions=("P1",)),
+        Line("P1", "P3", "Then show me the shortcut, please."),
+        Line("P3", "P2", "Sure. Ben, can you pass me the map?", mentions=("P2",)),
+        Line("P2", "P3", "Here it is. Alice will love it.", mentions=("P1",)),
+    ),
+    gaps=(0.8, 0.95, 0.75, 0.9),
+)

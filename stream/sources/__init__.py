@@ -1,0 +1,1 @@
+"""Sources: media files, pipes and URLs; transcript sidecars."""
