@@ -271,7 +271,7 @@ class Pipeline:
     async def _guard(self, node: _Node, work: Awaitable[T]) -> T:
         try:
             return await work
-        except (asyncio.CancelledError, PipelineError):
+        except (asyncio.CancelledError, PipelineError, StopAsyncIteration):
             raise
         except Exception as exc:
             raise PipelineError(node.name, node.current_pts, exc) from exc

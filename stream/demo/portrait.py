@@ -100,7 +100,7 @@ def animate(p: Portrait, mouth_open: float, yaw: float) -> np.ndarray:
 def _paint_mouth(image: np.ndarray, centre: tuple[float, float], drop: float) -> None:
     overlay = image.copy()
     cx, cy = centre
-    axes = (int(round(9 + drop * 0.5)), max(1, int(round(drop / 2))))
-    cv2.ellipse(overlay, (int(round(cx)), int(round(cy + drop / 2))), axes, 0, 0, 360,
+    axes = (round(9 + drop * 0.5), max(1, round(drop / 2)))
+    cv2.ellipse(overlay, (round(cx), round(cy + drop / 2)), axes, 0, 0, 360,
                 (70, 22, 28), -1, lineType=cv2.LINE_AA)
     cv2.addWeighted(overlay, 0.85, image, 0.15, 0, dst=image)

@@ -43,6 +43,7 @@ class Scene:
     gaps: tuple[float, ...] = (0.8,)
     """Silence between lines, cycled; long enough for a voice-activity hangover."""
     tail: float = 1.0
+    words_per_minute: int = 180
 
     def player(self, player_id: str) -> Player:
         return next(p for p in self.players if p.id == player_id)
@@ -74,5 +75,5 @@ DEMO = Scene(
         Line("P3", "P2", "Sure. Ben, can you pass me the map?", mentions=("P2",)),
         Line("P2", "P3", "Here it is. Alice will love it.", mentions=("P1",)),
     ),
-    gaps=(0.8, 0.95, 0.75, 0.9),
+    gaps=(0.7, 0.85, 0.65, 0.8),
 )

@@ -21,7 +21,8 @@ AAC_FRAME = 1024
 def generate(scene: Scene, out_dir: Path, stem: str = "demo", crf: int = 27) -> Path:
     """Render `scene` into `out_dir/stem.{mp4,srt,truth.json}`; returns the clip's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    audios = [synthesize(line.text, scene.player(line.speaker).voice) for line in scene.lines]
+    audios = [synthesize(line.text, scene.player(line.speaker).voice, scene.words_per_minute)
+              for line in scene.lines]
     placed, duration = layout(scene, audios)
     clip = out_dir / f"{stem}.mp4"
     _write_clip(clip, scene, placed, duration, crf)
@@ -42,7 +43,7 @@ def _write_clip(path: Path, scene: Scene, placed: list[PlacedLine], duration: fl
         video.options = {"crf": str(crf), "preset": "medium", "g": str(scene.fps * 2)}
         audio = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
         audio.time_base = Fraction(1, SAMPLE_RATE)
-        frames = int(round(duration * scene.fps))
+        frames = round(duration * scene.fps)
         sent = 0
         with Progress(transient=True) as progress:
             task = progress.add_task(f"rendering {path.name}", total=frames)

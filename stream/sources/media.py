@@ -13,6 +13,7 @@ import heapq
 import logging
 import math
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -100,6 +101,8 @@ class MediaSource(Source):
         self.want_audio, self.want_video = audio, video
         self.decode_errors = 0
         self._container: av.container.InputContainer | None = None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"decode:{uri}")
+        self._inflight: asyncio.Future[list[Item] | None] | None = None
         self.info: MediaInfo = self._open_container()
 
     def _open_container(self) -> MediaInfo:
@@ -117,15 +120,19 @@ class MediaSource(Source):
         return info
 
     async def items(self) -> AsyncIterator[Item]:
-        decoded = self._decode()
         expected = {kind for kind, wanted in ((AudioChunk, self.want_audio and self.info.has_audio),
                                               (VideoFrame, self.want_video and self.info.has_video))
                     if wanted}
         merger = _PtsReorder(self.uri, expected)
+        decoded = self._decode()
+        loop = asyncio.get_running_loop()
         seq = 0
         try:
             while True:
-                batch = await asyncio.to_thread(_next_batch, decoded)
+                # One worker thread owns the decoder; a cancelled await must not close the
+                # container under it, so the finally below waits for the batch in flight.
+                self._inflight = loop.run_in_executor(self._worker, _next_batch, decoded)
+                batch = await self._inflight
                 ready = merger.drain() if batch is None else merger.push(batch)
                 for item in ready:
                     await self.pacer.wait_until(item.pts)
@@ -134,7 +141,13 @@ class MediaSource(Source):
                 if batch is None:
                     return
         finally:
-            decoded.close()
+            await self._settle()
+            await loop.run_in_executor(self._worker, decoded.close)
+
+    async def _settle(self) -> None:
+        if self._inflight is not None and not self._inflight.done():
+            await asyncio.wait([self._inflight])
+        self._inflight = None
 
     def _decode(self) -> Iterator[list[Item]]:
         container = self._container
@@ -180,9 +193,11 @@ class MediaSource(Source):
                         self.uri, packet.stream.type)
 
     async def close(self) -> None:
+        await self._settle()
         if self._container is not None:
             self._container.close()
             self._container = None
+        self._worker.shutdown(wait=True)
 
 
 def _next_batch(decoded: Iterator[list[Item]]) -> list[Item] | None:

@@ -1,0 +1,1 @@
+"""Compositions of stages (replay now; live and eval later) and the command line."""

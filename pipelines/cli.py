@@ -1,0 +1,154 @@
+"""`socialstream`: the command line. One subcommand per pipeline, plus `bench`.
+
+Bad input ends with one line on stderr and a non-zero exit: 2 for input or
+configuration a user can fix, 1 for a failure inside a stage, 130 after Ctrl-C
+(what was in flight is drained and written first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from pipelines import bench
+from pipelines.config import ReplayConfig, load_config
+from pipelines.replay import Replay, ReplayReport, build_replay, run_replay, session_id
+from stream.errors import UserError
+from stream.runtime import PipelineError, Stage
+from stream.sinks.console import ConsoleSink
+from stream.sinks.jsonl import JsonlSink
+
+HELP = {
+    "media": "media file, '-' for a pipe on stdin, or any URL FFmpeg opens",
+    "transcript": "SRT, WebVTT or JSONL transcript (default: MEDIA's stem with one of "
+                  ".jsonl/.vtt/.srt, if present)",
+    "json": "print only JSON lines on stdout (logs, progress and metrics go to stderr)",
+    "config": "YAML config (default: built-in defaults, as in configs/replay.yaml)",
+    "out": "also write the JSON lines to this file",
+    "realtime": "pace the replay like a live feed (events are identical to a fast replay)",
+    "speed": "pacing speed with --realtime (2 = twice real time)",
+    "video_fps": "decimate video for the vision path to this frame rate",
+    "session": "session id written into events (default: MEDIA's stem)",
+    "verbose": "log more (repeat for debug)",
+}
+
+EXIT_USER, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="socialstream", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=HELP["verbose"])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    replay = commands.add_parser("replay", help="replay a recorded conversation")
+    replay.add_argument("media", help=HELP["media"])
+    replay.add_argument("--transcript", type=Path, help=HELP["transcript"])
+    replay.add_argument("--json", action="store_true", help=HELP["json"])
+    replay.add_argument("--realtime", action="store_true", default=None, help=HELP["realtime"])
+    replay.add_argument("--speed", type=float, help=HELP["speed"])
+    replay.add_argument("--video-fps", type=float, help=HELP["video_fps"])
+    replay.add_argument("--config", type=Path, help=HELP["config"])
+    replay.add_argument("--out", type=Path, help=HELP["out"])
+    replay.add_argument("--session", help=HELP["session"])
+    replay.set_defaults(func=_replay)
+
+    bench.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    stderr = Console(stderr=True, soft_wrap=True)
+    _logging(stderr, args.verbose)
+    try:
+        return int(args.func(args, stderr))
+    except UserError as exc:
+        return _fail(str(exc), EXIT_USER)
+    except PipelineError as exc:
+        if isinstance(exc.cause, UserError):
+            return _fail(str(exc.cause), EXIT_USER)
+        logging.getLogger("socialstream").debug("stage failure", exc_info=exc.cause)
+        return _fail(str(exc), EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"socialstream: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _logging(console: Console, verbose: int) -> None:
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+
+
+def _replay(args: argparse.Namespace, stderr: Console) -> int:
+    config = load_config(args.config, {
+        "source": {"realtime": args.realtime, "speed": args.speed, "video_fps": args.video_fps},
+        "output": {"out": args.out, "session": args.session},
+    })
+    replay = build_replay(args.media, config, _sinks(args, config, session_id(args.media, config)),
+                          args.transcript)
+    try:
+        report = _run_with_progress(replay, config, stderr)
+    finally:
+        if replay.transcript is not None and replay.transcript.problems:
+            stderr.print(f"[yellow]{len(replay.transcript.problems)} malformed transcript "
+                         f"line(s) skipped[/] (first: {replay.transcript.problems[0]})",
+                         highlight=False)
+    if config.output.metrics:
+        stderr.print(replay.pipeline.metrics_table())
+    _summary(stderr, args.media, replay, report)
+    return EXIT_INTERRUPTED if report.interrupted else 0
+
+
+def _sinks(args: argparse.Namespace, config: ReplayConfig, session: str) -> list[Stage]:
+    stdout: Stage = JsonlSink(session) if args.json else ConsoleSink(Console(soft_wrap=True))
+    sinks = [stdout]
+    if config.output.out is not None:
+        sinks.append(JsonlSink(session, config.output.out))
+    return sinks
+
+
+def _run_with_progress(replay: Replay, config: ReplayConfig, stderr: Console) -> ReplayReport:
+    show = config.output.progress and stderr.is_terminal and replay.info.duration
+    if not show:
+        return asyncio.run(run_replay(replay, drain_on_sigint=True))
+    columns = (TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.completed:.1f}/{task.total:.1f}s media"), TimeRemainingColumn())
+    with Progress(*columns, console=stderr, transient=True) as progress:
+        task = progress.add_task(f"replaying {Path(replay.media.uri).name}",
+                                 total=replay.info.duration)
+
+        def advance(pts: float) -> None:
+            progress.update(task, completed=min(pts, replay.info.duration))
+
+        return asyncio.run(run_replay(replay, drain_on_sigint=True, on_progress=advance))
+
+
+def _summary(stderr: Console, media: str, replay: Replay, report: ReplayReport) -> None:
+    turns = replay.pipeline.metrics().get("turns", {}).get("items_out", 0)
+    rtf = report.real_time_factor
+    speed = f" (real-time factor {rtf:.3f})" if rtf is not None else ""
+    state = "[yellow]interrupted[/]: " if report.interrupted else ""
+    transcript = ""
+    if replay.transcript is not None:
+        transcript = (f"; transcript {replay.transcript.path}: {len(replay.transcript.lines)} "
+                      f"lines, {len(replay.transcript.problems)} skipped")
+    decode = f"; {replay.media.decode_errors} undecodable packets skipped" \
+        if replay.media.decode_errors else ""
+    stderr.print(f"{state}{media}: {turns} turns in {report.wall_s:.2f}s{speed}"
+                 f"{transcript}{decode}", highlight=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Pipeline configuration: YAML files validated by pydantic, overridden by flags.
+
+`configs/replay.yaml` mirrors the defaults below (a test keeps them equal).
+An unknown key or a bad value is a `ConfigError` naming the key and the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from stream.audio.vad import VadConfig
+from stream.errors import ConfigError
+from stream.turns.assembler import TurnConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Strict):
+    realtime: bool = Field(False, description="pace the replay like a live feed")
+    speed: float = Field(1.0, gt=0, description="pacing speed with realtime (2.0 = twice as fast)")
+    video_fps: float | None = Field(
+        None, gt=0, description="decimate the vision path to this rate (null: every frame)")
+    video_size: tuple[int, int] | None = Field(
+        None, description="resize frames to [width, height] (null: keep the source size)")
+
+
+class QueueConfig(_Strict):
+    size: int = Field(64, ge=1, description="bound of every edge between stages, in items")
+
+
+class OutputConfig(_Strict):
+    out: Path | None = Field(None, description="write JSONL events to this file too")
+    session: str | None = Field(None, description="session id in events (default: media stem)")
+    progress: bool = Field(True, description="progress bar on a terminal (never when piped)")
+    metrics: bool = Field(True, description="stage metrics table at the end of a run")
+
+
+class ReplayConfig(_Strict):
+    source: SourceConfig = SourceConfig()
+    vad: VadConfig = VadConfig()
+    turns: TurnConfig = TurnConfig()
+    queues: QueueConfig = QueueConfig()
+    output: OutputConfig = OutputConfig()
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None,
+                model: type[ReplayConfig] = ReplayConfig) -> ReplayConfig:
+    """Defaults, then the YAML file, then `overrides` (nested dicts, None values ignored)."""
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        origin = str(path)
+        data = _read_yaml(path)
+    _merge(data, overrides or {})
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {_message(err)}"
+            for err in exc.errors())
+        raise ConfigError(f"{origin}: {problems}") from exc
+
+
+def _message(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    return str(err["msg"])
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") \
+            from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return loaded
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> None:
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            section = base.setdefault(key, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"config section {key!r} must be a mapping")
+            _merge(section, value)
+        elif value is not None:
+            base[key] = value

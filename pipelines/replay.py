@@ -1,0 +1,130 @@
+"""Replay a recorded conversation: media (+ transcript) -> VAD -> turns -> sinks.
+
+    media ─┬─ audio ─ vad ─ speech events ─┐
+           └─ video (key frames) ──────────┼─ turns ─ sinks
+    transcript sidecar ─ lines ────────────┘
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.config import ReplayConfig
+from stream.audio.vad import VadStage
+from stream.frames import (
+    AudioChunk,
+    Item,
+    SpeechSegment,
+    SpeechStarted,
+    TranscriptLine,
+    Turn,
+    VideoFrame,
+)
+from stream.runtime import Pipeline, Stage
+from stream.sources.media import MediaInfo, MediaSource
+from stream.sources.pacing import Pacer
+from stream.sources.transcript import TranscriptSource
+from stream.transcript.readers import Transcript, find_sidecar, read_transcript
+from stream.turns.assembler import TurnAssembler, TurnStage
+
+
+@dataclass
+class Replay:
+    """A built, not yet run, replay graph and what it was built from."""
+
+    pipeline: Pipeline
+    media: MediaSource
+    transcript: Transcript | None
+    session: str
+
+    @property
+    def info(self) -> MediaInfo:
+        return self.media.info
+
+
+@dataclass
+class ReplayReport:
+    wall_s: float
+    media_s: float | None
+    interrupted: bool
+    metrics: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
+
+    @property
+    def real_time_factor(self) -> float | None:
+        return self.wall_s / self.media_s if self.media_s else None
+
+
+class Collect(Stage):
+    """Keeps turns in memory (tests, benchmarks, later evaluation)."""
+
+    name = "collect"
+
+    def __init__(self) -> None:
+        self.turns: list[Turn] = []
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        if isinstance(item, Turn):
+            self.turns.append(item)
+        return ()
+
+
+def resolve_transcript(media: str, transcript: Path | None) -> Transcript | None:
+    path = transcript or find_sidecar(media)
+    return read_transcript(path) if path is not None else None
+
+
+def build_replay(media: str, config: ReplayConfig, sinks: Sequence[Stage],
+                 transcript: Path | None = None) -> Replay:
+    """Wire the graph. Raises `UserError` for unusable media or transcript."""
+    src = config.source
+    source = MediaSource(media, pacer=Pacer(src.speed if src.realtime else None),
+                         video_fps=src.video_fps, video_size=src.video_size)
+    lines = resolve_transcript(media, transcript)
+    pipe = Pipeline()
+    size = config.queues.size
+    pipe.add(source)
+    if lines is not None:
+        pipe.add(TranscriptSource(lines))
+    has_audio = source.info.has_audio
+    assembler = TurnAssembler(config.turns, has_audio=has_audio,
+                              orphan_delay_s=config.vad.hangover_s + config.vad.frame_s)
+    if has_audio:
+        pipe.add(VadStage(config.vad))
+        pipe.connect(source.name, "vad", AudioChunk, maxsize=size)
+    pipe.add(TurnStage(assembler))
+    if has_audio:
+        pipe.connect("vad", "turns", SpeechStarted, SpeechSegment, maxsize=size)
+    pipe.connect(source.name, "turns", VideoFrame, maxsize=size)
+    if lines is not None:
+        pipe.connect("transcript", "turns", TranscriptLine, maxsize=size)
+    for i, sink in enumerate(sinks):
+        name = pipe.add(sink, f"{sink.name}-{i}" if i else sink.name)
+        pipe.connect("turns", name, Turn, maxsize=size)
+    return Replay(pipe, source, lines, session_id(media, config))
+
+
+async def run_replay(replay: Replay, *, drain_on_sigint: bool = False,
+                     on_progress: Callable[[float], None] | None = None) -> ReplayReport:
+    if on_progress is not None:
+        media_name = replay.media.name
+        replay.pipeline.observe(
+            lambda node, item: on_progress(item.pts) if node == media_name else None)
+    began = time.perf_counter()
+    if drain_on_sigint:
+        with replay.pipeline.sigint_drains():
+            await replay.pipeline.run()
+    else:
+        await replay.pipeline.run()
+    return ReplayReport(wall_s=time.perf_counter() - began, media_s=replay.info.duration,
+                        interrupted=replay.pipeline.stop_requested,
+                        metrics=replay.pipeline.metrics())
+
+
+def session_id(media: str, config: ReplayConfig) -> str:
+    """The configured session id, else the media's stem (`stdin` for a pipe)."""
+    if config.output.session:
+        return config.output.session
+    return "stdin" if media == "-" else Path(media.split("?")[0].rstrip("/")).stem or "session"

@@ -1,0 +1,137 @@
+"""Voice activity with webrtcvad as a four-state machine (quiet, starting, speaking, stopping).
+
+Start and stop delays are configured in seconds and turned into frame counts.
+Speech is confirmed after `min_speech_s` of voiced frames and closed after
+`hangover_s` of silence; the closed segment ends at its last voiced frame.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from enum import Enum
+from typing import Literal
+
+import numpy as np
+import webrtcvad
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from stream.frames import SAMPLE_RATE, AudioChunk, Item, SpeechSegment, SpeechStarted
+from stream.runtime import Stage
+
+
+class VadConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    frame_ms: Literal[10, 20, 30] = Field(20, description="webrtcvad frame length")
+    aggressiveness: int = Field(2, ge=0, le=3, description="0 keeps most speech, 3 least noise")
+    min_speech_s: float = Field(0.12, gt=0, description="voiced time before speech starts")
+    hangover_s: float = Field(0.4, gt=0, description="silence before speech stops")
+
+    @model_validator(mode="after")
+    def _hangover_covers_a_frame(self) -> VadConfig:
+        if self.hangover_s < self.frame_ms / 1000:
+            raise ValueError(f"hangover_s ({self.hangover_s}) must be at least one frame "
+                             f"({self.frame_ms} ms)")
+        return self
+
+    @property
+    def frame_s(self) -> float:
+        return self.frame_ms / 1000
+
+
+class _State(Enum):
+    QUIET = "quiet"
+    STARTING = "starting"
+    SPEAKING = "speaking"
+    STOPPING = "stopping"
+
+
+class VoiceActivity:
+    """The pure core: feed audio, get `SpeechStarted` and `SpeechSegment` events."""
+
+    def __init__(self, config: VadConfig | None = None) -> None:
+        self.config = config or VadConfig()
+        self._frame = round(self.config.frame_s * SAMPLE_RATE)
+        frame_s = self.config.frame_s
+        self._start_frames = max(1, math.ceil(self.config.min_speech_s / frame_s - 1e-9))
+        self._stop_frames = max(1, math.ceil(self.config.hangover_s / frame_s - 1e-9))
+        self._vad = webrtcvad.Vad(self.config.aggressiveness)
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = _State.QUIET
+        self._buffer = np.zeros(0, np.int16)
+        self._buffer_pts = 0.0
+        self._count = 0
+        self._run_start = 0.0
+        self._last_voiced_end = 0.0
+
+    def feed(self, samples: np.ndarray, pts: float) -> list[Item]:
+        expected = self._buffer_pts + len(self._buffer) / SAMPLE_RATE
+        if len(self._buffer) == 0 or abs(pts - expected) > self.config.frame_s:
+            self._buffer, self._buffer_pts = samples, pts  # first chunk, or a gap: resync
+        else:
+            self._buffer = np.concatenate([self._buffer, samples])
+        events: list[Item] = []
+        whole = len(self._buffer) // self._frame * self._frame
+        for at in range(0, whole, self._frame):
+            start = self._buffer_pts + at / SAMPLE_RATE
+            voiced = self._vad.is_speech(self._buffer[at: at + self._frame].tobytes(), SAMPLE_RATE)
+            events.extend(self._step(voiced, start, start + self.config.frame_s))
+        self._buffer = self._buffer[whole:]
+        self._buffer_pts += whole / SAMPLE_RATE
+        return events
+
+    def flush(self) -> list[Item]:
+        """End of audio: close an open segment at its last voiced frame."""
+        events: list[Item] = []
+        if self.state in (_State.SPEAKING, _State.STOPPING):
+            events.append(SpeechSegment(pts=max(self._buffer_pts, self._last_voiced_end),
+                                        start=self._run_start, end=self._last_voiced_end))
+        self.reset()
+        return events
+
+    def _step(self, voiced: bool, start: float, end: float) -> list[Item]:
+        s = self.state
+        if s is _State.QUIET and voiced:
+            self._run_start, self._count, self.state = start, 0, _State.STARTING
+            s = _State.STARTING
+        if s is _State.STARTING:
+            if not voiced:
+                self.state = _State.QUIET
+                return []
+            self._count += 1
+            self._last_voiced_end = end
+            if self._count >= self._start_frames:
+                self.state = _State.SPEAKING
+                return [SpeechStarted(pts=end, start=self._run_start)]
+            return []
+        if voiced:
+            self._last_voiced_end, self._count, self.state = end, 0, _State.SPEAKING
+            return []
+        if s is _State.QUIET:
+            return []
+        self._count = 1 if s is _State.SPEAKING else self._count + 1
+        self.state = _State.STOPPING
+        if self._count < self._stop_frames:
+            return []
+        self.state = _State.QUIET
+        return [SpeechSegment(pts=end, start=self._run_start, end=self._last_voiced_end)]
+
+
+class VadStage(Stage):
+    """Audio chunks in; speech-start and speech-segment events out."""
+
+    name = "vad"
+
+    def __init__(self, config: VadConfig | None = None) -> None:
+        self.core = VoiceActivity(config)
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        if isinstance(item, AudioChunk):
+            return self.core.feed(item.samples, item.pts)
+        return ()
+
+    async def finish(self) -> Sequence[Item]:
+        return self.core.flush()

@@ -1,0 +1,28 @@
+"""Turns as readable lines on a terminal, for people rather than programs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.markup import escape
+
+from stream.frames import Item, Turn
+from stream.runtime import Stage
+
+
+class ConsoleSink(Stage):
+    name = "console"
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        if isinstance(item, Turn):
+            who = f" [cyan]{escape(item.speaker_name)}[/]" if item.speaker_name else ""
+            words = escape(item.text) if item.text else "[dim](no transcript)[/]"
+            self.console.print(
+                f"[bold]turn {item.index:>3}[/] {item.start:7.2f}-{item.end:7.2f}s"
+                f" [dim]{item.origin:<10}[/]{who} {words}  "
+                f"[dim]{len(item.keyframes)} key frames[/]", highlight=False)
+        return ()

@@ -1,0 +1,54 @@
+"""JSON lines to stdout or a file, one event per line, flushed per event.
+
+Flushing per event means whatever was emitted before a crash or Ctrl-C is on
+disk; the file is closed when the stage stops, error or not.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from stream.errors import UserError
+from stream.events import dumps, turn_event
+from stream.frames import Item, Turn
+from stream.runtime import Stage
+
+
+class JsonlSink(Stage):
+    name = "jsonl"
+
+    def __init__(self, session: str, path: Path | None = None) -> None:
+        self.session = session
+        self.path = path
+        self.written = 0
+        self._out: TextIO | None = None
+
+    async def start(self) -> None:
+        if self.path is None:
+            self._out = sys.stdout
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._out = self.path.open("w", encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"{self.path}: cannot write events ({exc.strerror}); "
+                            "choose another --out") from exc
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        if isinstance(item, Turn):
+            self.write(turn_event(item, self.session))
+        return ()
+
+    def write(self, event: dict) -> None:
+        assert self._out is not None, "start() opens the output"
+        self._out.write(dumps(event) + "\n")
+        self._out.flush()
+        self.written += 1
+
+    async def stop(self) -> None:
+        if self._out is not None and self._out is not sys.stdout:
+            self._out.close()
+        self._out = None

@@ -1,0 +1,1 @@
+"""Transcripts: sidecar readers (SRT, WebVTT, JSONL)."""

@@ -1,0 +1,158 @@
+"""Turn assembly: speech segments + transcript lines + key frames -> `Turn`s.
+
+A turn is emitted the moment voice activity closes its segment (one hangover
+after the speech ends) and uses nothing later than its own end. The
+transcript gives it words: a line belongs to the segment it overlaps for at
+least half of its length, and a segment holding several lines (speakers
+handing over without a pause) is split at the line boundaries. A transcript
+line that no speech segment claims still becomes a turn of its own
+(`origin: transcript`): nothing said is lost, and a clip without audio gets
+its turns from the transcript alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stream.frames import (
+    Item,
+    SpeechSegment,
+    SpeechStarted,
+    TranscriptLine,
+    Turn,
+    VideoFrame,
+)
+from stream.runtime import Stage
+
+
+class TurnConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keyframes_per_s: float = Field(2.0, gt=0, le=30, description="key frames sampled per second")
+    frame_memory_s: float = Field(
+        30.0, gt=0, description="how far back key frames are kept (bounds memory on long turns)")
+    min_line_overlap: float = Field(
+        0.5, gt=0, le=1, description="share of a line inside a segment for it to belong there")
+
+
+class TurnAssembler:
+    """The pure core. Feed items in media-time order; it returns finished turns."""
+
+    def __init__(self, config: TurnConfig | None = None, *, has_audio: bool = True,
+                 orphan_delay_s: float = 0.0) -> None:
+        self.config = config or TurnConfig()
+        self.has_audio = has_audio
+        self.orphan_delay_s = orphan_delay_s
+        """How long after a line's end a segment could still claim it (the VAD's hangover)."""
+        self.reset()
+
+    def reset(self) -> None:
+        self._frames: deque[VideoFrame] = deque()
+        self._last_tick = -math.inf
+        self._lines: list[TranscriptLine] = []
+        self._open_start: float | None = None
+        self._index = 0
+        self._now = -math.inf
+
+    def push(self, item: Item) -> list[Turn]:
+        self._now = max(self._now, item.pts)
+        turns: list[Turn] = []
+        if isinstance(item, VideoFrame):
+            self._keep_frame(item)
+        elif isinstance(item, TranscriptLine):
+            self._lines.append(item)
+        elif isinstance(item, SpeechStarted):
+            self._open_start = item.start
+        elif isinstance(item, SpeechSegment):
+            self._open_start = None
+            turns.extend(self._close_segment(item))
+        turns.extend(self._orphans(final=False))
+        return turns
+
+    def flush(self) -> list[Turn]:
+        """End of stream: every line still waiting becomes a turn."""
+        self._open_start = None
+        return self._orphans(final=True)
+
+    # -- frames ----------------------------------------------------------
+    def _keep_frame(self, frame: VideoFrame) -> None:
+        tick = math.floor(frame.pts * self.config.keyframes_per_s + 1e-9)
+        if tick > self._last_tick:
+            self._last_tick = tick
+            self._frames.append(frame)
+        while self._frames and self._frames[0].pts < frame.pts - self.config.frame_memory_s:
+            self._frames.popleft()
+
+    def _keyframes(self, start: float, end: float) -> tuple[VideoFrame, ...]:
+        inside = tuple(f for f in self._frames if start <= f.pts <= end)
+        if inside:
+            return inside
+        before = [f for f in self._frames if f.pts <= end]
+        return (before[-1],) if before else ()
+
+    # -- turns -----------------------------------------------------------
+    def _close_segment(self, segment: SpeechSegment) -> list[Turn]:
+        claimed = [line for line in self._lines if self._belongs(line, segment)]
+        self._lines = [line for line in self._lines if line not in claimed]
+        claimed.sort(key=lambda line: line.start)
+        bounds = [segment.start]
+        for before, after in itertools.pairwise(claimed):
+            middle = (before.end + after.start) / 2
+            bounds.append(min(max(middle, bounds[-1]), segment.end))
+        bounds.append(segment.end)
+        groups: list[list[TranscriptLine]] = [[line] for line in claimed] or [[]]
+        return [
+            self._turn(start, end, lines, segment.pts,
+                       (SpeechSegment(pts=segment.pts, start=start, end=end),), "speech")
+            for (start, end), lines in zip(itertools.pairwise(bounds), groups, strict=True)
+        ]
+
+    def _belongs(self, line: TranscriptLine, segment: SpeechSegment) -> bool:
+        overlap = min(line.end, segment.end) - max(line.start, segment.start)
+        length = max(line.end - line.start, 1e-6)
+        return overlap > 0 and overlap >= self.config.min_line_overlap * length
+
+    def _orphans(self, final: bool) -> list[Turn]:
+        turns = []
+        for line in list(self._lines):
+            waiting = self.has_audio and not final and (
+                self._now < line.end + self.orphan_delay_s
+                or (self._open_start is not None and self._open_start < line.end))
+            if waiting:
+                continue
+            self._lines.remove(line)
+            turns.append(self._turn(line.start, line.end, [line], max(self._now, line.pts), (),
+                                    "transcript"))
+        return turns
+
+    def _turn(self, start: float, end: float, lines: list[TranscriptLine], pts: float,
+              segments: tuple[SpeechSegment, ...], origin: str) -> Turn:
+        speakers = {line.speaker for line in lines}
+        turn = Turn(
+            pts=pts, index=self._index, start=start, end=end,
+            text=" ".join(line.text for line in lines),
+            speaker_name=speakers.pop() if len(speakers) == 1 else None,
+            segments=segments, keyframes=self._keyframes(start, end), origin=origin,
+        )
+        self._index += 1
+        return turn
+
+
+class TurnStage(Stage):
+    """Video frames, speech events and transcript lines in; turns out."""
+
+    name = "turns"
+
+    def __init__(self, core: TurnAssembler) -> None:
+        self.core = core
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        return self.core.push(item)
+
+    async def finish(self) -> Sequence[Item]:
+        return self.core.flush()
