@@ -321,11 +321,12 @@ class Pipeline:
         await self._end(node)
 
     async def _emit(self, node: _Node, outputs: Sequence[Item], consumed_pts: float) -> None:
+        floor = max(node.frontier, consumed_pts)
         for item in outputs:
-            if item.pts < node.frontier:
+            if item.pts < floor:
                 raise PipelineError(node.name, node.current_pts, RuntimeError(
                     f"emitted {type(item).__name__} at {item.pts:.3f}s after progress "
-                    f"had reached {node.frontier:.3f}s (outputs must not go back in time)"))
+                    f"had reached {floor:.3f}s (outputs must not go back in time)"))
             node.frontier = item.pts
             node.metrics.items_out += 1
             for observer in self._observers:

@@ -87,7 +87,8 @@ class VoiceActivity:
         """End of audio: close an open segment at its last voiced frame."""
         events: list[Item] = []
         if self.state in (_State.SPEAKING, _State.STOPPING):
-            events.append(SpeechSegment(pts=max(self._buffer_pts, self._last_voiced_end),
+            heard = self._buffer_pts + len(self._buffer) / SAMPLE_RATE
+            events.append(SpeechSegment(pts=max(heard, self._last_voiced_end),
                                         start=self._run_start, end=self._last_voiced_end))
         self.reset()
         return events

@@ -108,7 +108,9 @@ def _cue(block: list[tuple[int, str]], transcript: Transcript,
          speaker_tags: bool) -> None:
     timing_at = next((i for i, (_, line) in enumerate(block) if "-->" in line), None)
     if timing_at is None or timing_at > 1:
-        transcript.skip(block[0][0], f"no cue timing line (got {block[0][1][:40]!r})")
+        # Blame the line where the timing should be: after a cue number or identifier.
+        at = 1 if len(block) > 1 and "-->" not in block[0][1] and timing_at != 0 else 0
+        transcript.skip(block[at][0], f"no cue timing 'START --> END' (got {block[at][1][:40]!r})")
         return
     number, timing = block[timing_at]
     match = _TIMING.match(timing)
