@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ async def test_demo_decodes_to_16k_mono_audio_and_rgb_frames(demo: Path, truth: 
     assert abs(video[1].pts - video[0].pts - 1 / 30) < 1e-6
     pts = [i.pts for i in items]
     assert pts == sorted(pts), "audio and video leave interleaved by media time"
-    for a, b in zip(audio, audio[1:], strict=False):
+    for a, b in itertools.pairwise(audio):
         assert abs(b.pts - a.end) < 1e-6, "audio timestamps follow the sample count"
 
 

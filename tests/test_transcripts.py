@@ -83,7 +83,7 @@ def test_lines_are_released_in_order_of_their_end(tmp_path: Path) -> None:
 
 
 def test_unusable_transcript_files_raise(tmp_path: Path) -> None:
-    with pytest.raises(TranscriptError, match="unknown transcript format .txt"):
+    with pytest.raises(TranscriptError, match=r"unknown transcript format \.txt"):
         read_transcript(_write(tmp_path, "t.txt", "hi"))
     with pytest.raises(TranscriptError, match="cannot read transcript"):
         read_transcript(tmp_path / "missing.srt")

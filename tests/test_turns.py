@@ -88,7 +88,7 @@ def test_a_line_inside_open_speech_waits_for_the_segment() -> None:
 
 
 def test_without_audio_lines_are_the_turns() -> None:
-    turns = run(frames(4) + [line(0.5, 1.5, "one"), line(2.0, 3.0, "two")], has_audio=False)
+    turns = run([*frames(4), line(0.5, 1.5, "one"), line(2.0, 3.0, "two")], has_audio=False)
     assert [(t.text, t.pts, t.origin) for t in turns] == [("one", 1.5, "transcript"),
                                                           ("two", 3.0, "transcript")]
     assert [f.pts for f in turns[1].keyframes] == [2.0, 2.5, 3.0]

@@ -13,6 +13,7 @@ its turns from the transcript alone.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -28,6 +29,8 @@ from stream.frames import (
     VideoFrame,
 )
 from stream.runtime import Stage
+
+log = logging.getLogger(__name__)
 
 
 class TurnConfig(BaseModel):
@@ -47,8 +50,10 @@ class TurnAssembler:
                  orphan_delay_s: float = 0.0) -> None:
         self.config = config or TurnConfig()
         self.has_audio = has_audio
-        self.orphan_delay_s = orphan_delay_s
+        self.orphan_delay_s = orphan_delay_s if has_audio else 0.0
         """How long after a line's end a segment could still claim it (the VAD's hangover)."""
+        self.unused_lines = 0
+        """Lines that start after the media ended (or after an interruption), never turned."""
         self.reset()
 
     def reset(self) -> None:
@@ -58,10 +63,14 @@ class TurnAssembler:
         self._open_start: float | None = None
         self._index = 0
         self._now = -math.inf
+        self._media_now = -math.inf
+        """How far the media (frames, speech events) has come; transcript lines may run ahead."""
 
     def push(self, item: Item) -> list[Turn]:
         self._now = max(self._now, item.pts)
         turns: list[Turn] = []
+        if not isinstance(item, TranscriptLine):
+            self._media_now = max(self._media_now, item.pts)
         if isinstance(item, VideoFrame):
             self._keep_frame(item)
         elif isinstance(item, TranscriptLine):
@@ -120,14 +129,22 @@ class TurnAssembler:
     def _orphans(self, final: bool) -> list[Turn]:
         turns = []
         for line in list(self._lines):
-            waiting = self.has_audio and not final and (
-                self._now < line.end + self.orphan_delay_s
-                or (self._open_start is not None and self._open_start < line.end))
-            if waiting:
+            if final:
+                ready = line.start < self._media_now
+            else:
+                claimable = self._open_start is not None and self._open_start < line.end
+                ready = self._media_now >= line.end + self.orphan_delay_s and not claimable
+            if not ready:
                 continue
             self._lines.remove(line)
             turns.append(self._turn(line.start, line.end, [line], max(self._now, line.pts), (),
                                     "transcript"))
+        if final and self._lines:
+            self.unused_lines += len(self._lines)
+            log.warning("%d transcript line(s) start after the media's last moment (%.2fs) and "
+                        "were not used (first: %s)", len(self._lines), self._media_now,
+                        self._lines[0].origin or f"{self._lines[0].start:.2f}s")
+            self._lines.clear()
         return turns
 
     def _turn(self, start: float, end: float, lines: list[TranscriptLine], pts: float,

@@ -1,0 +1,102 @@
+"""The command line as users run it: outputs, exit codes, one-line errors, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import ROOT, run_cli
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("socialstream: error: ")
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_json_mode_prints_only_events_on_stdout(demo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    result = run_cli("replay", str(demo), "--json", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 12
+    assert [json.loads(ln)["turn"] for ln in lines] == list(range(12))
+    assert out.read_text().splitlines() == lines
+    assert "stage metrics" in result.stderr and "12 turns" in result.stderr
+
+
+def test_human_mode_prints_readable_turns(demo: Path) -> None:
+    result = run_cli("replay", str(demo))
+    assert result.returncode == 0, result.stderr
+    turn_lines = [ln for ln in result.stdout.splitlines() if ln.startswith("turn ")]
+    assert len(turn_lines) == 12 and "Ben, did you finish the map" in turn_lines[0]
+
+
+def test_corrupt_and_missing_media_fail_in_one_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00garbage" * 500)
+    _one_line_error(run_cli("replay", str(broken), "--json"), "broken.mp4", "cannot open")
+    _one_line_error(run_cli("replay", str(tmp_path / "gone.mp4")), "gone.mp4", "no such file")
+
+
+def test_malformed_transcript_lines_are_skipped_and_counted(demo: Path, tmp_path: Path) -> None:
+    transcript = tmp_path / "t.srt"
+    good = (demo.with_suffix(".srt")).read_text()
+    transcript.write_text("1\n00:00:00,100 -> nonsense\nbroken cue\n\n" + good)
+    result = run_cli("replay", str(demo), "--json", "--transcript", str(transcript))
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 12
+    assert "1 malformed transcript line(s) skipped" in result.stderr
+    assert f"{transcript}:2" in result.stderr
+
+
+def test_config_errors_name_the_key_and_the_file(demo: Path, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("vad:\n  hangover: 0.3\n")
+    _one_line_error(run_cli("replay", str(demo), "--config", str(config)),
+                    str(config), "vad.hangover: unknown key")
+    config.write_text("vad:\n  aggressiveness: 9\n")
+    _one_line_error(run_cli("replay", str(demo), "--config", str(config)),
+                    str(config), "vad.aggressiveness")
+    config.write_text("vad: [unclosed\n")
+    _one_line_error(run_cli("replay", str(demo), "--config", str(config)), "not valid YAML")
+
+
+def test_unwritable_output_is_a_user_error(demo: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    _one_line_error(run_cli("replay", str(demo), "--out", str(blocker / "x.jsonl")),
+                    "cannot write events")
+
+
+def test_sigint_drains_and_flushes_what_was_produced(demo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "replay", str(demo), "--json", "--realtime",
+         "--speed", "4", "--out", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4.0)  # about 12 s of media at 4x after start-up
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    printed = stdout.splitlines()
+    assert 1 <= len(printed) < 12
+    assert out.read_text().splitlines() == printed
+    assert "interrupted" in stderr and "stage metrics" in stderr
+
+
+def test_bench_replay_reports_ratios_as_json(demo: Path) -> None:
+    result = run_cli("bench", "replay", "--repeat", "1", "--json", timeout=300)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["turns"] == 12
+    assert figures["replay_rtf"] > 0 and figures["decode_rtf"] > 0
+    assert abs(figures["replay_over_decode"] - figures["replay_s"] / figures["decode_s"]) < 0.01

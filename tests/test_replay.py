@@ -1,0 +1,76 @@
+"""The replay pipeline end to end on the demo clip."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import jsonschema
+
+from pipelines.config import load_config
+from pipelines.replay import Collect, build_replay, run_replay
+from stream.events import dumps, turn_event, turn_schema
+from stream.sinks.jsonl import JsonlSink
+from tests.media import tone_track, write_media
+
+
+def replay_events(media: Path, tmp_path: Path, **overrides) -> list[dict]:
+    out = tmp_path / f"events-{len(list(tmp_path.iterdir()))}.jsonl"
+    config = load_config(None, overrides)
+    replay = build_replay(str(media), config, [JsonlSink("test", out)])
+    asyncio.run(run_replay(replay))
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_one_valid_event_per_utterance_close_to_the_truth(demo: Path, truth: dict,
+                                                          tmp_path: Path) -> None:
+    events = replay_events(demo, tmp_path)
+    schema = turn_schema()
+    for event in events:
+        jsonschema.validate(event, schema)
+    assert len(events) == len(truth["turns"])
+    config = load_config()
+    tolerance = config.vad.frame_s + config.vad.hangover_s
+    for event, turn in zip(events, truth["turns"], strict=True):
+        assert event["text"] == turn["text"]
+        assert event["origin"] == "speech"
+        assert abs(event["start"] - turn["start"]) <= tolerance
+        assert abs(event["end"] - turn["end"]) <= tolerance
+        assert event["emitted_at"] <= turn["end"] + tolerance + 0.15  # webrtcvad's own lag
+        assert all(turn["start"] - tolerance <= k <= event["end"] for k in event["keyframes"])
+        assert len(event["keyframes"]) >= 2 * (turn["end"] - turn["start"]) - 1
+
+
+def test_paced_and_fast_replays_give_identical_events(demo: Path, tmp_path: Path) -> None:
+    fast = replay_events(demo, tmp_path)
+    paced = replay_events(demo, tmp_path, source={"realtime": True, "speed": 4.0})
+    assert [dumps(e) for e in paced] == [dumps(e) for e in fast]
+
+
+def test_small_queues_and_decimated_video_still_lose_nothing(demo: Path, tmp_path: Path) -> None:
+    events = replay_events(demo, tmp_path, queues={"size": 1}, source={"video_fps": 4})
+    assert len(events) == 12 and all(e["keyframes"] for e in events)
+
+
+def test_audio_only_and_video_only_inputs(tmp_path: Path) -> None:
+    voice = write_media(tmp_path / "voice.m4a", video=False,
+                        audio=tone_track([(0.5, 1.5), (2.5, 3.2)], 4.0))
+    events = replay_events(voice, tmp_path)
+    assert [e["keyframes"] for e in events] == [[], []]
+    silent = write_media(tmp_path / "silent.mp4", duration=3.0)
+    (tmp_path / "silent.jsonl").write_text('{"start": 0.5, "end": 1.5, "text": "hi"}\n')
+    events = replay_events(silent, tmp_path)
+    assert [(e["text"], e["origin"]) for e in events] == [("hi", "transcript")]
+    assert events[0]["keyframes"] == [0.52, 1.0]  # 25 fps: first frame at or after each tick
+
+
+def test_collect_keeps_turn_objects_with_frames(demo: Path) -> None:
+    collect = Collect()
+    replay = build_replay(str(demo), load_config(), [collect])
+    report = asyncio.run(run_replay(replay))
+    assert len(collect.turns) == 12
+    assert collect.turns[0].keyframes[0].image.shape == (480, 640, 3)
+    assert report.real_time_factor is not None and not report.interrupted
+    assert report.metrics["vad"]["items_in"] > 0
+    assert turn_event(collect.turns[0], "s")["id"] == "s/turn/0"
