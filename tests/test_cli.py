@@ -100,3 +100,50 @@ def test_bench_replay_reports_ratios_as_json(demo: Path) -> None:
     assert figures["turns"] == 12
     assert figures["replay_rtf"] > 0 and figures["decode_rtf"] > 0
     assert abs(figures["replay_over_decode"] - figures["replay_s"] / figures["decode_s"]) < 0.01
+
+
+def test_progress_bar_on_a_terminal_only(demo: Path) -> None:
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "COLUMNS": "120", "TERM": "xterm"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "replay", str(demo), "--json", "--realtime",
+         "--speed", "8"], cwd=ROOT, stdout=subprocess.PIPE, stderr=follower, env=env)
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    proc.wait(timeout=60)
+    os.close(leader)
+    assert proc.returncode == 0
+    assert b"replaying demo.mp4" in seen and b"s media" in seen
+    piped = run_cli("replay", str(demo), "--json")
+    assert "replaying" not in piped.stderr
+
+
+def test_media_from_a_pipe(demo: Path, tmp_path: Path) -> None:
+    import av
+
+    stream_file = tmp_path / "demo.ts"
+    with av.open(str(demo)) as src, av.open(str(stream_file), "w", format="mpegts") as dst:
+        mapping = {s.index: dst.add_stream_from_template(s) for s in src.streams}
+        for packet in src.demux():
+            if packet.dts is None:
+                continue
+            packet.stream = mapping[packet.stream.index]
+            dst.mux(packet)
+    with stream_file.open("rb") as stdin:
+        result = run_cli("replay", "-", "--json", "--transcript", str(demo.with_suffix(".srt")),
+                         stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(ln) for ln in result.stdout.splitlines()]
+    assert len(events) == 12 and events[0]["session"] == "stdin"
+    assert all(e["origin"] == "speech" and e["text"] for e in events), "pipe timestamps line up"

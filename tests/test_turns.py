@@ -104,3 +104,16 @@ def test_frame_memory_is_bounded() -> None:
     for frame in frames(100, fps=30):
         core.push(frame)
     assert len(core._frames) <= 5 * 2 + 1
+
+
+def test_lines_beyond_the_media_are_counted_not_turned() -> None:
+    # Ctrl-C at 3 s: the transcript had already delivered lines up to 9 s.
+    core = TurnAssembler(TurnConfig(), orphan_delay_s=HANGOVER)
+    items = [*frames(3), line(1.0, 2.0, "said"), line(2.8, 4.0, "cut off"),
+             line(6.0, 9.0, "never reached")]
+    turns = []
+    for item in sorted(items, key=lambda i: i.pts):
+        turns += core.push(item)
+    turns += core.flush()
+    assert [t.text for t in turns] == ["said", "cut off"]
+    assert core.unused_lines == 1
