@@ -112,10 +112,12 @@ def _replay(args: argparse.Namespace, stderr: Console) -> int:
 
 
 def _sinks(args: argparse.Namespace, config: ReplayConfig, session: str) -> list[Stage]:
-    stdout: Stage = JsonlSink(session) if args.json else ConsoleSink(Console(soft_wrap=True))
+    names = config.perception.names
+    stdout: Stage = JsonlSink(session, names=names) if args.json \
+        else ConsoleSink(Console(soft_wrap=True), names)
     sinks = [stdout]
     if config.output.out is not None:
-        sinks.append(JsonlSink(session, config.output.out))
+        sinks.append(JsonlSink(session, config.output.out, names))
     return sinks
 
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stream.audio.vad import VadConfig
 from stream.errors import ConfigError
+from stream.speaker.perception import PerceptionConfig
 from stream.turns.assembler import TurnConfig
 
 
@@ -44,6 +45,7 @@ class OutputConfig(_Strict):
 class ReplayConfig(_Strict):
     source: SourceConfig = SourceConfig()
     vad: VadConfig = VadConfig()
+    perception: PerceptionConfig = PerceptionConfig()
     turns: TurnConfig = TurnConfig()
     queues: QueueConfig = QueueConfig()
     output: OutputConfig = OutputConfig()

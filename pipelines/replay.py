@@ -1,8 +1,9 @@
-"""Replay a recorded conversation: media (+ transcript) -> VAD -> turns -> sinks.
+"""Replay a recorded conversation: media (+ transcript) -> VAD, perception -> turns -> sinks.
 
-    media ─┬─ audio ─ vad ─ speech events ─┐
-           └─ video (key frames) ──────────┼─ turns ─ sinks
-    transcript sidecar ─ lines ────────────┘
+    media ─┬─ audio ─ vad ─┬─ voice frames ─┐
+           │               └─ speech events ┼──────────────────┐
+           └─ video ─────────── perception ─┴─ perceived frames ┼─ turns ─ sinks
+    transcript sidecar ─ lines ────────────────────────────────┘
 """
 
 from __future__ import annotations
@@ -17,16 +18,19 @@ from stream.audio.vad import VadStage
 from stream.frames import (
     AudioChunk,
     Item,
+    PerceivedFrame,
     SpeechSegment,
     SpeechStarted,
     TranscriptLine,
     Turn,
     VideoFrame,
+    VoiceFrame,
 )
 from stream.runtime import Pipeline, Stage
 from stream.sources.media import MediaInfo, MediaSource
 from stream.sources.pacing import Pacer
 from stream.sources.transcript import TranscriptSource
+from stream.speaker.perception import PerceptionStage
 from stream.transcript.readers import Transcript, find_sidecar, read_transcript
 from stream.turns.assembler import TurnAssembler, TurnStage
 
@@ -89,15 +93,25 @@ def build_replay(media: str, config: ReplayConfig, sinks: Sequence[Stage],
     if lines is not None:
         pipe.add(TranscriptSource(lines))
     has_audio = source.info.has_audio
+    perceive = config.perception.enabled and source.info.has_video
     assembler = TurnAssembler(config.turns, has_audio=has_audio,
-                              orphan_delay_s=config.vad.hangover_s + config.vad.frame_s)
+                              orphan_delay_s=config.vad.hangover_s + config.vad.frame_s,
+                              speaker=config.perception.speaker if perceive else None)
     if has_audio:
-        pipe.add(VadStage(config.vad))
+        pipe.add(VadStage(config.vad, emit_frames=perceive))
         pipe.connect(source.name, "vad", AudioChunk, maxsize=size)
+    if perceive:
+        pipe.add(PerceptionStage(config.perception))
+        pipe.connect(source.name, "perception", VideoFrame, maxsize=size)
+        if has_audio:
+            pipe.connect("vad", "perception", VoiceFrame, maxsize=size)
     pipe.add(TurnStage(assembler))
     if has_audio:
         pipe.connect("vad", "turns", SpeechStarted, SpeechSegment, maxsize=size)
-    pipe.connect(source.name, "turns", VideoFrame, maxsize=size)
+    if perceive:
+        pipe.connect("perception", "turns", PerceivedFrame, maxsize=size)
+    else:
+        pipe.connect(source.name, "turns", VideoFrame, maxsize=size)
     if lines is not None:
         pipe.connect("transcript", "turns", TranscriptLine, maxsize=size)
     for i, sink in enumerate(sinks):

@@ -6,17 +6,20 @@ import json
 from importlib import resources
 from typing import Any
 
-from stream.frames import Turn
+from stream.frames import PlayerView, Turn
 
-TURN_SCHEMA = "socialstream.turn/1"
+TURN_SCHEMA = "socialstream.turn/2"
 
 
 def _t(seconds: float) -> float:
     return round(seconds, 3)
 
 
-def turn_event(turn: Turn, session: str) -> dict[str, Any]:
+def turn_event(turn: Turn, session: str, names: dict[str, str] | None = None) -> dict[str, Any]:
     """One turn as a JSON-ready dict; times in seconds on the session clock, to the ms."""
+    vote = turn.vote
+    speaker = vote.speaker if vote is not None else None
+    name = (names or {}).get(speaker) if speaker is not None else None
     return {
         "schema": TURN_SCHEMA,
         "id": f"{session}/turn/{turn.index}",
@@ -27,10 +30,23 @@ def turn_event(turn: Turn, session: str) -> dict[str, Any]:
         "emitted_at": _t(turn.pts),
         "origin": turn.origin,
         "text": turn.text,
-        "speaker_name": turn.speaker_name,
+        "speaker": speaker,
+        "speaker_name": name or turn.speaker_name,
+        "speaker_confidence": round(vote.confidence, 3) if vote is not None else None,
+        "speaker_scores": dict(vote.scores) if vote is not None else {},
+        "players": dict(vote.cues) if vote is not None else {},
         "segments": [{"start": _t(s.start), "end": _t(s.end)} for s in turn.segments],
-        "keyframes": [_t(f.pts) for f in turn.keyframes],
+        "keyframes": [
+            {"t": _t(frame.pts), "players": [_view(v) for v in views]}
+            for frame, views in zip(turn.keyframes, turn.views or [()] * len(turn.keyframes),
+                                    strict=True)
+        ],
     }
+
+
+def _view(view: PlayerView) -> dict[str, Any]:
+    return {"id": view.player, "box": [round(v, 1) for v in view.box], "detected": view.detected,
+            "yaw": view.yaw, "mouth": view.mouth, "p_speaking": view.p_speaking}
 
 
 def dumps(event: dict[str, Any]) -> str:

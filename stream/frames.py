@@ -96,6 +96,61 @@ class TranscriptLine(DataItem):
     """Where the line came from, e.g. `demo.srt:12`, for error messages."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class VoiceFrame(DataItem):
+    """One voice-activity decision for the audio frame [start, pts)."""
+
+    start: float
+    voiced: bool
+
+
+Box = tuple[float, float, float, float]
+"""x0, y0, x1, y1 in pixels of the frame."""
+
+
+@dataclass(frozen=True)
+class PlayerView:
+    """One person as seen in one frame."""
+
+    player: str
+    track: int
+    box: Box
+    detected: bool
+    """False when the box was carried over from an earlier detection."""
+    yaw: float
+    """Head yaw from the face keypoints, -1..1; positive faces the right of the picture."""
+    mouth: float
+    """Smoothed mouth motion, with head motion taken out."""
+    share: float
+    """This person's part of all mouth motion in view, 0..1."""
+    p_speaking: float
+    """Probability this person is speaking now (share, gated by voice activity)."""
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class PerceivedFrame(DataItem):
+    """A video frame with the people in it and who, if anyone, is speaking."""
+
+    frame: VideoFrame
+    players: tuple[PlayerView, ...]
+    voiced: bool
+    speaker: str | None
+    confidence: float
+
+
+@dataclass(frozen=True)
+class SpeakerVote:
+    """Who spoke a turn, from the frames inside it."""
+
+    speaker: str | None
+    """None when no face was seen or no one clearly won ("unknown")."""
+    confidence: float
+    scores: dict[str, float]
+    """Mean share of mouth motion per player over the turn."""
+    cues: dict[str, dict[str, float]]
+    """Per player: mean mouth motion, mean yaw, share of frames visible."""
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Turn(DataItem):
     """One utterance: its span, its words and the media inside it."""
@@ -107,6 +162,10 @@ class Turn(DataItem):
     speaker_name: str | None = None
     segments: tuple[SpeechSegment, ...] = ()
     keyframes: tuple[VideoFrame, ...] = ()
+    views: tuple[tuple[PlayerView, ...], ...] = ()
+    """People seen in each key frame (empty tuples without perception)."""
+    vote: SpeakerVote | None = None
+    """The speaker, when perception ran."""
     origin: str = "speech"
     """`speech` when voice activity delimited it, `transcript` when only the text did."""
 

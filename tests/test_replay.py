@@ -38,8 +38,11 @@ def test_one_valid_event_per_utterance_close_to_the_truth(demo: Path, truth: dic
         assert abs(event["start"] - turn["start"]) <= tolerance
         assert abs(event["end"] - turn["end"]) <= tolerance
         assert event["emitted_at"] <= turn["end"] + tolerance + 0.15  # webrtcvad's own lag
-        assert all(turn["start"] - tolerance <= k <= event["end"] for k in event["keyframes"])
-        assert len(event["keyframes"]) >= 2 * (turn["end"] - turn["start"]) - 1
+        times = [k["t"] for k in event["keyframes"]]
+        assert all(turn["start"] - tolerance <= k <= event["end"] for k in times)
+        assert len(times) >= 2 * (turn["end"] - turn["start"]) - 1
+        assert event["speaker"] == turn["speaker"], "the active speaker of every turn"
+        assert all(len(k["players"]) == 3 for k in event["keyframes"])
 
 
 def test_paced_and_fast_replays_give_identical_events(demo: Path, tmp_path: Path) -> None:
@@ -49,7 +52,7 @@ def test_paced_and_fast_replays_give_identical_events(demo: Path, tmp_path: Path
 
 
 def test_small_queues_and_decimated_video_still_lose_nothing(demo: Path, tmp_path: Path) -> None:
-    events = replay_events(demo, tmp_path, queues={"size": 1}, source={"video_fps": 4})
+    events = replay_events(demo, tmp_path, queues={"size": 1}, source={"video_fps": 15})
     assert len(events) == 12 and all(e["keyframes"] for e in events)
 
 
@@ -62,7 +65,9 @@ def test_audio_only_and_video_only_inputs(tmp_path: Path) -> None:
     (tmp_path / "silent.jsonl").write_text('{"start": 0.5, "end": 1.5, "text": "hi"}\n')
     events = replay_events(silent, tmp_path)
     assert [(e["text"], e["origin"]) for e in events] == [("hi", "transcript")]
-    assert events[0]["keyframes"] == [0.52, 1.0]  # 25 fps: first frame at or after each tick
+    # 25 fps: the first frame at or after each tick; flat grey pictures hold no faces
+    assert events[0]["keyframes"] == [{"t": 0.52, "players": []}, {"t": 1.0, "players": []}]
+    assert events[0]["speaker"] is None and events[0]["speaker_confidence"] == 0.0
 
 
 def test_collect_keeps_turn_objects_with_frames(demo: Path) -> None:

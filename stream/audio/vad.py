@@ -16,7 +16,14 @@ import numpy as np
 import webrtcvad
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from stream.frames import SAMPLE_RATE, AudioChunk, Item, SpeechSegment, SpeechStarted
+from stream.frames import (
+    SAMPLE_RATE,
+    AudioChunk,
+    Item,
+    SpeechSegment,
+    SpeechStarted,
+    VoiceFrame,
+)
 from stream.runtime import Stage
 
 
@@ -50,8 +57,10 @@ class _State(Enum):
 class VoiceActivity:
     """The pure core: feed audio, get `SpeechStarted` and `SpeechSegment` events."""
 
-    def __init__(self, config: VadConfig | None = None) -> None:
+    def __init__(self, config: VadConfig | None = None, *, emit_frames: bool = False) -> None:
         self.config = config or VadConfig()
+        self.emit_frames = emit_frames
+        """Also emit a `VoiceFrame` per audio frame (for active-speaker fusion)."""
         self._frame = round(self.config.frame_s * SAMPLE_RATE)
         frame_s = self.config.frame_s
         self._start_frames = max(1, math.ceil(self.config.min_speech_s / frame_s - 1e-9))
@@ -77,8 +86,11 @@ class VoiceActivity:
         whole = len(self._buffer) // self._frame * self._frame
         for at in range(0, whole, self._frame):
             start = self._buffer_pts + at / SAMPLE_RATE
+            end = start + self.config.frame_s
             voiced = self._vad.is_speech(self._buffer[at: at + self._frame].tobytes(), SAMPLE_RATE)
-            events.extend(self._step(voiced, start, start + self.config.frame_s))
+            if self.emit_frames:
+                events.append(VoiceFrame(pts=end, start=start, voiced=voiced))
+            events.extend(self._step(voiced, start, end))
         self._buffer = self._buffer[whole:]
         self._buffer_pts += whole / SAMPLE_RATE
         return events
@@ -126,8 +138,8 @@ class VadStage(Stage):
 
     name = "vad"
 
-    def __init__(self, config: VadConfig | None = None) -> None:
-        self.core = VoiceActivity(config)
+    def __init__(self, config: VadConfig | None = None, *, emit_frames: bool = False) -> None:
+        self.core = VoiceActivity(config, emit_frames=emit_frames)
 
     async def process(self, item: Item) -> Sequence[Item]:
         if isinstance(item, AudioChunk):

@@ -14,12 +14,20 @@ from stream.runtime import Stage
 class ConsoleSink(Stage):
     name = "console"
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, names: dict[str, str] | None = None) -> None:
         self.console = console
+        self.names = names or {}
 
     async def process(self, item: Item) -> Sequence[Item]:
         if isinstance(item, Turn):
-            who = f" [cyan]{escape(item.speaker_name)}[/]" if item.speaker_name else ""
+            who = ""
+            if item.vote is not None:
+                player = item.vote.speaker or "unknown"
+                name = self.names.get(player) or item.speaker_name
+                label = f"{player} {name}" if name else player
+                who = f" [cyan]{escape(label)}[/] ({item.vote.confidence:.2f})"
+            elif item.speaker_name:
+                who = f" [cyan]{escape(item.speaker_name)}[/]"
             words = escape(item.text) if item.text else "[dim](no transcript)[/]"
             self.console.print(
                 f"[bold]turn {item.index:>3}[/] {item.start:7.2f}-{item.end:7.2f}s"

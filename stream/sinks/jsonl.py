@@ -20,8 +20,10 @@ from stream.runtime import Stage
 class JsonlSink(Stage):
     name = "jsonl"
 
-    def __init__(self, session: str, path: Path | None = None) -> None:
+    def __init__(self, session: str, path: Path | None = None,
+                 names: dict[str, str] | None = None) -> None:
         self.session = session
+        self.names = names or {}
         self.path = path
         self.written = 0
         self._out: TextIO | None = None
@@ -39,7 +41,7 @@ class JsonlSink(Stage):
 
     async def process(self, item: Item) -> Sequence[Item]:
         if isinstance(item, Turn):
-            self.write(turn_event(item, self.session))
+            self.write(turn_event(item, self.session, self.names))
         return ()
 
     def write(self, event: dict) -> None:

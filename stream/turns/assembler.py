@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from stream.frames import (
     Item,
+    PerceivedFrame,
+    PlayerView,
     SpeechSegment,
     SpeechStarted,
     TranscriptLine,
@@ -29,6 +31,7 @@ from stream.frames import (
     VideoFrame,
 )
 from stream.runtime import Stage
+from stream.speaker.active import SpeakerConfig, vote
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +50,10 @@ class TurnAssembler:
     """The pure core. Feed items in media-time order; it returns finished turns."""
 
     def __init__(self, config: TurnConfig | None = None, *, has_audio: bool = True,
-                 orphan_delay_s: float = 0.0) -> None:
+                 orphan_delay_s: float = 0.0, speaker: SpeakerConfig | None = None) -> None:
         self.config = config or TurnConfig()
+        self.speaker = speaker
+        """How to vote a turn's speaker from perceived frames (None: no vote)."""
         self.has_audio = has_audio
         self.orphan_delay_s = orphan_delay_s if has_audio else 0.0
         """How long after a line's end a segment could still claim it (the VAD's hangover)."""
@@ -57,7 +62,9 @@ class TurnAssembler:
         self.reset()
 
     def reset(self) -> None:
-        self._frames: deque[VideoFrame] = deque()
+        self._frames: deque[VideoFrame | PerceivedFrame] = deque()
+        self._seen: deque[tuple[float, tuple[PlayerView, ...]]] = deque()
+        """Who was seen in every perceived frame (no pixels), for the speaker vote."""
         self._last_tick = -math.inf
         self._lines: list[TranscriptLine] = []
         self._open_start: float | None = None
@@ -71,7 +78,7 @@ class TurnAssembler:
         turns: list[Turn] = []
         if not isinstance(item, TranscriptLine):
             self._media_now = max(self._media_now, item.pts)
-        if isinstance(item, VideoFrame):
+        if isinstance(item, VideoFrame | PerceivedFrame):
             self._keep_frame(item)
         elif isinstance(item, TranscriptLine):
             self._lines.append(item)
@@ -89,15 +96,20 @@ class TurnAssembler:
         return self._orphans(final=True)
 
     # -- frames ----------------------------------------------------------
-    def _keep_frame(self, frame: VideoFrame) -> None:
+    def _keep_frame(self, frame: VideoFrame | PerceivedFrame) -> None:
         tick = math.floor(frame.pts * self.config.keyframes_per_s + 1e-9)
         if tick > self._last_tick:
             self._last_tick = tick
             self._frames.append(frame)
-        while self._frames and self._frames[0].pts < frame.pts - self.config.frame_memory_s:
+        horizon = frame.pts - self.config.frame_memory_s
+        while self._frames and self._frames[0].pts < horizon:
             self._frames.popleft()
+        if isinstance(frame, PerceivedFrame):
+            self._seen.append((frame.pts, frame.players))
+            while self._seen and self._seen[0][0] < horizon:
+                self._seen.popleft()
 
-    def _keyframes(self, start: float, end: float) -> tuple[VideoFrame, ...]:
+    def _keyframes(self, start: float, end: float) -> tuple[VideoFrame | PerceivedFrame, ...]:
         inside = tuple(f for f in self._frames if start <= f.pts <= end)
         if inside:
             return inside
@@ -150,11 +162,16 @@ class TurnAssembler:
     def _turn(self, start: float, end: float, lines: list[TranscriptLine], pts: float,
               segments: tuple[SpeechSegment, ...], origin: str) -> Turn:
         speakers = {line.speaker for line in lines}
+        keyframes = self._keyframes(start, end)
         turn = Turn(
             pts=pts, index=self._index, start=start, end=end,
             text=" ".join(line.text for line in lines),
             speaker_name=speakers.pop() if len(speakers) == 1 else None,
-            segments=segments, keyframes=self._keyframes(start, end), origin=origin,
+            segments=segments, origin=origin,
+            keyframes=tuple(f.frame if isinstance(f, PerceivedFrame) else f for f in keyframes),
+            views=tuple(f.players if isinstance(f, PerceivedFrame) else () for f in keyframes),
+            vote=None if self.speaker is None else vote(
+                [players for t, players in self._seen if start <= t <= end], self.speaker),
         )
         self._index += 1
         return turn

@@ -1,0 +1,1 @@
+"""Speaking cues and active-speaker localization."""

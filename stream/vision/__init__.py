@@ -1,0 +1,1 @@
+"""Vision: face detection, tracking, players."""
