@@ -1,7 +1,10 @@
 """`socialstream bench NAME`: speed figures as ratios against a baseline from the same run.
 
-`replay`: decode+VAD+turns on a clip against decoding the same clip alone,
-both as real-time factors (processing seconds per media second).
+`replay`: decode+VAD+perception+turns on a clip against decoding the same
+clip alone, both as real-time factors (processing seconds per media second).
+`perception`: decode-only frame rate, face detection per frame, the whole
+perception path as a real-time factor for live 30 fps input, and the wall-clock
+latency from a frame's media time to its speaker decision in a paced replay.
 """
 
 from __future__ import annotations
@@ -11,23 +14,33 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from pipelines.config import load_config
 from pipelines.replay import Collect, build_replay, run_replay
+from stream.errors import UserError
+from stream.frames import Item, PerceivedFrame
+from stream.runtime import Stage
 from stream.sources.media import MediaSource
+from stream.sources.pacing import Pacer
+from stream.speaker.evaluate import score
+from stream.vision.faces import FaceConfig, FaceDetector
 
 DEMO = Path("examples/demo.mp4")
+QUARTET = Path("examples/quartet.mp4")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="measure speed (ratios against a same-run baseline)")
     bench.add_argument("name", choices=sorted(BENCHES), help="which benchmark")
-    bench.add_argument("--media", default=str(DEMO), help="clip to replay (default: the demo)")
+    bench.add_argument("--media", help="clip to use (default: examples/demo.mp4 for replay, "
+                       "examples/quartet.mp4, four faces, for perception)")
     bench.add_argument("--repeat", type=int, default=3, help="runs per measurement; median kept")
     bench.add_argument("--json", action="store_true",
                        help="end the output with one JSON object of the figures")
@@ -36,7 +49,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, stderr: Console) -> int:
     if args.repeat < 1:
-        raise SystemExit("socialstream: error: --repeat must be >= 1")
+        raise UserError("--repeat must be >= 1")
+    args.media = args.media or str(QUARTET if args.name == "perception" else DEMO)
     figures = BENCHES[args.name](args, stderr)
     table = Table(title=f"bench {args.name}")
     table.add_column("figure")
@@ -98,4 +112,120 @@ def bench_replay(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
     }
 
 
-BENCHES = {"replay": bench_replay}
+def bench_perception(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
+    info = MediaSource(args.media).info
+    duration = info.duration or 0.0
+
+    async def decode_video() -> int:
+        source = MediaSource(args.media, audio=False)
+        try:
+            return sum([1 async for _ in source.items()])
+        finally:
+            await source.close()
+
+    frames = asyncio.run(decode_video())
+    decode = _median_seconds(decode_video, args.repeat, stderr, "decode video")
+    detect_ms = {model: _detect_ms(args.media, model) for model in ("full_range", "short_range")}
+    full = _median_seconds(lambda: _replay_once(args.media), args.repeat, stderr, "replay")
+    latencies = asyncio.run(_paced_latencies(args.media))
+    accuracy = _accuracy(args.media)
+    return {
+        "media": args.media,
+        "media_s": round(duration, 3),
+        "frames": frames,
+        "size": f"{info.width}x{info.height}",
+        "decode_fps": round(frames / decode, 1),
+        "detect_ms_full_range": round(detect_ms["full_range"], 3),
+        "detect_ms_short_range": round(detect_ms["short_range"], 3),
+        "perception_rtf": round(full / duration, 4),
+        "decode_rtf": round(decode / duration, 4),
+        "decision_latency_p50_ms": round(statistics.median(latencies) * 1e3, 1),
+        "decision_latency_p95_ms": round(float(np.percentile(latencies, 95)) * 1e3, 1),
+        "decision_latency_max_ms": round(max(latencies) * 1e3, 1),
+        **accuracy,
+    }
+
+
+class _Frames(Stage):
+    name = "frames"
+
+    def __init__(self) -> None:
+        self.frames: list[PerceivedFrame] = []
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        if isinstance(item, PerceivedFrame):
+            self.frames.append(item)
+        return ()
+
+
+def _accuracy(media: str) -> dict[str, float]:
+    """Against the clip's ground truth, when it has one."""
+    truth_path = Path(media).with_suffix(".truth.json")
+    if not truth_path.is_file():
+        return {}
+    truth = json.loads(truth_path.read_text(encoding="utf-8"))
+    collect, frames = Collect(), _Frames()
+    replay = build_replay(media, load_config(None, {"output": {"progress": False}}), [collect])
+    replay.pipeline.add(frames)
+    replay.pipeline.connect("perception", frames.name, PerceivedFrame)
+    asyncio.run(run_replay(replay))
+    result = score(frames.frames, collect.turns, truth)
+    return {
+        "speaker_frame_accuracy": round(result.frame_accuracy, 4),
+        "speaker_turn_accuracy": round(result.turn_accuracy, 4),
+        "speaker_onset_lag_p50_ms": round(statistics.median(result.onset_lags) * 1e3, 1),
+        "speaker_onset_lag_max_ms": round(max(result.onset_lags) * 1e3, 1),
+    }
+
+
+def _detect_ms(media: str, model: str, count: int = 120) -> float:
+    async def pictures() -> list[np.ndarray]:
+        source = MediaSource(media, audio=False)
+        got = []
+        try:
+            async for frame in source.items():
+                got.append(frame.image)
+                if len(got) == count:
+                    break
+        finally:
+            await source.close()
+        return got
+
+    images = asyncio.run(pictures())
+    with FaceDetector(FaceConfig(model=model)) as detector:
+        detector.detect(images[0])  # warm-up
+        times = []
+        for image in images:
+            began = time.perf_counter()
+            detector.detect(image)
+            times.append(time.perf_counter() - began)
+    return statistics.median(times) * 1e3
+
+
+class _LatencyProbe(Stage):
+    """Wall-clock delay between a frame being due (paced) and its speaker decision."""
+
+    name = "latency"
+
+    def __init__(self, pacer: Pacer) -> None:
+        self.pacer = pacer
+        self.delays: list[float] = []
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        due = self.pacer.wall_time(item.pts)
+        if isinstance(item, PerceivedFrame) and due is not None:
+            self.delays.append(time.monotonic() - due)
+        return ()
+
+
+async def _paced_latencies(media: str) -> list[float]:
+    config = load_config(None, {"source": {"realtime": True}, "output": {"progress": False}})
+    replay = build_replay(media, config, [])
+    probe = _LatencyProbe(replay.media.pacer)
+    replay.pipeline.add(probe)
+    replay.pipeline.connect("perception", probe.name, PerceivedFrame)
+    await run_replay(replay)
+    return probe.delays
+
+
+BENCHES = {"replay": bench_replay, "perception": bench_perception}

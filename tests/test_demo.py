@@ -14,7 +14,7 @@ import pytest
 from pipelines.config import load_config
 from pipelines.replay import Collect, build_replay, run_replay
 from stream.demo import portrait as pt
-from stream.demo.render import SCALE, TOP, seat_centres
+from stream.demo.render import seat_centres
 from stream.demo.scene import DEMO, Line, Player, Scene
 from stream.demo.writer import generate
 from stream.frames import VideoFrame
@@ -25,8 +25,8 @@ def _mouth_boxes(scene: Scene) -> list[tuple[slice, slice]]:
     boxes = []
     for i, x in enumerate(seat_centres(scene)):
         look = pt.portrait(scene.players[i].look)
-        mx = x - round(pt.WIDTH * SCALE) // 2 + look.mouth[0] * SCALE
-        my = TOP + look.mouth[1] * SCALE
+        mx = x - round(pt.WIDTH * scene.scale) // 2 + look.mouth[0] * scene.scale
+        my = scene.top + look.mouth[1] * scene.scale
         boxes.append((slice(int(my - 6), int(my + 16)), slice(int(mx - 16), int(mx + 16))))
     return boxes
 

@@ -1,11 +1,11 @@
-"""`python -m stream.demo [--out examples]`: rebuild the demo clip and its truth."""
+"""`python -m stream.demo [--scene NAME] [--out DIR]`: rebuild a scripted clip and its truth."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from stream.demo.scene import DEMO
+from stream.demo.scene import SCENES
 from stream.demo.writer import generate
 
 
@@ -14,8 +14,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("examples"),
                         help="folder for demo.mp4, demo.srt and demo.truth.json")
     parser.add_argument("--crf", type=int, default=27, help="H.264 quality (lower is larger)")
+    parser.add_argument("--scene", choices=sorted(SCENES), default="demo",
+                        help="which scripted conversation (its name is the file stem)")
     args = parser.parse_args()
-    clip = generate(DEMO, args.out, crf=args.crf)
+    clip = generate(SCENES[args.scene], args.out, stem=args.scene, crf=args.crf)
     print(f"wrote {clip} ({clip.stat().st_size / 1e6:.2f} MB)")
 
 

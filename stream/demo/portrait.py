@@ -104,3 +104,13 @@ def _paint_mouth(image: np.ndarray, centre: tuple[float, float], drop: float) ->
     cv2.ellipse(overlay, (round(cx), round(cy + drop / 2)), axes, 0, 0, 360,
                 (70, 22, 28), -1, lineType=cv2.LINE_AA)
     cv2.addWeighted(overlay, 0.85, image, 0.15, 0, dst=image)
+
+
+def back_of_head(p: Portrait, image: np.ndarray) -> np.ndarray:
+    """The same person turned away: hair where the face was."""
+    hair = p.image[22:52, 95:155]
+    tiled = np.tile(hair, (HEIGHT // hair.shape[0] + 1, WIDTH // hair.shape[1] + 1, 1))
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    cv2.ellipse(mask, (round(p.nose[0]), 112), (60, 82), 0, 0, 360, 255, -1)
+    soft = cv2.GaussianBlur(mask, (15, 15), 0).astype(np.float32)[..., None] / 255.0
+    return (soft * tiled[:HEIGHT, :WIDTH] + (1 - soft) * image).astype(np.uint8)

@@ -18,10 +18,6 @@ from stream.demo.scene import Scene
 from stream.demo.speech import envelope
 from stream.frames import SAMPLE_RATE
 
-SCALE = 0.8
-"""Portrait size in the frame relative to the photograph crop."""
-TOP = 165
-"""Frame row of the portraits' top edge."""
 TABLE_TOP = 400
 YAW_TIME_CONSTANT = 0.25
 MOUTH_RELEASE = 0.5
@@ -47,8 +43,11 @@ def layout(scene: Scene, audios: list[np.ndarray]) -> tuple[list[PlacedLine], fl
     return placed, placed[-1].end + scene.tail
 
 
-def mix(placed: list[PlacedLine], duration: float) -> np.ndarray:
+def mix(placed: list[PlacedLine], duration: float, noise: float = 0.0,
+        seed: int = 0) -> np.ndarray:
     track = np.zeros(int(np.ceil(duration * SAMPLE_RATE)), np.float32)
+    if noise > 0:
+        track += np.random.default_rng(seed).normal(0, noise, track.size).astype(np.float32)
     for line in placed:
         at = round(line.start * SAMPLE_RATE)
         track[at: at + len(line.audio)] += line.audio
@@ -56,6 +55,8 @@ def mix(placed: list[PlacedLine], duration: float) -> np.ndarray:
 
 
 def seat_centres(scene: Scene) -> list[int]:
+    if scene.seat_xs is not None:
+        return list(scene.seat_xs)
     n = len(scene.players)
     return [round(scene.width * (i + 0.5) / n) for i in range(n)]
 
@@ -89,8 +90,15 @@ class Renderer:
         self._update(t)
         image = self.backdrop.copy()
         for i, p in enumerate(self.portraits):
-            self._paste(image, i, pt.animate(p, float(self.mouth[i]), float(self.yaw[i])), p)
+            face = pt.animate(p, float(self.mouth[i]), float(self.yaw[i]))
+            if any(a.player == self.ids[i] and a.start <= t < a.end for a in self.scene.away):
+                face = pt.back_of_head(p, face)
+            self._paste(image, i, face, p)
         image[TABLE_TOP:] = self.backdrop[TABLE_TOP:]
+        if self.scene.video_noise > 0:
+            rng = np.random.default_rng(round(t * self.scene.fps))
+            noisy = image + rng.normal(0, self.scene.video_noise, image.shape)
+            image = np.clip(noisy, 0, 255).astype(np.uint8)
         return image
 
     def _update(self, t: float) -> None:
@@ -117,13 +125,14 @@ class Renderer:
         return float(np.clip(distance * 1.5, -1.0, 1.0))
 
     def _paste(self, image: np.ndarray, seat: int, face: np.ndarray, p: pt.Portrait) -> None:
-        w, h = round(pt.WIDTH * SCALE), round(pt.HEIGHT * SCALE)
+        top = self.scene.top
+        w, h = round(pt.WIDTH * self.scene.scale), round(pt.HEIGHT * self.scene.scale)
         face = cv2.resize(face, (w, h), interpolation=cv2.INTER_AREA)
         alpha = cv2.resize(p.alpha, (w, h), interpolation=cv2.INTER_AREA)[..., None]
         x0 = self.centres[seat] - w // 2
-        x1, y1 = min(x0 + w, image.shape[1]), min(TOP + h, image.shape[0])
+        x1, y1 = min(x0 + w, image.shape[1]), min(top + h, image.shape[0])
         xs = max(x0, 0)
-        region = image[TOP:y1, xs:x1].astype(np.float32)
-        src = face[: y1 - TOP, xs - x0: x1 - x0].astype(np.float32)
-        a = alpha[: y1 - TOP, xs - x0: x1 - x0]
-        image[TOP:y1, xs:x1] = (a * src + (1 - a) * region).astype(np.uint8)
+        region = image[top:y1, xs:x1].astype(np.float32)
+        src = face[: y1 - top, xs - x0: x1 - x0].astype(np.float32)
+        a = alpha[: y1 - top, xs - x0: x1 - x0]
+        image[top:y1, xs:x1] = (a * src + (1 - a) * region).astype(np.uint8)

@@ -33,6 +33,15 @@ class Line:
 
 
 @dataclass(frozen=True)
+class Away:
+    """A player with their back to the camera (no face visible) from `start` to `end` seconds."""
+
+    player: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
 class Scene:
     players: tuple[Player, ...]
     lines: tuple[Line, ...]
@@ -44,6 +53,17 @@ class Scene:
     """Silence between lines, cycled; long enough for a voice-activity hangover."""
     tail: float = 1.0
     words_per_minute: int = 180
+    seat_xs: tuple[int, ...] | None = None
+    """Centre of each seat in pixels (default: evenly spread)."""
+    scale: float = 0.8
+    """Portrait size relative to the photograph crop."""
+    top: int = 165
+    """Row of the portraits' top edge."""
+    audio_noise: float = 0.0
+    """Standard deviation of white noise added to the audio (full scale is 1)."""
+    video_noise: float = 0.0
+    """Standard deviation of Gaussian noise added to every pixel, in grey levels."""
+    away: tuple[Away, ...] = ()
 
     def player(self, player_id: str) -> Player:
         return next(p for p in self.players if p.id == player_id)
@@ -51,6 +71,7 @@ class Scene:
 
 def _p(word: str, player: str) -> Pronoun:
     return Pronoun(word, player)
+
 
 
 DEMO = Scene(
@@ -77,3 +98,47 @@ DEMO = Scene(
     ),
     gaps=(0.7, 0.85, 0.65, 0.8),
 )
+
+
+DUO = Scene(
+    players=(Player("P1", "Dana", "en-us+f2", look=2), Player("P2", "Eli", "en-gb+m1", look=1)),
+    lines=(
+        Line("P1", "P2", "Eli, did you hear the forecast?", mentions=("P2",)),
+        Line("P2", "P1", "Yes, rain all weekend, sadly."),
+        Line("P1", "P2", "Then we should move the picnic."),
+        Line("P2", "P1", "You always have a plan, Dana.", mentions=("P1",)),
+        Line("P1", "P2", "Someone has to keep you dry."),
+    ),
+    seat_xs=(190, 470),
+    top=150,
+    audio_noise=0.01,
+    video_noise=4.0,
+    gaps=(0.7, 0.9, 0.75),
+)
+"""Two people off-centre, with audio hiss and sensor noise."""
+
+QUARTET = Scene(
+    players=(
+        Player("P1", "Finn", "en-gb+m3", look=1),
+        Player("P2", "Gwen", "en-us+f3", look=0),
+        Player("P3", "Hugo", "en+m2", look=2),
+        Player("P4", "Iris", "en+f4", look=3),
+    ),
+    lines=(
+        Line("P1", "P3", "Hugo, where did you park the van?", mentions=("P3",)),
+        Line("P3", "P1", "Behind the station, near the bakery."),
+        Line("P2", "P1", "He always parks there.", pronouns=(Pronoun("He", "P3"),)),
+        Line("P4", "P2", "Gwen, did you bring the tickets?", mentions=("P2",)),
+        Line("P2", "P4", "They are in my bag, Iris.", mentions=("P4",)),
+        Line("P1", "P4", "Then let us go, she is ready.", pronouns=(Pronoun("she", "P2"),)),
+    ),
+    scale=0.6,
+    top=200,
+    audio_noise=0.006,
+    video_noise=3.0,
+    away=(Away("P4", 3.0, 6.5),),
+    gaps=(0.75, 0.85, 0.7),
+)
+"""Four people at 640x480; the fourth turns away for a while; light noise."""
+
+SCENES = {"demo": DEMO, "duo": DUO, "quartet": QUARTET}

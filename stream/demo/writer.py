@@ -36,7 +36,7 @@ def generate(scene: Scene, out_dir: Path, stem: str = "demo", crf: int = 27) -> 
 def _write_clip(path: Path, scene: Scene, placed: list[PlacedLine], duration: float,
                 crf: int) -> None:
     renderer = Renderer(scene, placed)
-    track = mix(placed, duration)
+    track = mix(placed, duration, scene.audio_noise)
     with av.open(str(path), "w") as container:
         video = container.add_stream("libx264", rate=scene.fps)
         video.width, video.height, video.pix_fmt = scene.width, scene.height, "yuv420p"

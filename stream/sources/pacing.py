@@ -30,3 +30,10 @@ class Pacer:
         delay = wall0 + (pts - pts0) / self.speed - now
         if delay > 0:
             await asyncio.sleep(delay)
+
+    def wall_time(self, pts: float) -> float | None:
+        """`time.monotonic()` at which media time `pts` is due (None before the first item)."""
+        if self.speed is None or self._origin is None:
+            return None
+        wall0, pts0 = self._origin
+        return wall0 + (pts - pts0) / self.speed

@@ -35,7 +35,8 @@ class FaceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: Literal["short_range", "full_range"] = Field(
-        "short_range", description="short_range: faces within ~2 m; full_range: up to ~5 m")
+        "full_range",
+        description="full_range: faces up to ~5 m, small in the picture; short_range: within ~2 m")
     min_confidence: float = Field(0.4, gt=0, lt=1, description="detection score threshold")
     detect_width: int | None = Field(
         None, ge=64, description="downscale frames to this width before detection (null: as is)")

@@ -1,0 +1,39 @@
+"""Scoring the active speaker against a ground-truth file (`*.truth.json` from the generator)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from stream.frames import PerceivedFrame, Turn
+
+
+@dataclass(frozen=True)
+class SpeakerScore:
+    frame_accuracy: float
+    """Share of frames inside true turns whose per-frame speaker is the true one."""
+    turn_accuracy: float
+    """Share of turns whose voted speaker is the true one."""
+    onset_lags: tuple[float, ...]
+    """Per true turn: media seconds from its start to the first correct per-frame decision."""
+
+
+def score(frames: Sequence[PerceivedFrame], turns: Sequence[Turn],
+          truth: dict[str, Any]) -> SpeakerScore:
+    hits = total = 0
+    lags = []
+    for spoken in truth["turns"]:
+        inside = [f for f in frames if spoken["start"] <= f.pts <= spoken["end"]]
+        right = [f for f in inside if f.speaker == spoken["speaker"]]
+        hits += len(right)
+        total += len(inside)
+        lags.append(right[0].pts - spoken["start"] if right else spoken["end"] - spoken["start"])
+    voted = sum(
+        1 for turn, spoken in zip(turns, truth["turns"], strict=False)
+        if turn.vote is not None and turn.vote.speaker == spoken["speaker"])
+    return SpeakerScore(
+        frame_accuracy=hits / total if total else 0.0,
+        turn_accuracy=voted / len(truth["turns"]) if len(turns) == len(truth["turns"]) else 0.0,
+        onset_lags=tuple(lags),
+    )
