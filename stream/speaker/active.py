@@ -4,9 +4,10 @@ Per frame, each person's mouth motion is smoothed (exponential, `smoothing_s`)
 and turned into a share of all motion in view. While voice is active (within
 `voice_hold_s` of a voiced audio frame) the share is that person's probability
 of speaking; the frame's speaker is the person whose share reaches
-`min_share` (or, for the current speaker while still ahead, `keep_share`),
-else nobody ("unknown": two mouths moving, or none). Only past frames are
-used, so a decision is ready as soon as its frame is.
+`min_share` and beats the runner-up by `margin` (the current speaker stays
+while still ahead with `keep_share`), else nobody ("unknown": two mouths
+moving, or none). Only past frames are used, so a decision is ready as soon
+as its frame is.
 
 Per turn, the shares of the frames inside it are averaged; the winner must
 reach `turn_min_score` and beat the runner-up by `turn_margin`.
@@ -31,6 +32,8 @@ class SpeakerConfig(BaseModel):
     min_share: float = Field(0.45, gt=0, le=1, description="share of motion to call a speaker")
     keep_share: float = Field(
         0.3, gt=0, le=1, description="share that keeps the current speaker while still ahead")
+    margin: float = Field(
+        1.5, ge=1, description="a new speaker's share over the runner-up's, as a ratio")
     turn_min_score: float = Field(
         0.35, gt=0, le=1, description="mean share of motion to name a turn's speaker")
     turn_margin: float = Field(1.3, ge=1, description="winner over runner-up, as a ratio")
@@ -72,10 +75,15 @@ class ActiveSpeaker:
         if not cues:
             self._current = None
             return cues, None, 0.0
-        best = max(cues, key=lambda p: cues[p][2])
-        confidence = cues[best][2]
-        bar = self.config.keep_share if best == self._current else self.config.min_share
-        self._current = best if confidence >= bar else None
+        ranked = sorted(cues, key=lambda p: cues[p][2], reverse=True)
+        best, confidence = ranked[0], cues[ranked[0]][2]
+        runner_up = cues[ranked[1]][2] if len(ranked) > 1 else 0.0
+        if best == self._current:
+            clear = confidence >= self.config.keep_share
+        else:
+            clear = (confidence >= self.config.min_share
+                     and confidence >= self.config.margin * runner_up)
+        self._current = best if clear else None
         return cues, self._current, confidence
 
 

@@ -1,0 +1,151 @@
+"""Speaking cues and fusion on hand-made inputs; perception end to end on generated clips."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipelines.config import load_config
+from pipelines.replay import Collect, build_replay, run_replay
+from stream.demo import portrait as pt
+from stream.frames import Item, PerceivedFrame, VideoFrame, VoiceFrame
+from stream.runtime import Stage
+from stream.speaker.active import ActiveSpeaker, SpeakerConfig, vote
+from stream.speaker.cues import MouthMotion
+from stream.speaker.evaluate import score
+from stream.speaker.perception import Perception, PerceptionConfig
+from stream.vision.faces import Face
+from tests.conftest import ROOT
+
+BOX = (60.0, 30.0, 190.0, 200.0)
+"""Where the portrait's face sits, roughly, in portrait pixels."""
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+def _motion(frames: list[np.ndarray]) -> float:
+    motion, mouth = MouthMotion(), pt.portrait(0).mouth
+    values = [motion.measure(1, _grey(f), BOX, mouth) for f in frames]
+    return float(np.mean(values[1:]))
+
+
+def test_a_dropping_jaw_moves_more_than_a_turning_head() -> None:
+    p = pt.portrait(0)
+    talking = [pt.animate(p, o, 0.0) for o in (0, 1, 0, 1, 0, 1)]
+    turning = [pt.animate(p, 0.0, y) for y in (-1, -0.6, -0.2, 0.2, 0.6, 1)]
+    still = [pt.animate(p, 0.0, 0.0)] * 6
+    assert _motion(still) == 0.0
+    assert _motion(talking) > 5 * _motion(turning)
+
+
+def test_yaw_from_keypoints_follows_the_nose() -> None:
+    def keypoints(nose_x: float) -> tuple[tuple[float, float], ...]:
+        return ((40, 40), (80, 40), (nose_x, 60), (60, 80), (20, 50), (100, 50))
+
+    assert Face(BOX, 0.9, keypoints(60)).yaw == 0.0
+    assert Face(BOX, 0.9, keypoints(80)).yaw > 0.3 > -0.3 > Face(BOX, 0.9, keypoints(40)).yaw
+
+
+def test_fusion_names_the_one_moving_mouth_only_while_voiced() -> None:
+    fusion = ActiveSpeaker(SpeakerConfig())
+    for k in range(10):
+        cues, speaker, _ = fusion.frame(k / 30, {"P1": 0.02, "P2": 0.0005})
+    assert speaker is None and cues["P1"][2] == 0.0, "no voice, no speaker"
+    fusion.voice(10 / 30, True)
+    _, speaker, confidence = fusion.frame(10 / 30, {"P1": 0.02, "P2": 0.0005})
+    assert speaker == "P1" and confidence > 0.8
+
+
+def test_fusion_says_unknown_when_two_mouths_move_or_none_is_seen() -> None:
+    fusion = ActiveSpeaker(SpeakerConfig())
+    for k in range(15):
+        fusion.voice(k / 30, True)
+        _, speaker, confidence = fusion.frame(k / 30, {"P1": 0.02, "P2": 0.021})
+    assert speaker is None and confidence < 0.6
+    assert fusion.frame(0.6, {})[1:] == (None, 0.0)
+    nobody = vote([], SpeakerConfig())
+    assert nobody.speaker is None and nobody.confidence == 0.0
+
+
+def test_no_face_means_no_speaker_and_no_crash() -> None:
+    perception = Perception(PerceptionConfig(), detect=lambda image: [])
+    perception.voice(VoiceFrame(pts=0.02, start=0.0, voiced=True))
+    frame = perception.frame(VideoFrame(pts=0.03, image=np.zeros((48, 64, 3), np.uint8)))
+    assert frame.players == () and frame.speaker is None and frame.voiced
+
+
+class _Frames(Stage):
+    name = "frames"
+
+    def __init__(self) -> None:
+        self.frames: list[PerceivedFrame] = []
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        if isinstance(item, PerceivedFrame):
+            self.frames.append(item)
+        return ()
+
+
+def _perceive(media: Path, **overrides) -> tuple[list[PerceivedFrame], Collect]:
+    collect, frames = Collect(), _Frames()
+    replay = build_replay(str(media), load_config(None, overrides), [collect])
+    replay.pipeline.add(frames)
+    replay.pipeline.connect("perception", frames.name, PerceivedFrame)
+    asyncio.run(run_replay(replay))
+    return frames.frames, collect
+
+
+@pytest.mark.parametrize(("scene", "seats", "frame_goal"), [
+    ("demo", 3, 0.95),     # the issue's bar for the demo clip
+    ("duo", 2, 0.90),      # two people off-centre, audio hiss, sensor noise
+    ("quartet", 4, 0.85),  # four small faces, one turns away for 3.5 s, noise
+])
+def test_speaker_per_turn_and_per_frame(scene: str, seats: int, frame_goal: float) -> None:
+    media = ROOT / "examples" / f"{scene}.mp4"
+    truth = json.loads(media.with_suffix(".truth.json").read_text())
+    frames, collect = _perceive(media)
+    result = score(frames, collect.turns, truth)
+    print(f"{scene}: per-frame {result.frame_accuracy:.3f}, per-turn {result.turn_accuracy:.3f}, "
+          f"onset lag max {max(result.onset_lags):.3f}s")
+    assert result.turn_accuracy == 1.0
+    assert result.frame_accuracy >= frame_goal
+    assert max(len(f.players) for f in frames) == seats
+    assert max(result.onset_lags) < 0.5
+
+
+def test_someone_turning_away_keeps_their_player_id() -> None:
+    frames, _ = _perceive(ROOT / "examples" / "quartet.mp4")
+    truth = json.loads((ROOT / "examples" / "quartet.truth.json").read_text())
+    away = [f for f in frames if 4.0 <= f.pts <= 6.0]
+    assert away and all("P4" not in {v.player for v in f.players} for f in away)
+    later = [f for f in frames if f.pts > 8.0]
+    assert {v.player for f in later for v in f.players} == {"P1", "P2", "P3", "P4"}
+    p4_turn = next(t for t in truth["turns"] if t["speaker"] == "P4")
+    assert p4_turn["start"] > 6.5, "P4 speaks after turning back"
+
+
+def test_video_without_audio_still_votes_on_transcript_turns(demo: Path, tmp_path: Path) -> None:
+    import av
+
+    silent = tmp_path / "demo.mp4"
+    with av.open(str(demo)) as src, av.open(str(silent), "w") as dst:
+        video = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = video
+                dst.mux(packet)
+    (tmp_path / "demo.srt").write_text(demo.with_suffix(".srt").read_text())
+    frames, collect = _perceive(silent)
+    truth = json.loads((ROOT / "examples" / "demo.truth.json").read_text())
+    assert all(f.speaker is None for f in frames), "no voice, no per-frame speaker"
+    assert [t.origin for t in collect.turns] == ["transcript"] * 12
+    voted = [t.vote.speaker for t in collect.turns]
+    assert sum(v == t["speaker"] for v, t in zip(voted, truth["turns"], strict=True)) >= 11
