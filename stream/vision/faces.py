@@ -41,7 +41,7 @@ class FaceConfig(BaseModel):
     detect_width: int | None = Field(
         None, ge=64, description="downscale frames to this width before detection (null: as is)")
     detect_every: int = Field(
-        1, ge=1, description="detect on every n-th frame; tracks carry boxes in between")
+        2, ge=1, description="detect on every n-th frame; tracks carry boxes in between")
 
 
 @dataclass(frozen=True)
