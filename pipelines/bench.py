@@ -1,7 +1,8 @@
 """`socialstream bench NAME`: speed figures as ratios against a baseline from the same run.
 
-`replay`: decode+VAD+perception+turns on a clip against decoding the same
-clip alone, both as real-time factors (processing seconds per media second).
+`replay`: decode+VAD+turns, without and with perception, on a clip against
+decoding the same clip alone, as real-time factors (processing seconds per
+media second).
 `perception`: decode-only frame rate, face detection per frame, the whole
 perception path as a real-time factor for live 30 fps input, and the wall-clock
 latency from a frame's media time to its speaker decision in a paced replay.
@@ -74,8 +75,9 @@ async def _decode_only(media: str) -> int:
     return count
 
 
-async def _replay_once(media: str) -> int:
-    config = load_config(None, {"output": {"progress": False}})
+async def _replay_once(media: str, perception: bool = True) -> int:
+    config = load_config(None, {"output": {"progress": False},
+                                "perception": {"enabled": perception}})
     collect = Collect()
     replay = build_replay(media, config, [collect])
     await run_replay(replay)
@@ -98,6 +100,8 @@ def bench_replay(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
     info = MediaSource(args.media).info
     duration = info.duration or 0.0
     decode = _median_seconds(lambda: _decode_only(args.media), args.repeat, stderr, "decode")
+    audio = _median_seconds(lambda: _replay_once(args.media, perception=False), args.repeat,
+                            stderr, "replay without perception")
     full = _median_seconds(lambda: _replay_once(args.media), args.repeat, stderr, "replay")
     turns = asyncio.run(_replay_once(args.media))
     return {
@@ -105,9 +109,12 @@ def bench_replay(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
         "media_s": round(duration, 3),
         "turns": turns,
         "decode_s": round(decode, 4),
+        "replay_no_perception_s": round(audio, 4),
         "replay_s": round(full, 4),
         "decode_rtf": round(decode / duration, 4),
+        "replay_no_perception_rtf": round(audio / duration, 4),
         "replay_rtf": round(full / duration, 4),
+        "replay_no_perception_over_decode": round(audio / decode, 3),
         "replay_over_decode": round(full / decode, 3),
     }
 
