@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.config import load_config
-from pipelines.replay import Collect, build_replay, run_replay
+from pipelines.replay import Collect, build_replay, replay_and_collect, run_replay
 from stream.errors import UserError
 from stream.frames import Item, PerceivedFrame
 from stream.runtime import Stage
@@ -153,30 +153,14 @@ def bench_perception(args: argparse.Namespace, stderr: Console) -> dict[str, Any
     }
 
 
-class _Frames(Stage):
-    name = "frames"
-
-    def __init__(self) -> None:
-        self.frames: list[PerceivedFrame] = []
-
-    async def process(self, item: Item) -> Sequence[Item]:
-        if isinstance(item, PerceivedFrame):
-            self.frames.append(item)
-        return ()
-
-
 def _accuracy(media: str) -> dict[str, float]:
     """Against the clip's ground truth, when it has one."""
     truth_path = Path(media).with_suffix(".truth.json")
     if not truth_path.is_file():
         return {}
     truth = json.loads(truth_path.read_text(encoding="utf-8"))
-    collect, frames = Collect(), _Frames()
-    replay = build_replay(media, load_config(None, {"output": {"progress": False}}), [collect])
-    replay.pipeline.add(frames)
-    replay.pipeline.connect("perception", frames.name, PerceivedFrame)
-    asyncio.run(run_replay(replay))
-    result = score(frames.frames, collect.turns, truth)
+    frames, turns = replay_and_collect(media, load_config(None, {"output": {"progress": False}}))
+    result = score(frames, turns, truth)
     return {
         "speaker_frame_accuracy": round(result.frame_accuracy, 4),
         "speaker_turn_accuracy": round(result.turn_accuracy, 4),

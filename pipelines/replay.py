@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,17 +63,32 @@ class ReplayReport:
 
 
 class Collect(Stage):
-    """Keeps turns in memory (tests, benchmarks, later evaluation)."""
+    """Keeps items of the given kinds in memory (tests, benchmarks, evaluation)."""
 
-    name = "collect"
-
-    def __init__(self) -> None:
-        self.turns: list[Turn] = []
+    def __init__(self, kinds: tuple[type[Item], ...] = (Turn,), name: str = "collect") -> None:
+        self.kinds, self.name = kinds, name
+        self.items: list[Item] = []
 
     async def process(self, item: Item) -> Sequence[Item]:
-        if isinstance(item, Turn):
-            self.turns.append(item)
+        if isinstance(item, self.kinds):
+            self.items.append(item)
         return ()
+
+    @property
+    def turns(self) -> list[Turn]:
+        return [item for item in self.items if isinstance(item, Turn)]
+
+
+def replay_and_collect(media: str, config: ReplayConfig
+                       ) -> tuple[list[PerceivedFrame], list[Turn]]:
+    """Run a replay to the end; return every perceived frame and every turn."""
+    turns, frames = Collect(), Collect((PerceivedFrame,), name="frames")
+    replay = build_replay(media, config, [turns])
+    if config.perception.enabled and replay.info.has_video:
+        replay.pipeline.add(frames)
+        replay.pipeline.connect("perception", frames.name, PerceivedFrame)
+    asyncio.run(run_replay(replay))
+    return [f for f in frames.items if isinstance(f, PerceivedFrame)], turns.turns
 
 
 def resolve_transcript(media: str, transcript: Path | None) -> Transcript | None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -12,10 +10,9 @@ import numpy as np
 import pytest
 
 from pipelines.config import load_config
-from pipelines.replay import Collect, build_replay, run_replay
+from pipelines.replay import replay_and_collect
 from stream.demo import portrait as pt
-from stream.frames import Item, PerceivedFrame, VideoFrame, VoiceFrame
-from stream.runtime import Stage
+from stream.frames import PerceivedFrame, Turn, VideoFrame, VoiceFrame
 from stream.speaker.active import ActiveSpeaker, SpeakerConfig, vote
 from stream.speaker.cues import MouthMotion
 from stream.speaker.evaluate import score
@@ -82,25 +79,8 @@ def test_no_face_means_no_speaker_and_no_crash() -> None:
     assert frame.players == () and frame.speaker is None and frame.voiced
 
 
-class _Frames(Stage):
-    name = "frames"
-
-    def __init__(self) -> None:
-        self.frames: list[PerceivedFrame] = []
-
-    async def process(self, item: Item) -> Sequence[Item]:
-        if isinstance(item, PerceivedFrame):
-            self.frames.append(item)
-        return ()
-
-
-def _perceive(media: Path, **overrides) -> tuple[list[PerceivedFrame], Collect]:
-    collect, frames = Collect(), _Frames()
-    replay = build_replay(str(media), load_config(None, overrides), [collect])
-    replay.pipeline.add(frames)
-    replay.pipeline.connect("perception", frames.name, PerceivedFrame)
-    asyncio.run(run_replay(replay))
-    return frames.frames, collect
+def _perceive(media: Path) -> tuple[list[PerceivedFrame], list[Turn]]:
+    return replay_and_collect(str(media), load_config())
 
 
 @pytest.mark.parametrize(("scene", "seats", "frame_goal"), [
@@ -111,8 +91,8 @@ def _perceive(media: Path, **overrides) -> tuple[list[PerceivedFrame], Collect]:
 def test_speaker_per_turn_and_per_frame(scene: str, seats: int, frame_goal: float) -> None:
     media = ROOT / "examples" / f"{scene}.mp4"
     truth = json.loads(media.with_suffix(".truth.json").read_text())
-    frames, collect = _perceive(media)
-    result = score(frames, collect.turns, truth)
+    frames, turns = _perceive(media)
+    result = score(frames, turns, truth)
     print(f"{scene}: per-frame {result.frame_accuracy:.3f}, per-turn {result.turn_accuracy:.3f}, "
           f"onset lag max {max(result.onset_lags):.3f}s")
     assert result.turn_accuracy == 1.0
@@ -143,9 +123,9 @@ def test_video_without_audio_still_votes_on_transcript_turns(demo: Path, tmp_pat
                 packet.stream = video
                 dst.mux(packet)
     (tmp_path / "demo.srt").write_text(demo.with_suffix(".srt").read_text())
-    frames, collect = _perceive(silent)
+    frames, turns = _perceive(silent)
     truth = json.loads((ROOT / "examples" / "demo.truth.json").read_text())
     assert all(f.speaker is None for f in frames), "no voice, no per-frame speaker"
-    assert [t.origin for t in collect.turns] == ["transcript"] * 12
-    voted = [t.vote.speaker for t in collect.turns]
+    assert [t.origin for t in turns] == ["transcript"] * 12
+    voted = [t.vote.speaker for t in turns]
     assert sum(v == t["speaker"] for v, t in zip(voted, truth["turns"], strict=True)) >= 11
