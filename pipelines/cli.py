@@ -17,13 +17,14 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pipelines import bench
+from pipelines import bench, subscribe
 from pipelines.config import ReplayConfig, load_config
 from pipelines.replay import Replay, ReplayReport, build_replay, run_replay, session_id
 from stream.errors import UserError
 from stream.runtime import PipelineError, Stage
 from stream.sinks.console import ConsoleSink
 from stream.sinks.jsonl import JsonlSink
+from stream.sinks.mqtt import MqttSink
 
 HELP = {
     "media": "media file, '-' for a pipe on stdin, or any URL FFmpeg opens",
@@ -37,6 +38,8 @@ HELP = {
     "video_fps": "decimate video for the vision path to this frame rate",
     "session": "session id written into events (default: MEDIA's stem)",
     "verbose": "log more (repeat for debug)",
+    "mqtt": "publish events to this broker: mqtt://[user@]host:port (password from "
+            "$SOCIALSTREAM_MQTT_PASSWORD, never the command line)",
 }
 
 EXIT_USER, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
@@ -57,9 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--config", type=Path, help=HELP["config"])
     replay.add_argument("--out", type=Path, help=HELP["out"])
     replay.add_argument("--session", help=HELP["session"])
+    replay.add_argument("--mqtt", metavar="URL", help=HELP["mqtt"])
     replay.set_defaults(func=_replay)
 
     bench.add_parser(commands)
+    subscribe.add_parser(commands, HELP)
     return parser
 
 
@@ -95,6 +100,7 @@ def _replay(args: argparse.Namespace, stderr: Console) -> int:
     config = load_config(args.config, {
         "source": {"realtime": args.realtime, "speed": args.speed, "video_fps": args.video_fps},
         "output": {"out": args.out, "session": args.session},
+        "mqtt": {"url": args.mqtt},
     })
     replay = build_replay(args.media, config, _sinks(args, config, session_id(args.media, config)),
                           args.transcript)
@@ -118,6 +124,8 @@ def _sinks(args: argparse.Namespace, config: ReplayConfig, session: str) -> list
     sinks = [stdout]
     if config.output.out is not None:
         sinks.append(JsonlSink(session, config.output.out, names))
+    if config.mqtt.url is not None:
+        sinks.append(MqttSink(config.mqtt, session, names))
     return sinks
 
 

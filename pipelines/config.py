@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stream.audio.vad import VadConfig
 from stream.errors import ConfigError
+from stream.sinks.mqtt import MqttConfig
 from stream.speaker.perception import PerceptionConfig
 from stream.turns.assembler import TurnConfig
 
@@ -49,6 +50,7 @@ class ReplayConfig(_Strict):
     turns: TurnConfig = TurnConfig()
     queues: QueueConfig = QueueConfig()
     output: OutputConfig = OutputConfig()
+    mqtt: MqttConfig = MqttConfig()
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None,

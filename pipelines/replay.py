@@ -133,6 +133,8 @@ def build_replay(media: str, config: ReplayConfig, sinks: Sequence[Stage],
     for i, sink in enumerate(sinks):
         name = pipe.add(sink, f"{sink.name}-{i}" if i else sink.name)
         pipe.connect("turns", name, Turn, maxsize=size)
+        if perceive and PerceivedFrame in sink.inputs:
+            pipe.connect("perception", name, PerceivedFrame, policy="latest", maxsize=size)
     return Replay(pipe, source, lines, session_id(media, config))
 
 

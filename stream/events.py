@@ -6,9 +6,10 @@ import json
 from importlib import resources
 from typing import Any
 
-from stream.frames import PlayerView, Turn
+from stream.frames import PerceivedFrame, PlayerView, Turn
 
 TURN_SCHEMA = "socialstream.turn/2"
+SPEAKER_SCHEMA = "socialstream.speaker/1"
 
 
 def _t(seconds: float) -> float:
@@ -41,6 +42,20 @@ def turn_event(turn: Turn, session: str, names: dict[str, str] | None = None) ->
             for frame, views in zip(turn.keyframes, turn.views or [()] * len(turn.keyframes),
                                     strict=True)
         ],
+    }
+
+
+def speaker_event(frame: PerceivedFrame, session: str) -> dict[str, Any]:
+    """Who is speaking in one frame (the MQTT `speaker` topic)."""
+    return {
+        "schema": SPEAKER_SCHEMA,
+        "session": session,
+        "t": _t(frame.pts),
+        "speaker": frame.speaker,
+        "confidence": frame.confidence,
+        "voiced": frame.voiced,
+        "players": [{"id": v.player, "box": [round(b, 1) for b in v.box],
+                     "p_speaking": v.p_speaking} for v in frame.players],
     }
 
 

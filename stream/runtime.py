@@ -48,6 +48,8 @@ class Stage(ABC):
     """
 
     name: str = "stage"
+    inputs: tuple[type[Item], ...] = ()
+    """What a sink wants from the pipeline it joins (compositions read this)."""
 
     async def start(self) -> None:
         """Called before any data flows, sinks first."""

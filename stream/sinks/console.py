@@ -13,6 +13,7 @@ from stream.runtime import Stage
 
 class ConsoleSink(Stage):
     name = "console"
+    inputs = (Turn,)
 
     def __init__(self, console: Console, names: dict[str, str] | None = None) -> None:
         self.console = console

@@ -19,6 +19,7 @@ from stream.runtime import Stage
 
 class JsonlSink(Stage):
     name = "jsonl"
+    inputs = (Turn,)
 
     def __init__(self, session: str, path: Path | None = None,
                  names: dict[str, str] | None = None) -> None:

@@ -1,0 +1,88 @@
+"""`socialstream subscribe`: print a session's events live, for users without an MQTT tool.
+
+Each message is printed as one JSON line: turn events as they are, status
+changes as `{"status": "online"}`. Events already seen (same `id`) are skipped,
+so a redelivery after a reconnect prints nothing twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+import aiomqtt
+from rich.console import Console
+
+from stream.errors import UserError
+from stream.sinks.mqtt import broker_address
+
+
+def add_parser(commands: argparse._SubParsersAction, help_texts: dict[str, str]) -> None:
+    sub = commands.add_parser("subscribe", help="print a session's events from MQTT")
+    sub.add_argument("--mqtt", metavar="URL", required=True,
+                     help="broker: mqtt://[user@]host:port (password from "
+                          "$SOCIALSTREAM_MQTT_PASSWORD)")
+    sub.add_argument("--session", default="+", help="session id (default: every session)")
+    sub.add_argument("--prefix", default="socialstream", help="topic prefix")
+    sub.add_argument("--topics", default="status,turn,prediction",
+                     help="comma-separated topics to follow (also: speaker)")
+    sub.add_argument("--count", type=int, help="exit after this many events")
+    sub.add_argument("--timeout", type=float, help="exit after this many seconds")
+    sub.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, stderr: Console) -> int:
+    host, port, user, tls = broker_address(args.mqtt)
+    topics = [f"{args.prefix}/{args.session}/{t.strip()}" for t in args.topics.split(",")]
+    try:
+        asyncio.run(asyncio.wait_for(_follow(host, port, user, tls, topics, args.count),
+                                     args.timeout))
+    except TimeoutError:
+        pass
+    except aiomqtt.MqttError as exc:
+        raise UserError(f"{args.mqtt}: cannot subscribe ({exc}); is the broker running?") \
+            from exc
+    return 0
+
+
+async def _follow(host: str, port: int, user: str | None, tls: bool, topics: list[str],
+                  count: int | None) -> None:
+    import ssl
+
+    seen: set[str] = set()
+    printed = 0
+    password = os.environ.get("SOCIALSTREAM_MQTT_PASSWORD") if user else None
+    async with aiomqtt.Client(host, port, username=user, password=password, timeout=10,
+                              tls_context=ssl.create_default_context() if tls else None
+                              ) as client:
+        for topic in topics:
+            await client.subscribe(topic, qos=1)
+        async for message in client.messages:
+            event = _event(message)
+            key = event.get("id")
+            if key is not None:
+                if key in seen:
+                    continue
+                seen.add(key)
+            sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+            sys.stdout.flush()
+            printed += 1
+            if count is not None and printed >= count:
+                return
+
+
+def _event(message: aiomqtt.Message) -> dict[str, Any]:
+    payload = message.payload
+    text = payload.decode("utf-8", errors="replace") if isinstance(payload, bytes | bytearray) \
+        else str(payload)
+    if str(message.topic).endswith("/status"):
+        return {"topic": str(message.topic), "status": text}
+    try:
+        event = json.loads(text)
+    except json.JSONDecodeError:
+        return {"topic": str(message.topic), "raw": text}
+    return event if isinstance(event, dict) else {"topic": str(message.topic), "value": event}

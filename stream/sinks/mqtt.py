@@ -1,0 +1,192 @@
+"""Events to an MQTT broker (aiomqtt), through an on-disk spool so none is lost.
+
+Topics, under `<prefix>/<session>/`:
+  status      retained; `online` on connect, `offline` on clean exit and as the Last Will
+  turn        turn events, QoS 1
+  speaker     per-frame active speaker, QoS 0, rate-limited, never spooled
+
+Turn events go to the spool first and leave it only when the broker has
+acknowledged them (QoS 1 PUBACK). A background task connects, drains the
+spool in order and reconnects with exponential backoff when the broker is
+down or goes away; the pipeline never waits for the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiomqtt
+from pydantic import BaseModel, ConfigDict, Field
+
+from stream.errors import ConfigError
+from stream.events import dumps, speaker_event, turn_event
+from stream.frames import Item, PerceivedFrame, Turn
+from stream.runtime import Stage
+from stream.sinks.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+class MqttConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = Field(None, description="mqtt://[user@]host:port or mqtts://...; null: off")
+    prefix: str = Field("socialstream", min_length=1, description="topic prefix")
+    password_env: str = Field("SOCIALSTREAM_MQTT_PASSWORD",
+                              description="environment variable holding the password")
+    ca_file: Path | None = Field(None, description="CA bundle for mqtts:// (default: system)")
+    cert_file: Path | None = Field(None, description="client certificate for mqtts://")
+    key_file: Path | None = Field(None, description="client key for mqtts://")
+    spool_dir: Path | None = Field(
+        None, description="where undelivered events wait, one file per session "
+        "(null: ~/.cache/socialstream/spool)")
+    spool_max: int = Field(100_000, ge=1, description="most events kept; the oldest go first")
+    reconnect_min_s: float = Field(0.5, gt=0, description="first reconnect delay")
+    reconnect_max_s: float = Field(10.0, gt=0, description="longest reconnect delay")
+    drain_timeout_s: float = Field(10.0, ge=0, description="wait at exit for the spool to empty")
+    speaker_rate_hz: float = Field(5.0, gt=0, description="most speaker messages per second")
+
+
+def broker_address(url: str) -> tuple[str, int, str | None, bool]:
+    """host, port, user and TLS flag from `mqtt://[user@]host:port` (or `mqtts://`)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(f"{url}: not an MQTT URL; use mqtt://[user@]host:port")
+    if parts.password:
+        raise ConfigError("put the MQTT password in the environment (mqtt.password_env), "
+                          "not in the URL")
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as exc:
+        raise ConfigError(f"{url}: bad port") from exc
+    return parts.hostname, port, parts.username, tls
+
+
+class MqttSink(Stage):
+    name = "mqtt"
+    inputs = (Turn, PerceivedFrame)
+
+    def __init__(self, config: MqttConfig, session: str,
+                 names: dict[str, str] | None = None) -> None:
+        if config.url is None:
+            raise ConfigError("mqtt.url is not set")
+        self.config, self.session, self.names = config, session, names or {}
+        self.host, self.port, self.user, self.tls = broker_address(config.url)
+        self.topic = f"{config.prefix}/{session}"
+        self.spool: Spool | None = None
+        self.published = 0
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last_speaker = float("-inf")
+
+    async def start(self) -> None:
+        folder = self.config.spool_dir or Path.home() / ".cache" / "socialstream" / "spool"
+        self.spool = Spool(folder / f"{_safe(self.session)}.sqlite", self.config.spool_max)
+        if len(self.spool):
+            log.info("%d undelivered events from an earlier run go first", len(self.spool))
+        self._task = asyncio.create_task(self._publish_forever(), name="mqtt-publisher")
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        assert self.spool is not None, "start() opens the spool"
+        if isinstance(item, Turn):
+            event = turn_event(item, self.session, self.names)
+            self.spool.append(f"{self.topic}/turn", dumps(event).encode(), qos=1)
+            self._wakeup.set()
+        elif (isinstance(item, PerceivedFrame) and self._client is not None
+              and item.pts - self._last_speaker >= 1 / self.config.speaker_rate_hz):
+            self._last_speaker = item.pts
+            payload = dumps(speaker_event(item, self.session)).encode()
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._client.publish(f"{self.topic}/speaker", payload, qos=0)
+        return ()
+
+    async def stop(self) -> None:
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), self.config.drain_timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            self._task = None
+        if self.spool is not None:
+            left = len(self.spool)
+            if left:
+                log.warning("MQTT broker %s:%d unreachable: %d events kept in %s; the next run "
+                            "with session %r delivers them", self.host, self.port, left,
+                            self.spool.path, self.session)
+            self.spool.close()
+            self.spool = None
+
+    async def _publish_forever(self) -> None:
+        delay = self.config.reconnect_min_s
+        outage = False
+        while True:
+            try:
+                async with self._connect() as client:
+                    if outage:
+                        log.warning("MQTT broker %s:%d is back", self.host, self.port)
+                    outage, delay = False, self.config.reconnect_min_s
+                    await client.publish(f"{self.topic}/status", b"online", qos=1, retain=True)
+                    self._client = client
+                    await self._drain(client)
+                    self._client = None
+                    await client.publish(f"{self.topic}/status", b"offline", qos=1, retain=True)
+                    return
+            except aiomqtt.MqttError as exc:
+                self._client = None
+                if not outage:
+                    log.warning("MQTT broker %s:%d unreachable (%s); spooling events and "
+                                "retrying", self.host, self.port, exc)
+                outage = True
+                if self._closing and not self.config.drain_timeout_s:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.reconnect_max_s)
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        assert self.spool is not None
+        while True:
+            batch = self.spool.peek(100)
+            if not batch:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            for message in batch:
+                await client.publish(message.topic, message.payload, qos=message.qos,
+                                     retain=message.retain, timeout=10)
+                self.spool.ack(message.id)
+                self.published += 1
+
+    def _connect(self) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            self.host, self.port, username=self.user,
+            password=os.environ.get(self.config.password_env) if self.user else None,
+            identifier=f"socialstream-{_safe(self.session)}",
+            will=aiomqtt.Will(f"{self.topic}/status", b"offline", qos=1, retain=True),
+            tls_context=self._tls() if self.tls else None, timeout=10, keepalive=5,
+        )
+
+    def _tls(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.config.ca_file)
+        if self.config.cert_file is not None:
+            context.load_cert_chain(self.config.cert_file, self.config.key_file)
+        return context
+
+
+def _safe(session: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in session)

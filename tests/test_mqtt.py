@@ -1,0 +1,168 @@
+"""MQTT against a real Mosquitto broker: delivery, Last Will, outages, the spool."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from stream.events import turn_schema
+from stream.sinks.spool import Spool
+from tests.broker import Broker, free_port
+from tests.conftest import ROOT, run_cli
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    running = Broker(tmp_path).start()
+    yield running
+    running.stop()
+
+
+def _replay(url: str, tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
+    config = tmp_path / "mqtt.yaml"
+    config.write_text(f"mqtt:\n  spool_dir: {tmp_path / 'spool'}\n  reconnect_max_s: 1.0\n")
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "replay", str(ROOT / "examples" / "demo.mp4"),
+         "--json", "--mqtt", url, "--config", str(config), *extra],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _turns(lines: list[str]) -> list[dict]:
+    return [json.loads(line.split(" ", 1)[1]) for line in lines if "/turn " in line]
+
+
+def test_every_turn_reaches_a_subscriber_and_status_goes_offline(broker: Broker,
+                                                                 tmp_path: Path) -> None:
+    sub = broker.subscribe("socialstream/demo/turn", "socialstream/demo/status", count=14)
+    speaker = broker.subscribe("socialstream/demo/speaker", count=5)
+    time.sleep(0.3)
+    replay = _replay(broker.url, tmp_path)
+    stdout, stderr = replay.communicate(timeout=120)
+    assert replay.returncode == 0, stderr
+    lines = sub.communicate(timeout=30)[0].splitlines()
+    events = _turns(lines)
+    schema = turn_schema()
+    for event in events:
+        jsonschema.validate(event, schema)
+    assert [e["turn"] for e in events] == list(range(12))
+    assert [e["id"] for e in events] == [json.loads(s)["id"] for s in stdout.splitlines()]
+    assert lines[0] == "socialstream/demo/status online"
+    assert lines[-1] == "socialstream/demo/status offline"
+    assert broker.retained("socialstream/demo/status") == "offline"
+    frames = [json.loads(line.split(" ", 1)[1]) for line in speaker.communicate(timeout=30)[0]
+              .splitlines()]
+    assert len(frames) == 5 and all(f["schema"] == "socialstream.speaker/1" for f in frames)
+
+
+def test_last_will_marks_a_killed_session_offline(broker: Broker, tmp_path: Path) -> None:
+    replay = _replay(broker.url, tmp_path, "--realtime")
+    deadline = time.monotonic() + 30
+    while broker.retained("socialstream/demo/status") != "online":
+        assert time.monotonic() < deadline, "never came online"
+    replay.send_signal(signal.SIGKILL)
+    replay.wait(timeout=10)
+    deadline = time.monotonic() + 20  # keepalive 5 s: the broker gives up after 7.5 s
+    while broker.retained("socialstream/demo/status") != "offline":
+        assert time.monotonic() < deadline, "the Last Will was not published"
+
+
+def test_broker_stopped_mid_run_loses_nothing(tmp_path: Path) -> None:
+    import paho.mqtt.client as paho
+
+    (tmp_path / "b").mkdir()
+    broker = Broker(tmp_path / "b").start()
+    received: list[dict] = []
+    # A persistent QoS 1 subscriber that reconnects by itself (paho's network thread);
+    # the broker keeps its session across the restart.
+    observer = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="observer",
+                           clean_session=False)
+    observer.on_connect = lambda c, *_: c.subscribe("socialstream/demo/turn", qos=1)
+    observer.on_message = lambda c, u, m: received.append(json.loads(m.payload))
+    observer.reconnect_delay_set(0.2, 1.0)
+    observer.connect("127.0.0.1", broker.port)
+    observer.loop_start()
+    try:
+        time.sleep(0.5)
+        replay = _replay(broker.url, tmp_path, "--realtime", "--speed", "2")
+        time.sleep(4.0)
+        broker.stop()
+        time.sleep(10.0)  # turns keep coming and wait in the spool
+        broker.start()
+        _, stderr = replay.communicate(timeout=120)
+        assert replay.returncode == 0, stderr
+        assert "unreachable" in stderr and "is back" in stderr
+        deadline = time.monotonic() + 30
+        while len(received) < 12 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        observer.loop_stop()
+        broker.stop()
+    turns = [e["turn"] for e in received]
+    assert sorted(set(turns)) == list(range(12)), "none missing"
+    assert [t for i, t in enumerate(turns) if t not in turns[:i]] == list(range(12)), "in order"
+
+
+def test_broker_down_at_start_spools_and_delivers_later(tmp_path: Path) -> None:
+    port = free_port()
+    replay = _replay(f"mqtt://127.0.0.1:{port}", tmp_path)
+    stdout, stderr = replay.communicate(timeout=120)
+    assert replay.returncode == 0
+    assert len(stdout.splitlines()) == 12, "the run itself does not wait for the broker"
+    assert "12 events kept in" in stderr
+    spool = Spool(tmp_path / "spool" / "demo.sqlite")
+    assert len(spool) == 12
+    spool.close()
+    (tmp_path / "b").mkdir()
+    broker = Broker(tmp_path / "b", port).start()
+    try:
+        sub = broker.subscribe("socialstream/demo/turn", count=24)
+        time.sleep(0.3)
+        again = _replay(broker.url, tmp_path)  # the next run of the session delivers first
+        again.communicate(timeout=120)
+        turns = [e["turn"] for e in _turns(sub.communicate(timeout=30)[0].splitlines())]
+    finally:
+        broker.stop()
+    assert turns == list(range(12)) * 2
+
+
+def test_spool_keeps_order_and_bounds_its_size(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite", max_messages=5)
+    for i in range(8):
+        spool.append("t", str(i).encode())
+    assert [m.payload for m in spool.peek()] == [b"3", b"4", b"5", b"6", b"7"]
+    assert spool.dropped == 3
+    first = spool.peek(1)[0]
+    spool.ack(first.id)
+    spool.close()
+    reopened = Spool(tmp_path / "s.sqlite")
+    assert [m.payload for m in reopened.peek()] == [b"4", b"5", b"6", b"7"]
+
+
+def test_bad_mqtt_urls_are_one_line_errors() -> None:
+    demo = str(ROOT / "examples" / "demo.mp4")
+    result = run_cli("replay", demo, "--mqtt", "http://host")
+    assert result.returncode == 2 and "not an MQTT URL" in result.stderr
+    result = run_cli("replay", demo, "--mqtt", "mqtt://u:secret@host:1883")
+    assert result.returncode == 2 and "secret" not in result.stderr
+
+
+def test_subscribe_prints_events(broker: Broker, tmp_path: Path) -> None:
+    sub = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "subscribe", "--mqtt", broker.url, "--session",
+         "demo", "--count", "13", "--timeout", "60"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    _replay(broker.url, tmp_path).communicate(timeout=120)
+    out, err = sub.communicate(timeout=90)
+    assert sub.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[0]["status"] == "online"
+    assert [e["turn"] for e in events[1:]] == list(range(12))
