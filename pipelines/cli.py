@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pipelines import bench, subscribe
 from pipelines.config import ReplayConfig, load_config
+from pipelines.live import LivePipelineConfig, build_live, live_inputs, run_live
 from pipelines.replay import Replay, ReplayReport, build_replay, run_replay, session_id
 from stream.errors import UserError
 from stream.runtime import PipelineError, Stage
@@ -62,6 +63,26 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--session", help=HELP["session"])
     replay.add_argument("--mqtt", metavar="URL", help=HELP["mqtt"])
     replay.set_defaults(func=_replay)
+
+    live = commands.add_parser("live", help="watch a webcam or a network stream")
+    live.add_argument("target", help="/dev/videoN, or a stream URL (rtsp://, udp://, tcp://, "
+                      "srt://, ...)")
+    live.add_argument("--audio", metavar="DEVICE",
+                      help="microphone beside a webcam: alsa:DEVICE or pulse:DEVICE")
+    live.add_argument("--format", help="FFmpeg input format, when it cannot be guessed")
+    live.add_argument("--listen", action="store_true",
+                      help="wait for a sender on the URL (RTSP, TCP, SRT, RTMP) instead of "
+                           "connecting to it")
+    live.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                      help="FFmpeg input option, repeatable (e.g. rtsp_transport=tcp)")
+    live.add_argument("--give-up", type=float, metavar="S",
+                      help="end the session after S seconds without data (default: never)")
+    live.add_argument("--json", action="store_true", help=HELP["json"])
+    live.add_argument("--config", type=Path, help="YAML config (as configs/live.yaml)")
+    live.add_argument("--out", type=Path, help=HELP["out"])
+    live.add_argument("--session", help="session id written into events (default: live)")
+    live.add_argument("--mqtt", metavar="URL", help=HELP["mqtt"])
+    live.set_defaults(func=_live)
 
     bench.add_parser(commands)
     subscribe.add_parser(commands, HELP)
@@ -114,6 +135,33 @@ def _replay(args: argparse.Namespace, stderr: Console) -> int:
     if config.output.metrics:
         stderr.print(replay.pipeline.metrics_table())
     _summary(stderr, args.media, replay, report)
+    return EXIT_INTERRUPTED if report.interrupted else 0
+
+
+def _live(args: argparse.Namespace, stderr: Console) -> int:
+    options = {}
+    for pair in args.option:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--option {pair!r}: write it as KEY=VALUE")
+        options[key] = value
+    config = load_config(args.config, {
+        "live": {"give_up_s": args.give_up},
+        "output": {"out": args.out, "session": args.session},
+        "mqtt": {"url": args.mqtt},
+    }, model=LivePipelineConfig)
+    session = config.output.session or "live"
+    inputs = live_inputs(args.target, fmt=args.format, audio_device=args.audio,
+                         listen=args.listen, options=options)
+    live = build_live(inputs, config, _sinks(args, config, session), session)
+    stderr.log(f"live session {session!r}: reading {live.source.uri} (Ctrl-C to stop)")
+    report = asyncio.run(run_live(live))
+    if config.output.metrics:
+        stderr.print(live.pipeline.metrics_table())
+    turns = live.pipeline.metrics().get("turns", {}).get("items_out", 0)
+    stderr.print(f"{args.target}: {turns} turns in {report.wall_s:.1f}s; "
+                 f"{live.source.reconnects} reconnects, {live.source.video_dropped} stale video "
+                 "frames dropped at the source", highlight=False)
     return EXIT_INTERRUPTED if report.interrupted else 0
 
 

@@ -7,7 +7,7 @@ An unknown key or a bad value is a `ConfigError` naming the key and the file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -53,8 +53,11 @@ class ReplayConfig(_Strict):
     mqtt: MqttConfig = MqttConfig()
 
 
+C = TypeVar("C", bound=ReplayConfig)
+
+
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None,
-                model: type[ReplayConfig] = ReplayConfig) -> ReplayConfig:
+                model: type[C] = ReplayConfig) -> C:  # type: ignore[assignment]
     """Defaults, then the YAML file, then `overrides` (nested dicts, None values ignored)."""
     data: dict[str, Any] = {}
     origin = "defaults"

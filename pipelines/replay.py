@@ -27,7 +27,7 @@ from stream.frames import (
     VideoFrame,
     VoiceFrame,
 )
-from stream.runtime import Pipeline, Stage
+from stream.runtime import Pipeline, Policy, Stage
 from stream.sources.media import MediaInfo, MediaSource
 from stream.sources.pacing import Pacer
 from stream.sources.transcript import TranscriptSource
@@ -104,21 +104,32 @@ def build_replay(media: str, config: ReplayConfig, sinks: Sequence[Stage],
                          video_fps=src.video_fps, video_size=src.video_size)
     lines = resolve_transcript(media, transcript)
     pipe = Pipeline()
-    size = config.queues.size
     pipe.add(source)
     if lines is not None:
         pipe.add(TranscriptSource(lines))
-    has_audio = source.info.has_audio
-    perceive = config.perception.enabled and source.info.has_video
+    compose(pipe, config, sinks, has_audio=source.info.has_audio,
+            has_video=source.info.has_video, transcript="transcript" if lines else None)
+    return Replay(pipe, source, lines, session_id(media, config))
+
+
+def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has_audio: bool,
+            has_video: bool, transcript: str | None, media: str = "media",
+            video_policy: Policy = "block") -> None:
+    """The stages after the sources: VAD, perception, turns, sinks.
+
+    `video_policy="latest"` lets a live feed drop stale frames before perception.
+    """
+    size = config.queues.size
+    perceive = config.perception.enabled and has_video
     assembler = TurnAssembler(config.turns, has_audio=has_audio,
                               orphan_delay_s=config.vad.hangover_s + config.vad.frame_s,
                               speaker=config.perception.speaker if perceive else None)
     if has_audio:
         pipe.add(VadStage(config.vad, emit_frames=perceive))
-        pipe.connect(source.name, "vad", AudioChunk, maxsize=size)
+        pipe.connect(media, "vad", AudioChunk, maxsize=size)
     if perceive:
         pipe.add(PerceptionStage(config.perception))
-        pipe.connect(source.name, "perception", VideoFrame, maxsize=size)
+        pipe.connect(media, "perception", VideoFrame, policy=video_policy, maxsize=size)
         if has_audio:
             pipe.connect("vad", "perception", VoiceFrame, maxsize=size)
     pipe.add(TurnStage(assembler))
@@ -127,15 +138,14 @@ def build_replay(media: str, config: ReplayConfig, sinks: Sequence[Stage],
     if perceive:
         pipe.connect("perception", "turns", PerceivedFrame, maxsize=size)
     else:
-        pipe.connect(source.name, "turns", VideoFrame, maxsize=size)
-    if lines is not None:
-        pipe.connect("transcript", "turns", TranscriptLine, maxsize=size)
+        pipe.connect(media, "turns", VideoFrame, policy=video_policy, maxsize=size)
+    if transcript is not None:
+        pipe.connect(transcript, "turns", TranscriptLine, maxsize=size)
     for i, sink in enumerate(sinks):
         name = pipe.add(sink, f"{sink.name}-{i}" if i else sink.name)
         pipe.connect("turns", name, Turn, maxsize=size)
         if perceive and PerceivedFrame in sink.inputs:
             pipe.connect("perception", name, PerceivedFrame, policy="latest", maxsize=size)
-    return Replay(pipe, source, lines, session_id(media, config))
 
 
 async def run_replay(replay: Replay, *, drain_on_sigint: bool = False,

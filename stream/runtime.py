@@ -192,6 +192,10 @@ class Pipeline:
         self._nodes[dst].inputs.append(edge)
         return edge
 
+    @property
+    def edges(self) -> list[Edge]:
+        return [edge for node in self._nodes.values() for edge in node.outputs]
+
     def observe(self, observer: Observer) -> None:
         self._observers.append(observer)
 

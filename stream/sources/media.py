@@ -9,9 +9,7 @@ everything downstream sees media time move forward on every edge.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
-import math
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -19,19 +17,15 @@ from pathlib import Path
 
 import av
 import av.error
-import numpy as np
 
 from stream.errors import MediaError
-from stream.frames import SAMPLE_RATE, AudioChunk, Item, VideoFrame
+from stream.frames import AudioChunk, Item, VideoFrame
 from stream.runtime import Source
+from stream.sources.decoding import Decoder, PtsReorder, stream_start
 from stream.sources.pacing import Pacer
 
 log = logging.getLogger(__name__)
 
-MAX_INTERLEAVE_S = 20.0
-"""How far apart audio and video packets may lie in the container before we give up."""
-RESYNC_S = 0.2
-"""An audio timestamp jump larger than this restarts the sample count (a gap in the feed)."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +117,7 @@ class MediaSource(Source):
         expected = {kind for kind, wanted in ((AudioChunk, self.want_audio and self.info.has_audio),
                                               (VideoFrame, self.want_video and self.info.has_video))
                     if wanted}
-        merger = _PtsReorder(self.uri, expected)
+        merger = PtsReorder(self.uri, expected)
         decoded = self._decode()
         loop = asyncio.get_running_loop()
         seq = 0
@@ -152,45 +146,17 @@ class MediaSource(Source):
     def _decode(self) -> Iterator[list[Item]]:
         container = self._container
         assert container is not None
-        streams = []
-        if self.want_audio and container.streams.audio:
-            streams.append(container.streams.audio[0])
-        if self.want_video and container.streams.video:
-            video = container.streams.video[0]
-            video.thread_type = "AUTO"
-            streams.append(video)
-        if not streams:
-            return
-        origin = container.start_time / av.time_base if container.start_time else 0.0
-        audio = _AudioConverter(origin, self.uri)
-        video = _VideoConverter(origin, self.uri, self.video_fps, self.video_size)
+        origin = stream_start(container)
+        decoder = Decoder(container, self.uri, lambda t: t - origin, audio=self.want_audio,
+                          video=self.want_video, video_fps=self.video_fps,
+                          video_size=self.video_size)
         try:
-            for packet in container.demux(*streams):
-                try:
-                    frames = packet.decode()
-                except av.error.InvalidDataError:
-                    self._count_decode_error(packet)
-                    continue
-                out: list[Item] = []
-                for frame in frames:
-                    if isinstance(frame, av.AudioFrame):
-                        out.extend(audio.convert(frame))
-                    else:
-                        out.extend(video.convert(frame))
-                if out:
-                    yield out
-            tail = audio.flush()
-            if tail:
-                yield tail
+            yield from decoder.batches()
         except av.error.FFmpegError as exc:
             raise MediaError(f"{self.uri}: decoding failed ({_reason(exc)}); "
                              "the file may be truncated or corrupt") from exc
-
-    def _count_decode_error(self, packet: av.Packet) -> None:
-        self.decode_errors += 1
-        if self.decode_errors == 1:
-            log.warning("%s: skipping undecodable %s packet(s); the file may be damaged",
-                        self.uri, packet.stream.type)
+        finally:
+            self.decode_errors += decoder.bad_packets
 
     async def close(self) -> None:
         await self._settle()
@@ -202,101 +168,3 @@ class MediaSource(Source):
 
 def _next_batch(decoded: Iterator[list[Item]]) -> list[Item] | None:
     return next(decoded, None)
-
-
-class _AudioConverter:
-    """Resamples to 16 kHz mono int16; timestamps follow the sample count."""
-
-    def __init__(self, origin: float, uri: str) -> None:
-        self.origin, self.uri = origin, uri
-        self.resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        self.next_pts: float | None = None
-
-    def convert(self, frame: av.AudioFrame) -> list[Item]:
-        if frame.time is not None:
-            stamped = frame.time - self.origin
-            if self.next_pts is None or abs(stamped - self.next_pts) > RESYNC_S:
-                self.next_pts = max(stamped, 0.0)
-        elif self.next_pts is None:
-            self.next_pts = 0.0
-        return self._chunks(self.resampler.resample(frame))
-
-    def flush(self) -> list[Item]:
-        return self._chunks(self.resampler.resample(None)) if self.next_pts is not None else []
-
-    def _chunks(self, frames: list[av.AudioFrame]) -> list[Item]:
-        out: list[Item] = []
-        for resampled in frames:
-            samples = resampled.to_ndarray().reshape(-1).astype(np.int16, copy=False)
-            if samples.size == 0:
-                continue
-            assert self.next_pts is not None
-            out.append(AudioChunk(pts=self.next_pts, samples=samples, source=self.uri))
-            self.next_pts += samples.size / SAMPLE_RATE
-        return out
-
-
-class _VideoConverter:
-    """RGB frames, optionally decimated to `fps` and resized to `size` (w, h)."""
-
-    def __init__(self, origin: float, uri: str, fps: float | None,
-                 size: tuple[int, int] | None) -> None:
-        self.origin, self.uri, self.fps, self.size = origin, uri, fps, size
-        self.last_bucket = -math.inf
-        self.last_pts = -math.inf
-
-    def convert(self, frame: av.VideoFrame) -> list[Item]:
-        if frame.time is None:
-            return []
-        pts = frame.time - self.origin
-        if pts <= self.last_pts:
-            return []  # duplicated timestamp from a broken stream
-        if self.fps is not None:
-            bucket = math.floor(pts * self.fps + 1e-6)
-            if bucket <= self.last_bucket:
-                return []
-            self.last_bucket = bucket
-        self.last_pts = pts
-        if self.size is not None:
-            width, height = self.size
-            image = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
-        else:
-            image = frame.to_ndarray(format="rgb24")
-        return [VideoFrame(pts=max(pts, 0.0), image=image, source=self.uri)]
-
-
-class _PtsReorder:
-    """Re-interleaves audio and video by pts within a bounded window."""
-
-    def __init__(self, uri: str, expected: set[type]) -> None:
-        self.uri, self.expected = uri, expected
-        self.heap: list[tuple[float, int, Item]] = []
-        self.counter = 0
-        self.emitted = -math.inf
-        self.newest: dict[type, float] = {}
-
-    def push(self, items: list[Item]) -> list[Item]:
-        for item in items:
-            heapq.heappush(self.heap, (item.pts, self.counter, item))
-            self.counter += 1
-            self.newest[type(item)] = item.pts
-        # Safe to release what is older than the newest item of the lagging stream.
-        horizon = min(self.newest.get(kind, -math.inf) for kind in self.expected)
-        newest = max(self.newest.values())
-        out = []
-        while self.heap and (self.heap[0][0] <= horizon
-                             or self.heap[0][0] < newest - MAX_INTERLEAVE_S):
-            out.append(self._pop())
-        return out
-
-    def drain(self) -> list[Item]:
-        return [self._pop() for _ in range(len(self.heap))]
-
-    def _pop(self) -> Item:
-        pts, _, item = heapq.heappop(self.heap)
-        if pts < self.emitted:
-            raise MediaError(f"{self.uri}: audio and video are interleaved more than "
-                             f"{MAX_INTERLEAVE_S:.0f}s apart; remux it "
-                             "(ffmpeg -i IN -c copy OUT.mp4) and try again")
-        self.emitted = pts
-        return item

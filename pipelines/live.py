@@ -1,0 +1,79 @@
+"""A live session: a webcam and microphone, or a network stream, through the same stages.
+
+    inputs (v4l2 + alsa/pulse | rtsp | udp/tcp mpegts | srt ...) ─ live source ─ stages as in replay
+
+Video edges keep only the newest frames (stale ones are dropped and counted);
+audio, turns and events are never dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from pydantic import Field
+
+from pipelines.config import ReplayConfig
+from pipelines.replay import ReplayReport, compose
+from stream.errors import UserError
+from stream.runtime import Pipeline, Stage
+from stream.sources.live import LiveConfig, LiveInput, LiveSource
+
+LISTEN_OPTIONS = {"rtsp": {"rtsp_flags": "listen"}, "tcp": {"listen": "1"},
+                  "srt": {"mode": "listener"}, "rtmp": {"listen": "1"}}
+"""FFmpeg input options that make a URL wait for a sender instead of connecting out."""
+
+
+class LivePipelineConfig(ReplayConfig):
+    live: LiveConfig = Field(default_factory=LiveConfig)
+
+
+@dataclass
+class Live:
+    pipeline: Pipeline
+    source: LiveSource
+    session: str
+
+
+def live_inputs(target: str, *, fmt: str | None = None, audio_device: str | None = None,
+                listen: bool = False, options: dict[str, str] | None = None) -> list[LiveInput]:
+    """What to open for TARGET: a V4L2 device (with an optional microphone) or a URL."""
+    options = dict(options or {})
+    if target.startswith("/dev/video"):
+        inputs = [LiveInput(target, fmt or "v4l2", options, audio=False)]
+        if audio_device:
+            backend, _, device = audio_device.partition(":")
+            if backend not in ("alsa", "pulse") or not device:
+                raise UserError(f"{audio_device}: name a microphone as alsa:DEVICE or "
+                                "pulse:DEVICE (e.g. alsa:default)")
+            inputs.append(LiveInput(device, backend, {}, video=False))
+        return inputs
+    if listen:
+        scheme = urlsplit(target).scheme
+        options = {**LISTEN_OPTIONS.get(scheme, {}), **options}
+    return [LiveInput(target, fmt, options)]
+
+
+def build_live(inputs: list[LiveInput], config: LivePipelineConfig, sinks: Sequence[Stage],
+               session: str) -> Live:
+    source = LiveSource(inputs, config.live, video_fps=config.source.video_fps,
+                        video_size=config.source.video_size)
+    pipe = Pipeline()
+    pipe.add(source)
+    compose(pipe, config, sinks, has_audio=source.has_audio, has_video=source.has_video,
+            transcript=None, video_policy="latest")
+    return Live(pipe, source, session)
+
+
+async def run_live(live: Live, *, drain_on_sigint: bool = True) -> ReplayReport:
+    began = time.perf_counter()
+    if drain_on_sigint:
+        with live.pipeline.sigint_drains():
+            await live.pipeline.run()
+    else:
+        await live.pipeline.run()
+    wall = time.perf_counter() - began
+    return ReplayReport(wall_s=wall, media_s=None, interrupted=live.pipeline.stop_requested,
+                        metrics=live.pipeline.metrics())

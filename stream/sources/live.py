@@ -1,0 +1,216 @@
+"""Live inputs through PyAV: network streams (RTSP, UDP/TCP MPEG-TS, SRT, ...), webcams
+(V4L2) and microphones (ALSA, Pulse).
+
+Each input is read by its own thread. A read that stalls for `stall_timeout_s`
+closes the input and reopens it with exponential backoff; the session clock
+goes on: the first frame after a (re)connect is stamped with the wall time
+elapsed since the session began, and the frames after it keep their spacing.
+The session ends when every input has been silent for `give_up_s` (never by
+default). If the pipeline falls behind, stale video is dropped here and
+counted; audio is never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+
+import av
+import av.error
+from pydantic import BaseModel, ConfigDict, Field
+
+from stream.frames import AudioChunk, Item, VideoFrame
+from stream.runtime import Source
+from stream.sources.decoding import Decoder, PtsReorder, stream_start
+
+log = logging.getLogger(__name__)
+
+
+class LiveConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stall_timeout_s: float = Field(3.0, gt=0, description="no data this long: reconnect")
+    reconnect_min_s: float = Field(0.5, gt=0, description="first reconnect delay")
+    reconnect_max_s: float = Field(8.0, gt=0, description="longest reconnect delay")
+    give_up_s: float | None = Field(
+        None, gt=0, description="end the session after this long without data (null: never)")
+    max_backlog: int = Field(
+        64, ge=1, description="decoded batches waiting before stale video is dropped")
+
+
+@dataclass(frozen=True)
+class LiveInput:
+    """One thing to open: a URL or device, with FFmpeg's format name and options."""
+
+    url: str
+    format: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+    audio: bool = True
+    video: bool = True
+
+
+class _SessionClock:
+    """Maps each connection's stream time onto one continuous session clock."""
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+        self.last = -math.inf
+        self._lock = threading.Lock()
+
+    def connection(self, start: float | None) -> _Connection:
+        """A new connection whose stream starts at `start` (seconds; None: its first frame)."""
+        return _Connection(self, start)
+
+    def anchor(self, raw: float) -> float:
+        """Offset so that `raw` lands at the wall time elapsed in the session."""
+        with self._lock:
+            now = time.monotonic()
+            if self.start is None:
+                self.start = now
+            at = max(now - self.start, self.last + 0.001)
+            return raw - at
+
+
+class _Connection:
+    def __init__(self, clock: _SessionClock, start: float | None) -> None:
+        self.clock, self.start = clock, start
+        self.offset: float | None = None
+
+    def __call__(self, raw: float) -> float:
+        if self.offset is None:
+            self.offset = self.clock.anchor(raw if self.start is None else self.start)
+        t = raw - self.offset
+        self.clock.last = max(self.clock.last, t)
+        return t
+
+
+class LiveSource(Source):
+    name = "media"
+
+    def __init__(self, inputs: list[LiveInput], config: LiveConfig | None = None, *,
+                 video_fps: float | None = None,
+                 video_size: tuple[int, int] | None = None) -> None:
+        if not inputs:
+            raise ValueError("a live source needs at least one input")
+        self.inputs, self.config = inputs, config or LiveConfig()
+        self.uri = " + ".join(i.url for i in inputs)
+        self.video_fps, self.video_size = video_fps, video_size
+        self.reconnects = 0
+        self.video_dropped = 0
+        self._clock = _SessionClock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def has_audio(self) -> bool:
+        return any(spec.audio for spec in self.inputs)
+
+    @property
+    def has_video(self) -> bool:
+        return any(spec.video for spec in self.inputs)
+
+    async def items(self) -> AsyncIterator[Item]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[int, list[Item] | None]] = asyncio.Queue()
+        reorder = PtsReorder(self.uri, {kind for spec in self.inputs for kind in _kinds(spec)})
+        for index, spec in enumerate(self.inputs):
+            thread = threading.Thread(target=self._read, args=(index, spec, loop, queue),
+                                      daemon=True, name=f"live:{spec.url}")
+            thread.start()
+            self._threads.append(thread)
+        open_inputs, seq = set(range(len(self.inputs))), 0
+        try:
+            while open_inputs:
+                index, batch = await queue.get()
+                if batch is None:  # that input gave up: stop waiting for its kinds
+                    open_inputs.discard(index)
+                    reorder.expected = {kind for i in open_inputs
+                                        for kind in _kinds(self.inputs[i])}
+                    continue
+                if queue.qsize() > self.config.max_backlog:
+                    batch = self._drop_video(batch)
+                for item in reorder.push(batch):
+                    yield replace(item, seq=seq)
+                    seq += 1
+            for item in reorder.drain():
+                yield replace(item, seq=seq)
+                seq += 1
+        finally:
+            self._stop.set()
+
+    def _drop_video(self, batch: list[Item]) -> list[Item]:
+        kept = [item for item in batch if not isinstance(item, VideoFrame)]
+        dropped = len(batch) - len(kept)
+        if dropped and self.video_dropped == 0:
+            log.warning("%s: the pipeline is behind the live feed; dropping stale video",
+                        self.uri)
+        self.video_dropped += dropped
+        return kept
+
+    def _read(self, index: int, spec: LiveInput, loop: asyncio.AbstractEventLoop,
+              queue: asyncio.Queue[tuple[int, list[Item] | None]]) -> None:
+        delay = self.config.reconnect_min_s
+        last_data = time.monotonic()
+        connected_once = False
+        try:
+            while not self._stop.is_set():
+                got = self._connect_and_read(index, spec, loop, queue)
+                if got:
+                    last_data, delay, connected_once = time.monotonic(), \
+                        self.config.reconnect_min_s, True
+                silent = time.monotonic() - last_data
+                if self.config.give_up_s is not None and silent >= self.config.give_up_s:
+                    log.warning("%s: no data for %.1fs; ending the session", spec.url, silent)
+                    return
+                if connected_once:
+                    self.reconnects += 1
+                    log.warning("%s: stalled; reconnecting in %.1fs", spec.url, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.config.reconnect_max_s)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, (index, None))
+
+    def _connect_and_read(self, index: int, spec: LiveInput, loop: asyncio.AbstractEventLoop,
+                          queue: asyncio.Queue[tuple[int, list[Item] | None]]) -> bool:
+        """Read until the input stalls or ends; True if any data came."""
+        timeout = self.config.stall_timeout_s
+        try:
+            container = av.open(spec.url, format=spec.format, options=dict(spec.options),
+                                timeout=(max(timeout, 5.0), timeout))
+        except (av.error.FFmpegError, OSError) as exc:
+            log.debug("%s: cannot open (%s)", spec.url, exc)
+            return False
+        got = False
+        try:
+            start = stream_start(container)
+            decoder = Decoder(container, spec.url, self._clock.connection(start), audio=spec.audio,
+                              video=spec.video, video_fps=self.video_fps,
+                              video_size=self.video_size)
+            for batch in decoder.batches():
+                got = True
+                loop.call_soon_threadsafe(queue.put_nowait, (index, batch))
+                if self._stop.is_set():
+                    break
+        except (av.error.FFmpegError, OSError) as exc:
+            log.debug("%s: read stopped (%s)", spec.url, exc)
+        finally:
+            container.close()
+        return got
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join, self.config.stall_timeout_s + 1)
+
+
+def _kinds(spec: LiveInput) -> set[type]:
+    return ({AudioChunk} if spec.audio else set()) | ({VideoFrame} if spec.video else set())
+
