@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from stream.frames import AudioChunk, Item, VideoFrame
 from stream.runtime import Source
-from stream.sources.decoding import Decoder, PtsReorder, stream_start
+from stream.sources.decoding import MAX_PRIMING_S, Decoder, PtsReorder, stream_start
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ class _SessionClock:
             now = time.monotonic()
             if self.start is None:
                 self.start = now
-            at = max(now - self.start, self.last + 0.001)
+            # After a reconnect, leave room for audio that precedes the picture (priming).
+            at = max(now - self.start, self.last + MAX_PRIMING_S + 0.01)
             return raw - at
 
 

@@ -1,0 +1,110 @@
+"""Live sessions: the demo pushed by ffmpeg over loopback, stalls, input choices."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import load_config
+from pipelines.live import LivePipelineConfig, build_live, live_inputs
+from stream.errors import UserError
+from stream.frames import AudioChunk, VideoFrame
+from tests.broker import free_port
+from tests.conftest import ROOT, run_cli
+
+DEMO = ROOT / "examples" / "demo.mp4"
+
+
+def _ffmpeg() -> str:
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        pytest.fail("ffmpeg is needed to push a live stream (.ci/run installs it)")
+    return exe
+
+
+def _udp(port: int) -> str:
+    return f"udp://127.0.0.1:{port}?fifo_size=1000000&overrun_nonfatal=1"
+
+
+def _push(port: int, *args: str) -> None:
+    subprocess.run([_ffmpeg(), "-hide_banner", "-loglevel", "error", "-readrate", "2", *args,
+                    "-c", "copy", "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"],
+                   check=True, timeout=120)
+
+
+def _live(port: int, tmp_path: Path, give_up: float, stall: float = 3.0
+          ) -> subprocess.Popen[str]:
+    config = tmp_path / "live.yaml"
+    config.write_text(f"live:\n  stall_timeout_s: {stall}\n  reconnect_min_s: 0.2\n"
+                      "  reconnect_max_s: 0.5\n")
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "live", _udp(port), "--json", "--give-up",
+         str(give_up), "--config", str(config)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_udp_live_stream_gives_the_file_replays_turns(tmp_path: Path) -> None:
+    replayed = [json.loads(line) for line in run_cli("replay", str(DEMO), "--json")
+                .stdout.splitlines()]
+    port = free_port()
+    live = _live(port, tmp_path, give_up=3)
+    time.sleep(2.5)  # let it start listening
+    _push(port, "-i", str(DEMO))
+    out, err = live.communicate(timeout=60)
+    assert live.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert len(events) == len(replayed) == 12
+    for got, want in zip(events, replayed, strict=True):
+        assert abs(got["start"] - want["start"]) <= 0.02, "within one VAD frame"
+        assert abs(got["end"] - want["end"]) <= 0.02
+        assert got["speaker"] == want["speaker"]
+
+
+def test_a_stalled_stream_is_reconnected_and_the_session_goes_on(tmp_path: Path) -> None:
+    port = free_port()
+    live = _live(port, tmp_path, give_up=8, stall=1.5)
+    time.sleep(2.5)
+    _push(port, "-t", "14", "-i", str(DEMO))
+    time.sleep(5.0)  # longer than the stall timeout
+    _push(port, "-ss", "14", "-i", str(DEMO))
+    out, err = live.communicate(timeout=90)
+    assert live.returncode == 0, err
+    reconnects = re.search(r"(\d+) reconnects", err)
+    assert reconnects is not None and int(reconnects.group(1)) >= 1, err
+    events = [json.loads(line) for line in out.splitlines()]
+    starts = [e["start"] for e in events]
+    assert starts == sorted(starts), "one clock across the reconnect"
+    late = [e for e in events if e["start"] > 14 + 4]
+    assert len(late) >= 5, "turns of the second part, after the pause, arrive"
+    assert {e["speaker"] for e in late} == {"P1", "P2", "P3"}, "players kept their ids"
+
+
+def test_video_edges_keep_the_newest_and_audio_loses_nothing() -> None:
+    config = load_config(None, {}, model=LivePipelineConfig)
+    live = build_live(live_inputs("udp://127.0.0.1:9"), config, [], "s")
+    policies = {(e.src, e.dst): e.policy for e in live.pipeline.edges}
+    assert policies[("media", "perception")] == "latest"
+    assert policies[("media", "vad")] == "block"
+    assert policies[("perception", "turns")] == "block"
+    edge = next(e for e in live.pipeline.edges if e.dst == "vad")
+    assert edge.types == (AudioChunk,)
+    assert next(e for e in live.pipeline.edges if e.dst == "perception").types == (VideoFrame,)
+
+
+def test_input_choices() -> None:
+    webcam = live_inputs("/dev/video0", audio_device="alsa:default")
+    assert [(i.url, i.format, i.audio, i.video) for i in webcam] == [
+        ("/dev/video0", "v4l2", False, True), ("default", "alsa", True, False)]
+    rtsp = live_inputs("rtsp://0.0.0.0:8554/live", listen=True, options={"timeout": "5"})
+    assert rtsp[0].options == {"rtsp_flags": "listen", "timeout": "5"}
+    with pytest.raises(UserError, match="alsa:DEVICE or pulse:DEVICE"):
+        live_inputs("/dev/video0", audio_device="mic")
+    bad = run_cli("live", "udp://127.0.0.1:9", "--option", "novalue")
+    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
