@@ -21,7 +21,7 @@ from stream.errors import UserError
 from stream.runtime import Pipeline, Stage
 from stream.sources.live import LiveConfig, LiveInput, LiveSource
 
-LISTEN_OPTIONS = {"rtsp": {"rtsp_flags": "listen"}, "tcp": {"listen": "1"},
+LISTEN_OPTIONS = {"rtsp": {"rtsp_flags": "listen", "listen_timeout": "10"}, "tcp": {"listen": "1"},
                   "srt": {"mode": "listener"}, "rtmp": {"listen": "1"}}
 """FFmpeg input options that make a URL wait for a sender instead of connecting out."""
 

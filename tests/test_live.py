@@ -39,14 +39,14 @@ def _push(port: int, *args: str) -> None:
                    check=True, timeout=120)
 
 
-def _live(port: int, tmp_path: Path, give_up: float, stall: float = 3.0
-          ) -> subprocess.Popen[str]:
+def _live(port: int, tmp_path: Path, give_up: float, stall: float = 3.0,
+          url: str | None = None, *extra: str) -> subprocess.Popen[str]:
     config = tmp_path / "live.yaml"
     config.write_text(f"live:\n  stall_timeout_s: {stall}\n  reconnect_min_s: 0.2\n"
                       "  reconnect_max_s: 0.5\n")
     return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "live", _udp(port), "--json", "--give-up",
-         str(give_up), "--config", str(config)],
+        [sys.executable, "-m", "pipelines.cli", "live", url or _udp(port), "--json",
+         "--give-up", str(give_up), "--config", str(config), *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -65,6 +65,21 @@ def test_udp_live_stream_gives_the_file_replays_turns(tmp_path: Path) -> None:
         assert abs(got["start"] - want["start"]) <= 0.02, "within one VAD frame"
         assert abs(got["end"] - want["end"]) <= 0.02
         assert got["speaker"] == want["speaker"]
+
+
+def test_rtsp_listener_receives_a_pushed_stream(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"rtsp://127.0.0.1:{port}/live"
+    live = _live(port, tmp_path, 12, 3.0, url, "--listen")
+    time.sleep(5.0)  # start-up, then it listens
+    subprocess.run([_ffmpeg(), "-hide_banner", "-loglevel", "error", "-readrate", "2", "-i",
+                    str(DEMO), "-c", "copy", "-f", "rtsp", "-rtsp_transport", "tcp", url],
+                   check=True, timeout=120)
+    out, err = live.communicate(timeout=90)
+    assert live.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert len(events) == 12 and events[0]["speaker"] == "P1"
+    assert abs(events[0]["start"] - 0.8) <= 0.02
 
 
 def test_a_stalled_stream_is_reconnected_and_the_session_goes_on(tmp_path: Path) -> None:
@@ -103,7 +118,7 @@ def test_input_choices() -> None:
     assert [(i.url, i.format, i.audio, i.video) for i in webcam] == [
         ("/dev/video0", "v4l2", False, True), ("default", "alsa", True, False)]
     rtsp = live_inputs("rtsp://0.0.0.0:8554/live", listen=True, options={"timeout": "5"})
-    assert rtsp[0].options == {"rtsp_flags": "listen", "timeout": "5"}
+    assert rtsp[0].options == {"rtsp_flags": "listen", "listen_timeout": "10", "timeout": "5"}
     with pytest.raises(UserError, match="alsa:DEVICE or pulse:DEVICE"):
         live_inputs("/dev/video0", audio_device="mic")
     bad = run_cli("live", "udp://127.0.0.1:9", "--option", "novalue")
