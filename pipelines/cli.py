@@ -162,7 +162,7 @@ def _live(args: argparse.Namespace, stderr: Console) -> int:
     stderr.print(f"{args.target}: {turns} turns in {report.wall_s:.1f}s; "
                  f"{live.source.reconnects} reconnects, {live.source.video_dropped} stale video "
                  "frames dropped at the source", highlight=False)
-    return EXIT_INTERRUPTED if report.interrupted else 0
+    return EXIT_INTERRUPTED if report.interrupted and not live.stopped_remotely else 0
 
 
 def _sinks(args: argparse.Namespace, config: ReplayConfig, session: str) -> list[Stage]:

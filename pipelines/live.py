@@ -20,6 +20,8 @@ from pipelines.replay import ReplayReport, compose
 from stream.errors import UserError
 from stream.runtime import Pipeline, Stage
 from stream.sources.live import LiveConfig, LiveInput, LiveSource
+from stream.sources.mqtt_inbox import MqttInbox
+from stream.speaker.perception import PerceptionStage
 
 LISTEN_OPTIONS = {"rtsp": {"rtsp_flags": "listen", "listen_timeout": "10"}, "tcp": {"listen": "1"},
                   "srt": {"mode": "listener"}, "rtmp": {"listen": "1"}}
@@ -35,6 +37,19 @@ class Live:
     pipeline: Pipeline
     source: LiveSource
     session: str
+
+    stopped_remotely: bool = False
+
+    def control(self, command: str) -> None:
+        """`stop`: drain and end; `reset`: forget players and tracks."""
+        if command == "stop":
+            self.stopped_remotely = True
+            self.pipeline.request_stop()
+            self.source.stop()
+        elif command == "reset":
+            for stage in self.pipeline.stages:
+                if isinstance(stage, PerceptionStage):
+                    stage.reset()
 
 
 def live_inputs(target: str, *, fmt: str | None = None, audio_device: str | None = None,
@@ -62,9 +77,18 @@ def build_live(inputs: list[LiveInput], config: LivePipelineConfig, sinks: Seque
                         video_size=config.source.video_size)
     pipe = Pipeline()
     pipe.add(source)
+    inbox = None
+    if config.mqtt.url is not None and config.live.mqtt_inputs:
+        inbox = MqttInbox(config.mqtt, session, source.now,
+                          latency_s=config.live.transcript_latency_s)
+        source.on_end.append(inbox.finish)
+        pipe.add(inbox)
     compose(pipe, config, sinks, has_audio=source.has_audio, has_video=source.has_video,
-            transcript=None, video_policy="latest")
-    return Live(pipe, source, session)
+            transcript=inbox.name if inbox else None, video_policy="latest")
+    live = Live(pipe, source, session)
+    if inbox is not None:
+        inbox.on_control = live.control
+    return live
 
 
 async def run_live(live: Live, *, drain_on_sigint: bool = True) -> ReplayReport:

@@ -193,6 +193,10 @@ class Pipeline:
         return edge
 
     @property
+    def stages(self) -> list[Stage]:
+        return [n.runnable for n in self._nodes.values() if isinstance(n.runnable, Stage)]
+
+    @property
     def edges(self) -> list[Edge]:
         return [edge for node in self._nodes.values() for edge in node.outputs]
 

@@ -123,3 +123,39 @@ def test_input_choices() -> None:
         live_inputs("/dev/video0", audio_device="mic")
     bad = run_cli("live", "udp://127.0.0.1:9", "--option", "novalue")
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
+
+
+def test_transcript_and_stop_arrive_over_mqtt(tmp_path: Path) -> None:
+    from stream.transcript.readers import read_transcript
+    from tests.broker import Broker
+
+    (tmp_path / "b").mkdir()
+    broker = Broker(tmp_path / "b").start()
+    port = free_port()
+    config = tmp_path / "live.yaml"
+    config.write_text(f"mqtt:\n  spool_dir: {tmp_path / 'spool'}\n")
+    live = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "live", _udp(port), "--json", "--give-up", "20",
+         "--mqtt", broker.url, "--session", "room", "--config", str(config)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3.0)
+        for line in read_transcript(DEMO.with_suffix(".srt")).lines:
+            payload = json.dumps({"start": line.start, "end": line.end, "text": line.text})
+            subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-q", "1", "-t",
+                            "socialstream/room/transcript/in", "-m", payload], check=True)
+        subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-t",
+                        "socialstream/room/transcript/in", "-m", "{not json"], check=True)
+        _push(port, "-t", "20", "-i", str(DEMO))
+        subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-t", "socialstream/room/control",
+                        "-m", "stop"], check=True)
+        out, err = live.communicate(timeout=60)
+    finally:
+        broker.stop()
+    assert live.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert 6 <= len(events) <= 8, "the turns of the first 20 s, then stopped"
+    assert events[0]["text"] == "Ben, did you finish the map for our trip?"
+    whole = [e for e in events if e["end"] < 19.5]  # the last one may be cut at 20 s
+    assert len(whole) >= 6 and all(e["text"] for e in whole), "words came over MQTT"
+    assert "skipping transcript message" in err

@@ -17,7 +17,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 import av
@@ -41,6 +41,10 @@ class LiveConfig(BaseModel):
         None, gt=0, description="end the session after this long without data (null: never)")
     max_backlog: int = Field(
         64, ge=1, description="decoded batches waiting before stale video is dropped")
+    mqtt_inputs: bool = Field(
+        True, description="with --mqtt, take transcript lines and control commands from the broker")
+    transcript_latency_s: float = Field(
+        1.0, ge=0, description="how long turns wait for transcript lines from MQTT")
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,12 @@ class LiveSource(Source):
         self._clock = _SessionClock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.on_end: list[Callable[[], None]] = []
+        """Called when the feed has ended (given up or stopped)."""
+
+    def now(self) -> float:
+        """The newest media time read so far on the session clock."""
+        return self._clock.last
 
     @property
     def has_audio(self) -> bool:
@@ -143,6 +153,8 @@ class LiveSource(Source):
                 seq += 1
         finally:
             self._stop.set()
+            for callback in self.on_end:
+                callback()
 
     def _drop_video(self, batch: list[Item]) -> list[Item]:
         kept = [item for item in batch if not isinstance(item, VideoFrame)]

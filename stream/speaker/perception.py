@@ -90,6 +90,11 @@ class PerceptionStage(Stage):
         self._detector = FaceDetector(self.config.faces)
         self.core = Perception(self.config, self._detector.detect)
 
+    def reset(self) -> None:
+        """Forget players, tracks and cues (people changed seats, a new group sat down)."""
+        if self._detector is not None:
+            self.core = Perception(self.config, self._detector.detect)
+
     async def process(self, item: Item) -> Sequence[Item]:
         assert self.core is not None, "start() creates the detector"
         if isinstance(item, VoiceFrame):

@@ -1,0 +1,152 @@
+"""Inputs over MQTT for a live session: transcript lines and control commands.
+
+`<prefix>/<session>/transcript/in` takes lines from any external recognizer,
+as JSON `{"start": s, "end": s, "text": "...", "speaker": "..."}` in session
+seconds (the times of our own events). `<prefix>/<session>/control` takes
+`stop` (drain and end the session) and `reset` (forget players, tracks and
+pending turns).
+
+Lines are released in media-time order like a sidecar's; the inbox sends
+watermarks `latency_s` behind the live clock, so the turn stage never waits
+longer than that for words. A line that arrives later than that still counts:
+it is known from the moment it arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiomqtt
+
+from stream.frames import Item, TranscriptLine, Watermark
+from stream.runtime import Source
+from stream.sinks.mqtt import MqttConfig, broker_address
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.1
+
+
+class MqttInbox(Source):
+    name = "inbox"
+
+    def __init__(self, config: MqttConfig, session: str, clock: Callable[[], float], *,
+                 latency_s: float = 1.0,
+                 on_control: Callable[[str], None] | None = None) -> None:
+        assert config.url is not None
+        self.config, self.session, self.clock = config, session, clock
+        self.latency_s, self.on_control = latency_s, on_control
+        self.host, self.port, self.user, self.tls = broker_address(config.url)
+        self.topic = f"{config.prefix}/{session}"
+        self.uri = f"{config.url}/{self.topic}"
+        self.received = 0
+        self.rejected = 0
+        self._lines: asyncio.Queue[TranscriptLine] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    async def items(self) -> AsyncIterator[Item]:
+        self._task = asyncio.create_task(self._listen(), name="mqtt-inbox")
+        emitted = float("-inf")
+        seq = 0
+        pending: list[TranscriptLine] = []
+        try:
+            while not self._stopped.is_set():
+                with contextlib.suppress(TimeoutError):
+                    pending.append(await asyncio.wait_for(self._lines.get(), TICK_S))
+                horizon = self.clock() - self.latency_s
+                pending.sort(key=lambda line: line.end)
+                while pending and (pending[0].end <= horizon or pending[0].end <= emitted):
+                    line = pending.pop(0)
+                    pts = max(line.end, emitted)  # a late line is known when it arrived
+                    yield TranscriptLine(pts=pts, start=line.start, end=line.end,
+                                         text=line.text, speaker=line.speaker,
+                                         origin=line.origin, source=self.name, seq=seq)
+                    emitted, seq = pts, seq + 1
+                if horizon > emitted:
+                    yield Watermark(pts=horizon, source=self.name)
+                    emitted = horizon
+            while not self._lines.empty():
+                pending.append(self._lines.get_nowait())
+            for line in sorted(pending, key=lambda line: line.end):  # the media has ended
+                pts = max(line.end, emitted)
+                yield TranscriptLine(pts=pts, start=line.start, end=line.end, text=line.text,
+                                     speaker=line.speaker, origin=line.origin,
+                                     source=self.name, seq=seq)
+                emitted, seq = pts, seq + 1
+        finally:
+            await self.close()
+
+    def finish(self) -> None:
+        """The media ended: stop listening (lines still queued are released first)."""
+        self._stopped.set()
+
+    async def close(self) -> None:
+        self._stopped.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await self._task
+            self._task = None
+
+    async def _listen(self) -> None:
+        delay = self.config.reconnect_min_s
+        while True:
+            try:
+                async with aiomqtt.Client(
+                        self.host, self.port, username=self.user,
+                        password=os.environ.get(self.config.password_env) if self.user else None,
+                        timeout=10) as client:
+                    await client.subscribe(f"{self.topic}/transcript/in", qos=1)
+                    await client.subscribe(f"{self.topic}/control", qos=1)
+                    delay = self.config.reconnect_min_s
+                    async for message in client.messages:
+                        self._handle(str(message.topic), _text(message.payload))
+            except aiomqtt.MqttError as exc:
+                log.debug("MQTT inbox: %s; retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.reconnect_max_s)
+
+    def _handle(self, topic: str, text: str) -> None:
+        if topic.endswith("/control"):
+            command = text.strip().lower()
+            if command in ("stop", "reset") and self.on_control is not None:
+                log.warning("MQTT control: %s", command)
+                self.on_control(command)
+            else:
+                log.warning("MQTT control: unknown command %r (use stop or reset)", text[:40])
+            return
+        line = parse_line(text, f"{topic}#{self.received + self.rejected + 1}")
+        if line is None:
+            self.rejected += 1
+            return
+        self.received += 1
+        self._lines.put_nowait(line)
+
+
+def parse_line(text: str, origin: str) -> TranscriptLine | None:
+    """A transcript line from a JSON payload, or None (logged) when it is malformed."""
+    try:
+        record: Any = json.loads(text)
+        start, end, words = record["start"], record["end"], record["text"]
+        speaker = record.get("speaker")
+        if (not isinstance(words, str) or not all(isinstance(v, int | float) for v in (start, end))
+                or not 0 <= start <= end or (speaker is not None and not isinstance(speaker, str))):
+            raise ValueError("needs numeric 0 <= start <= end and a string text")
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        log.warning("skipping transcript message %s: %s", origin, exc)
+        return None
+    return TranscriptLine(pts=float(end), start=float(start), end=float(end), text=words.strip(),
+                          speaker=speaker, origin=origin)
+
+
+def _text(payload: object) -> str:
+    if isinstance(payload, bytes | bytearray):
+        return payload.decode("utf-8", errors="replace")
+    return str(payload)
