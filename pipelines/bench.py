@@ -23,6 +23,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.bench_mqtt import bench_mqtt
 from pipelines.config import load_config
 from pipelines.replay import Collect, build_replay, replay_and_collect, run_replay
 from stream.errors import UserError
@@ -43,6 +44,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--media", help="clip to use (default: examples/demo.mp4 for replay, "
                        "examples/quartet.mp4, four faces, for perception)")
     bench.add_argument("--repeat", type=int, default=3, help="runs per measurement; median kept")
+    bench.add_argument("--sessions", type=int, default=8, help="mqtt: concurrent sessions")
+    bench.add_argument("--events", type=int, default=500, help="mqtt: events per session")
+    bench.add_argument("--mqtt", metavar="URL",
+                       help="mqtt: broker to load (default: a private mosquitto)")
     bench.add_argument("--json", action="store_true",
                        help="end the output with one JSON object of the figures")
     bench.set_defaults(func=run)
@@ -219,4 +224,4 @@ async def _paced_latencies(media: str) -> list[float]:
     return probe.delays
 
 
-BENCHES = {"replay": bench_replay, "perception": bench_perception}
+BENCHES = {"replay": bench_replay, "perception": bench_perception, "mqtt": bench_mqtt}

@@ -39,3 +39,10 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     path.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(path)
+
+
+def test_shipped_live_yaml_equals_the_defaults() -> None:
+    from pipelines.live import LivePipelineConfig
+
+    assert load_config(ROOT / "configs" / "live.yaml", model=LivePipelineConfig) == \
+        LivePipelineConfig()

@@ -166,3 +166,16 @@ def test_subscribe_prints_events(broker: Broker, tmp_path: Path) -> None:
     events = [json.loads(line) for line in out.splitlines()]
     assert events[0]["status"] == "online"
     assert [e["turn"] for e in events[1:]] == list(range(12))
+
+
+def test_load_of_eight_sessions_loses_nothing() -> None:
+    from tests.broker import require_mosquitto
+
+    require_mosquitto()
+    result = run_cli("bench", "mqtt", "--sessions", "8", "--events", "60", "--json", timeout=300)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["burst_events_received"] == figures["burst_events_sent"] == 480
+    assert figures["paced_events_received"] == figures["paced_events_sent"] == 800
+    assert figures["burst_lost"] == figures["paced_lost"] == 0
+    assert 0 < figures["paced_publish_latency_p50_ms"] <= figures["paced_publish_latency_p95_ms"]

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import ssl
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -88,6 +90,9 @@ class MqttSink(Stage):
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_speaker = float("-inf")
+        self._queued_at: dict[str, float] = {}
+        self.latencies: list[float] = []
+        """Seconds from an event entering the spool to the broker's acknowledgement."""
 
     async def start(self) -> None:
         folder = self.config.spool_dir or Path.home() / ".cache" / "socialstream" / "spool"
@@ -100,6 +105,7 @@ class MqttSink(Stage):
         assert self.spool is not None, "start() opens the spool"
         if isinstance(item, Turn):
             event = turn_event(item, self.session, self.names)
+            self._queued_at[event["id"]] = time.monotonic()
             self.spool.append(f"{self.topic}/turn", dumps(event).encode(), qos=1)
             self._wakeup.set()
         elif (isinstance(item, PerceivedFrame) and self._client is not None
@@ -171,6 +177,13 @@ class MqttSink(Stage):
                                      retain=message.retain, timeout=10)
                 self.spool.ack(message.id)
                 self.published += 1
+                self._acknowledged(message.payload)
+
+    def _acknowledged(self, payload: bytes) -> None:
+        key = json.loads(payload).get("id")
+        queued = self._queued_at.pop(key, None)
+        if queued is not None:
+            self.latencies.append(time.monotonic() - queued)
 
     def _connect(self) -> aiomqtt.Client:
         return aiomqtt.Client(

@@ -1,0 +1,136 @@
+"""`socialstream bench mqtt`: many sessions publishing to one broker.
+
+Each session is a real `MqttSink` fed the demo's turns over and over; a
+subscriber counts what arrives. Two phases: a burst (every event at once:
+events per second through the broker, and whether any was lost) and a paced
+run at `PACED_RATE` events per second per session (publish latency, spool to
+PUBACK, as a live session sees it). Without `--mqtt` a private Mosquitto is
+started on a free port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import numpy as np
+from rich.console import Console
+
+from pipelines.config import load_config
+from pipelines.replay import replay_and_collect
+from stream.errors import UserError
+from stream.frames import Turn
+from stream.sinks.mqtt import MqttConfig, MqttSink, broker_address
+
+PACED_RATE = 20.0
+PACED_EVENTS = 100
+
+
+def bench_mqtt(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
+    config = load_config(None, {"perception": {"enabled": False}})
+    _, turns = replay_and_collect(args.media, config)
+    with tempfile.TemporaryDirectory() as folder, _broker(args.mqtt, Path(folder)) as url:
+        stderr.log(f"burst: {args.sessions} sessions x {args.events} events to {url}")
+        burst = asyncio.run(_load(url, turns, args.sessions, args.events, Path(folder), None))
+        stderr.log(f"paced: {args.sessions} sessions x {PACED_EVENTS} events at "
+                   f"{PACED_RATE:.0f}/s each")
+        paced = asyncio.run(_load(url, turns, args.sessions, PACED_EVENTS, Path(folder),
+                                  PACED_RATE))
+    return {**{f"burst_{k}": v for k, v in burst.items()},
+            **{f"paced_{k}": v for k, v in paced.items() if k != "broker"}}
+
+
+class _broker:
+    """The given broker, or a private Mosquitto for the length of the benchmark."""
+
+    def __init__(self, url: str | None, folder: Path) -> None:
+        self.url, self.folder = url, folder
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> str:
+        if self.url is not None:
+            return self.url
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(exe).exists():
+            raise UserError("no broker: pass --mqtt URL or install mosquitto")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.process = subprocess.Popen([exe, "-p", str(port)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        return f"mqtt://127.0.0.1:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+async def _load(url: str, turns: list[Turn], sessions: int, events: int,
+                folder: Path, rate: float | None) -> dict[str, Any]:
+    host, port, _, _ = broker_address(url)
+    names = [f"load-{'paced' if rate else 'burst'}-{i}" for i in range(sessions)]
+    received: dict[str, set[str]] = {name: set() for name in names}
+    ready = asyncio.Event()
+    listener = asyncio.create_task(_count(host, port, received, sessions * events, ready))
+    await asyncio.wait_for(ready.wait(), 10)
+    config = MqttConfig(url=url, spool_dir=folder / "spool", drain_timeout_s=120)
+    sinks = [MqttSink(config, name) for name in names]
+    began = time.perf_counter()
+    await asyncio.gather(*(_feed(sink, turns, events, rate) for sink in sinks))
+    published = time.perf_counter() - began
+    await asyncio.wait_for(listener, 60)
+    delivered = time.perf_counter() - began
+    latencies = [x for sink in sinks for x in sink.latencies]
+    total = sum(len(ids) for ids in received.values())
+    return {
+        "broker": url, "sessions": sessions, "events_per_session": events,
+        "events_sent": sessions * events, "events_received": total,
+        "lost": sessions * events - total,
+        "events_per_s": round(total / delivered, 1),
+        "publish_s": round(published, 3),
+        "publish_latency_p50_ms": round(statistics.median(latencies) * 1e3, 2),
+        "publish_latency_p95_ms": round(float(np.percentile(latencies, 95)) * 1e3, 2),
+    }
+
+
+async def _feed(sink: MqttSink, turns: list[Turn], events: int, rate: float | None) -> None:
+    await sink.start()
+    began = time.perf_counter()
+    for i in range(events):
+        template = turns[i % len(turns)]
+        await sink.process(replace(template, index=i, pts=template.pts + i))
+        if rate is not None:
+            await asyncio.sleep(max(0.0, began + (i + 1) / rate - time.perf_counter()))
+        elif i % 20 == 0:
+            await asyncio.sleep(0)  # let the publisher run, as a live pipeline would
+    await sink.stop()
+
+
+async def _count(host: str, port: int, received: dict[str, set[str]], expected: int,
+                 ready: asyncio.Event) -> None:
+    async with aiomqtt.Client(host, port, timeout=10) as client:
+        await client.subscribe("socialstream/+/turn", qos=1)
+        ready.set()
+        async for message in client.messages:
+            session = str(message.topic).split("/")[1]
+            payload = message.payload
+            if isinstance(payload, bytes | bytearray):
+                received[session].add(payload.split(b'"id":"', 1)[1].split(b'"', 1)[0].decode())
+            if sum(len(ids) for ids in received.values()) >= expected:
+                return
