@@ -19,7 +19,7 @@ from pipelines.config import ReplayConfig
 from pipelines.replay import ReplayReport, compose
 from stream.errors import UserError
 from stream.runtime import Pipeline, Stage
-from stream.sources.live import LiveConfig, LiveInput, LiveSource
+from stream.sources.live import CAMERA, LiveConfig, LiveInput, LiveSource
 from stream.sources.mqtt_inbox import MqttInbox
 from stream.speaker.perception import PerceptionStage
 
@@ -56,8 +56,10 @@ def live_inputs(target: str, *, fmt: str | None = None, audio_device: str | None
                 listen: bool = False, options: dict[str, str] | None = None) -> list[LiveInput]:
     """What to open for TARGET: a V4L2 device (with an optional microphone) or a URL."""
     options = dict(options or {})
+    if target == "-":
+        return [LiveInput("-", fmt, options, reconnect=False)]
     if target.startswith("/dev/video"):
-        inputs = [LiveInput(target, fmt or "v4l2", options, audio=False)]
+        inputs = [LiveInput(target, fmt or CAMERA, options, audio=False)]
         if audio_device:
             backend, _, device = audio_device.partition(":")
             if backend not in ("alsa", "pulse") or not device:

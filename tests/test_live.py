@@ -116,7 +116,8 @@ def test_video_edges_keep_the_newest_and_audio_loses_nothing() -> None:
 def test_input_choices() -> None:
     webcam = live_inputs("/dev/video0", audio_device="alsa:default")
     assert [(i.url, i.format, i.audio, i.video) for i in webcam] == [
-        ("/dev/video0", "v4l2", False, True), ("default", "alsa", True, False)]
+        ("/dev/video0", "camera", False, True), ("default", "alsa", True, False)]
+    assert live_inputs("-")[0].reconnect is False
     rtsp = live_inputs("rtsp://0.0.0.0:8554/live", listen=True, options={"timeout": "5"})
     assert rtsp[0].options == {"rtsp_flags": "listen", "listen_timeout": "10", "timeout": "5"}
     with pytest.raises(UserError, match="alsa:DEVICE or pulse:DEVICE"):
@@ -159,3 +160,28 @@ def test_transcript_and_stop_arrive_over_mqtt(tmp_path: Path) -> None:
     whole = [e for e in events if e["end"] < 19.5]  # the last one may be cut at 20 s
     assert len(whole) >= 6 and all(e["text"] for e in whole), "words came over MQTT"
     assert "skipping transcript message" in err
+
+
+async def test_camera_input_through_opencv_stamps_frames_by_the_wall_clock() -> None:
+    from stream.sources.live import CAMERA, LiveConfig, LiveInput, LiveSource
+
+    # No webcam here: OpenCV reads the demo file through the same camera path.
+    source = LiveSource([LiveInput(str(DEMO), CAMERA, audio=False, reconnect=False)],
+                        LiveConfig(give_up_s=0.5, reconnect_min_s=0.1), video_size=(160, 120))
+    frames = [item async for item in source.items()]
+    await source.close()
+    assert len(frames) == 1012
+    assert all(isinstance(f, VideoFrame) and f.image.shape == (120, 160, 3) for f in frames)
+    pts = [f.pts for f in frames]
+    assert pts == sorted(pts) and len(set(pts)) == len(pts)
+
+
+def test_a_pipe_is_read_once_to_its_end(tmp_path: Path) -> None:
+    stream = tmp_path / "demo.ts"
+    subprocess.run([_ffmpeg(), "-hide_banner", "-loglevel", "error", "-i", str(DEMO), "-c",
+                    "copy", "-f", "mpegts", str(stream)], check=True)
+    with stream.open("rb") as stdin:
+        result = run_cli("live", "-", "--json", stdin=stdin, timeout=120)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(events) == 12 and events[0]["start"] == 0.8

@@ -47,6 +47,10 @@ class LiveConfig(BaseModel):
         1.0, ge=0, description="how long turns wait for transcript lines from MQTT")
 
 
+CAMERA = "camera"
+"""`LiveInput.format` for a camera read through OpenCV (PyAV's FFmpeg has no v4l2 input)."""
+
+
 @dataclass(frozen=True)
 class LiveInput:
     """One thing to open: a URL or device, with FFmpeg's format name and options."""
@@ -56,6 +60,8 @@ class LiveInput:
     options: dict[str, str] = field(default_factory=dict)
     audio: bool = True
     video: bool = True
+    reconnect: bool = True
+    """False for a pipe: its end is the end of the session."""
 
 
 class _SessionClock:
@@ -69,6 +75,16 @@ class _SessionClock:
     def connection(self, start: float | None) -> _Connection:
         """A new connection whose stream starts at `start` (seconds; None: its first frame)."""
         return _Connection(self, start)
+
+    def wall(self) -> float:
+        """Session seconds now, by the wall clock (for inputs without timestamps)."""
+        with self._lock:
+            now = time.monotonic()
+            if self.start is None:
+                self.start = now
+            t = max(now - self.start, self.last + 0.001)
+            self.last = t
+            return t
 
     def anchor(self, raw: float) -> float:
         """Offset so that `raw` lands at the wall time elapsed in the session."""
@@ -172,7 +188,10 @@ class LiveSource(Source):
         connected_once = False
         try:
             while not self._stop.is_set():
-                got = self._connect_and_read(index, spec, loop, queue)
+                reader = self._read_camera if spec.format == CAMERA else self._connect_and_read
+                got = reader(index, spec, loop, queue)
+                if not spec.reconnect:
+                    return
                 if got:
                     last_data, delay, connected_once = time.monotonic(), \
                         self.config.reconnect_min_s, True
@@ -193,7 +212,8 @@ class LiveSource(Source):
         """Read until the input stalls or ends; True if any data came."""
         timeout = self.config.stall_timeout_s
         try:
-            container = av.open(spec.url, format=spec.format, options=dict(spec.options),
+            container = av.open("pipe:0" if spec.url == "-" else spec.url, format=spec.format,
+                                options=dict(spec.options),
                                 timeout=(max(timeout, 5.0), timeout))
         except (av.error.FFmpegError, OSError) as exc:
             log.debug("%s: cannot open (%s)", spec.url, exc)
@@ -213,6 +233,41 @@ class LiveSource(Source):
             log.debug("%s: read stopped (%s)", spec.url, exc)
         finally:
             container.close()
+        return got
+
+    def _read_camera(self, index: int, spec: LiveInput, loop: asyncio.AbstractEventLoop,
+                     queue: asyncio.Queue[tuple[int, list[Item] | None]]) -> bool:
+        """Frames from OpenCV, stamped by the wall clock as they arrive."""
+        import cv2
+
+        number = spec.url.removeprefix("/dev/video")
+        device: int | str = int(number) if number.isdigit() else spec.url
+        capture = cv2.VideoCapture(device, cv2.CAP_V4L2 if isinstance(device, int)
+                                   else cv2.CAP_ANY)
+        if not capture.isOpened():
+            log.debug("%s: cannot open the camera", spec.url)
+            return False
+        capture.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.config.stall_timeout_s * 1000)
+        got, last_bucket = False, -math.inf
+        try:
+            while not self._stop.is_set():
+                ok, bgr = capture.read()
+                if not ok:
+                    break
+                t = self._clock.wall()
+                if self.video_fps is not None:
+                    bucket = math.floor(t * self.video_fps)
+                    if bucket <= last_bucket:
+                        continue
+                    last_bucket = bucket
+                if self.video_size is not None:
+                    bgr = cv2.resize(bgr, self.video_size, interpolation=cv2.INTER_AREA)
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                got = True
+                frame = VideoFrame(pts=t, image=rgb, source=spec.url)
+                loop.call_soon_threadsafe(queue.put_nowait, (index, [frame]))
+        finally:
+            capture.release()
         return got
 
     def stop(self) -> None:
