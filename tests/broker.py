@@ -37,7 +37,10 @@ class Broker:
         self.config = folder / "mosquitto.conf"
         self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
                                f"persistence true\npersistence_location {folder}/\n"
-                               "autosave_interval 1\n")
+                               "autosave_interval 1\n"
+                               # as root, mosquitto drops to its own user, which cannot
+                               # write the test's folder: persistence would silently fail
+                               + ("user root\n" if os.geteuid() == 0 else ""))
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Broker:

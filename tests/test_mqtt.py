@@ -26,9 +26,12 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     running.stop()
 
 
-def _replay(url: str, tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
+def _replay(url: str, tmp_path: Path, *extra: str, reconnect_s: float = 1.0
+            ) -> subprocess.Popen[str]:
     config = tmp_path / "mqtt.yaml"
-    config.write_text(f"mqtt:\n  spool_dir: {tmp_path / 'spool'}\n  reconnect_max_s: 1.0\n")
+    config.write_text(f"mqtt:\n  spool_dir: {tmp_path / 'spool'}\n"
+                      f"  reconnect_min_s: {min(0.5, reconnect_s)}\n"
+                      f"  reconnect_max_s: {reconnect_s}\n")
     return subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "replay", str(ROOT / "examples" / "demo.mp4"),
          "--json", "--mqtt", url, "--config", str(config), *extra],
@@ -86,12 +89,14 @@ def test_broker_stopped_mid_run_loses_nothing(tmp_path: Path) -> None:
                            clean_session=False)
     observer.on_connect = lambda c, *_: c.subscribe("socialstream/demo/turn", qos=1)
     observer.on_message = lambda c, u, m: received.append(json.loads(m.payload))
-    observer.reconnect_delay_set(0.2, 1.0)
+    observer.reconnect_delay_set(0.2, 0.5)
     observer.connect("127.0.0.1", broker.port)
     observer.loop_start()
     try:
         time.sleep(0.5)
-        replay = _replay(broker.url, tmp_path, "--realtime", "--speed", "2")
+        # The publisher retries every 3 s, the observer every 0.5 s: the observer is back
+        # first even if the broker forgot its session.
+        replay = _replay(broker.url, tmp_path, "--realtime", "--speed", "2", reconnect_s=3.0)
         time.sleep(4.0)
         broker.stop()
         time.sleep(10.0)  # turns keep coming and wait in the spool
