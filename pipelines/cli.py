@@ -39,6 +39,7 @@ HELP = {
     "video_fps": "decimate video for the vision path to this frame rate",
     "session": "session id written into events (default: MEDIA's stem)",
     "verbose": "log more (repeat for debug)",
+    "asr": "without a transcript, transcribe speech offline with PocketSphinx (rough)",
     "mqtt": "publish events to this broker: mqtt://[user@]host:port (password from "
             "$SOCIALSTREAM_MQTT_PASSWORD, never the command line)",
 }
@@ -62,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--out", type=Path, help=HELP["out"])
     replay.add_argument("--session", help=HELP["session"])
     replay.add_argument("--mqtt", metavar="URL", help=HELP["mqtt"])
+    replay.add_argument("--asr", action="store_true", default=None, help=HELP["asr"])
     replay.set_defaults(func=_replay)
 
     live = commands.add_parser("live", help="watch a webcam or a network stream")
@@ -82,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     live.add_argument("--out", type=Path, help=HELP["out"])
     live.add_argument("--session", help="session id written into events (default: live)")
     live.add_argument("--mqtt", metavar="URL", help=HELP["mqtt"])
+    live.add_argument("--asr", action="store_true", default=None, help=HELP["asr"])
     live.set_defaults(func=_live)
 
     bench.add_parser(commands)
@@ -122,6 +125,7 @@ def _replay(args: argparse.Namespace, stderr: Console) -> int:
         "source": {"realtime": args.realtime, "speed": args.speed, "video_fps": args.video_fps},
         "output": {"out": args.out, "session": args.session},
         "mqtt": {"url": args.mqtt},
+        "recognizer": {"enabled": args.asr},
     })
     replay = build_replay(args.media, config, _sinks(args, config, session_id(args.media, config)),
                           args.transcript)
@@ -149,6 +153,7 @@ def _live(args: argparse.Namespace, stderr: Console) -> int:
         "live": {"give_up_s": args.give_up},
         "output": {"out": args.out, "session": args.session},
         "mqtt": {"url": args.mqtt},
+        "recognizer": {"enabled": args.asr},
     }, model=LivePipelineConfig)
     session = config.output.session or "live"
     inputs = live_inputs(args.target, fmt=args.format, audio_device=args.audio,

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from stream.audio.recognizer import RecognizerConfig
 from stream.audio.vad import VadConfig
 from stream.errors import ConfigError
 from stream.sinks.mqtt import MqttConfig
@@ -46,6 +47,7 @@ class OutputConfig(_Strict):
 class ReplayConfig(_Strict):
     source: SourceConfig = SourceConfig()
     vad: VadConfig = VadConfig()
+    recognizer: RecognizerConfig = RecognizerConfig()
     perception: PerceptionConfig = PerceptionConfig()
     turns: TurnConfig = TurnConfig()
     queues: QueueConfig = QueueConfig()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.config import ReplayConfig
+from stream.audio.recognizer import RecognizerStage
 from stream.audio.vad import VadStage
 from stream.frames import (
     AudioChunk,
@@ -133,14 +134,20 @@ def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has
         if has_audio:
             pipe.connect("vad", "perception", VoiceFrame, maxsize=size)
     pipe.add(TurnStage(assembler))
+    # Lines first: a recognizer's line shares its pts with the segment it transcribes.
+    if transcript is None and has_audio and config.recognizer.enabled:
+        pipe.add(RecognizerStage(config.recognizer))
+        pipe.connect(media, "asr", AudioChunk, maxsize=size)
+        pipe.connect("vad", "asr", SpeechSegment, maxsize=size)
+        transcript = "asr"
+    if transcript is not None:
+        pipe.connect(transcript, "turns", TranscriptLine, maxsize=size)
     if has_audio:
         pipe.connect("vad", "turns", SpeechStarted, SpeechSegment, maxsize=size)
     if perceive:
         pipe.connect("perception", "turns", PerceivedFrame, maxsize=size)
     else:
         pipe.connect(media, "turns", VideoFrame, policy=video_policy, maxsize=size)
-    if transcript is not None:
-        pipe.connect(transcript, "turns", TranscriptLine, maxsize=size)
     for i, sink in enumerate(sinks):
         name = pipe.add(sink, f"{sink.name}-{i}" if i else sink.name)
         pipe.connect("turns", name, Turn, maxsize=size)

@@ -79,3 +79,16 @@ def test_collect_keeps_turn_objects_with_frames(demo: Path) -> None:
     assert report.real_time_factor is not None and not report.interrupted
     assert report.metrics["vad"]["items_in"] > 0
     assert turn_event(collect.turns[0], "s")["id"] == "s/turn/0"
+
+
+def test_offline_recognizer_gives_turns_words(demo: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bare = tmp_path / "bare" / "demo.mp4"  # no transcript beside it
+    bare.parent.mkdir()
+    shutil.copy(demo, bare)
+    events = replay_events(bare, tmp_path, recognizer={"enabled": True},
+                           perception={"enabled": False})
+    assert len(events) == 12 and all(e["origin"] == "speech" for e in events)
+    assert all(e["text"] for e in events), "every turn got words"
+    assert "map" in events[0]["text"].split(), "rough, but real: 'finish the map'"
