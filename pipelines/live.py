@@ -8,7 +8,6 @@ audio, turns and events are never dropped.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -16,7 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field
 
 from pipelines.config import ReplayConfig
-from pipelines.replay import ReplayReport, compose
+from pipelines.replay import ReplayReport, compose, run_pipeline
 from stream.errors import UserError
 from stream.runtime import Pipeline, Stage
 from stream.sources.live import CAMERA, LiveConfig, LiveInput, LiveSource
@@ -94,12 +93,4 @@ def build_live(inputs: list[LiveInput], config: LivePipelineConfig, sinks: Seque
 
 
 async def run_live(live: Live, *, drain_on_sigint: bool = True) -> ReplayReport:
-    began = time.perf_counter()
-    if drain_on_sigint:
-        with live.pipeline.sigint_drains():
-            await live.pipeline.run()
-    else:
-        await live.pipeline.run()
-    wall = time.perf_counter() - began
-    return ReplayReport(wall_s=wall, media_s=None, interrupted=live.pipeline.stop_requested,
-                        metrics=live.pipeline.metrics())
+    return await run_pipeline(live.pipeline, None, drain_on_sigint)

@@ -161,15 +161,20 @@ async def run_replay(replay: Replay, *, drain_on_sigint: bool = False,
         media_name = replay.media.name
         replay.pipeline.observe(
             lambda node, item: on_progress(item.pts) if node == media_name else None)
+    return await run_pipeline(replay.pipeline, replay.info.duration, drain_on_sigint)
+
+
+async def run_pipeline(pipeline: Pipeline, media_s: float | None,
+                       drain_on_sigint: bool) -> ReplayReport:
+    """Run to the end (or a drained Ctrl-C) and report how it went."""
     began = time.perf_counter()
     if drain_on_sigint:
-        with replay.pipeline.sigint_drains():
-            await replay.pipeline.run()
+        with pipeline.sigint_drains():
+            await pipeline.run()
     else:
-        await replay.pipeline.run()
-    return ReplayReport(wall_s=time.perf_counter() - began, media_s=replay.info.duration,
-                        interrupted=replay.pipeline.stop_requested,
-                        metrics=replay.pipeline.metrics())
+        await pipeline.run()
+    return ReplayReport(wall_s=time.perf_counter() - began, media_s=media_s,
+                        interrupted=pipeline.stop_requested, metrics=pipeline.metrics())
 
 
 def session_id(media: str, config: ReplayConfig) -> str:
