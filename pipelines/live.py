@@ -44,7 +44,6 @@ class Live:
         if command == "stop":
             self.stopped_remotely = True
             self.pipeline.request_stop()
-            self.source.stop()
         elif command == "reset":
             for stage in self.pipeline.stages:
                 if isinstance(stage, PerceptionStage):

@@ -76,6 +76,11 @@ class Source(ABC):
     def items(self) -> AsyncIterator[Item]:
         """Yield items in non-decreasing pts order per type."""
 
+    def stop(self) -> bool:
+        """Asked to stop early: True if the source will end by itself soon, having handed
+        over everything it already read (a live feed); False to be cut off at once."""
+        return False
+
     async def close(self) -> None:
         """Release the underlying resource."""
 
@@ -157,6 +162,8 @@ class _Node:
     metrics: StageMetrics = field(init=False)
     current_pts: float | None = None
     frontier: float = float("-inf")
+    winding_down: bool = False
+    """A source asked to stop that still hands over what it already read."""
 
     def __post_init__(self) -> None:
         self.metrics = StageMetrics(self.name)
@@ -207,6 +214,9 @@ class Pipeline:
     def request_stop(self) -> None:
         """Stop reading sources; what is in flight drains and sinks flush."""
         self._stop_requested.set()
+        for node in self._nodes.values():
+            if isinstance(node.runnable, Source):
+                node.winding_down = node.runnable.stop()
 
     @property
     def stop_requested(self) -> bool:
@@ -295,7 +305,7 @@ class Pipeline:
     async def _run_source(self, node: _Node, source: Source) -> None:
         items = source.items()
         try:
-            while not self.stop_requested:
+            while not self.stop_requested or node.winding_down:
                 try:
                     item = await self._guard(node, anext(items))
                 except StopAsyncIteration:

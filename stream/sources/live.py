@@ -270,8 +270,9 @@ class LiveSource(Source):
             capture.release()
         return got
 
-    def stop(self) -> None:
-        self._stop.set()
+    def stop(self) -> bool:
+        self._stop.set()  # readers finish their packet and end; queued batches still flow
+        return True
 
     async def close(self) -> None:
         self._stop.set()

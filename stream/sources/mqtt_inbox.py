@@ -87,6 +87,10 @@ class MqttInbox(Source):
         """The media ended: stop listening (lines still queued are released first)."""
         self._stopped.set()
 
+    def stop(self) -> bool:
+        self.finish()
+        return True
+
     async def close(self) -> None:
         self._stopped.set()
         if self._task is not None:
