@@ -124,6 +124,8 @@ def test_input_choices() -> None:
         live_inputs("/dev/video0", audio_device="mic")
     bad = run_cli("live", "udp://127.0.0.1:9", "--option", "novalue")
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
+    bad = run_cli("live", "udp://127.0.0.1:9", "--format", "nosuchformat")
+    assert bad.returncode == 2 and "no 'nosuchformat' input" in bad.stderr
 
 
 def test_transcript_and_stop_arrive_over_mqtt(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ import av
 import av.error
 from pydantic import BaseModel, ConfigDict, Field
 
+from stream.errors import UserError
 from stream.frames import AudioChunk, Item, VideoFrame
 from stream.runtime import Source
 from stream.sources.decoding import MAX_PRIMING_S, Decoder, PtsReorder, stream_start
@@ -118,6 +119,10 @@ class LiveSource(Source):
                  video_size: tuple[int, int] | None = None) -> None:
         if not inputs:
             raise ValueError("a live source needs at least one input")
+        for spec in inputs:
+            if spec.format not in (None, CAMERA) and spec.format not in av.formats_available:
+                raise UserError(f"{spec.url}: this FFmpeg build has no {spec.format!r} input "
+                                "(try alsa:DEVICE for a microphone, or --format with another)")
         self.inputs, self.config = inputs, config or LiveConfig()
         self.uri = " + ".join(i.url for i in inputs)
         self.video_fps, self.video_size = video_fps, video_size
@@ -126,6 +131,7 @@ class LiveSource(Source):
         self._clock = _SessionClock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._warned: set[int] = set()
         self.on_end: list[Callable[[], None]] = []
         """Called when the feed has ended (given up or stopped)."""
 
@@ -216,7 +222,9 @@ class LiveSource(Source):
                                 options=dict(spec.options),
                                 timeout=(max(timeout, 5.0), timeout))
         except (av.error.FFmpegError, OSError) as exc:
-            log.debug("%s: cannot open (%s)", spec.url, exc)
+            level = logging.DEBUG if index in self._warned else logging.WARNING
+            self._warned.add(index)
+            log.log(level, "%s: cannot open (%s); retrying", spec.url, exc)
             return False
         got = False
         try:
