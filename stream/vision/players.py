@@ -60,7 +60,3 @@ class PlayerRegistry:
 
     def name(self, player: str | None) -> str | None:
         return self.names.get(player) if player is not None else None
-
-    @property
-    def known(self) -> list[str]:
-        return list(self._players)
