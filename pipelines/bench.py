@@ -29,7 +29,7 @@ from pipelines.replay import Collect, build_replay, replay_and_collect, run_repl
 from stream.errors import UserError
 from stream.frames import Item, PerceivedFrame
 from stream.runtime import Stage
-from stream.sources.media import MediaSource
+from stream.sources.media import MediaSource, probe
 from stream.sources.pacing import Pacer
 from stream.speaker.evaluate import score
 from stream.vision.faces import FaceConfig, FaceDetector
@@ -89,26 +89,26 @@ async def _replay_once(media: str, perception: bool = True) -> int:
     return len(collect.turns)
 
 
-def _median_seconds(work: Any, repeat: int, stderr: Console, label: str) -> float:
+def _median_seconds(work: Any, repeat: int, stderr: Console, label: str) -> tuple[float, Any]:
+    """Median wall time of `repeat` runs after a warm-up, and what the last run returned."""
     times = []
     for i in range(repeat + 1):  # the first run warms caches and is not counted
         began = time.perf_counter()
-        asyncio.run(work())
+        result = asyncio.run(work())
         if i:
             times.append(time.perf_counter() - began)
         stderr.log(f"{label}: run {i + 1}/{repeat + 1}"
                    f"{' (warm-up)' if i == 0 else f' {times[-1]:.3f}s'}")
-    return statistics.median(times)
+    return statistics.median(times), result
 
 
 def bench_replay(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
-    info = MediaSource(args.media).info
-    duration = info.duration or 0.0
-    decode = _median_seconds(lambda: _decode_only(args.media), args.repeat, stderr, "decode")
-    audio = _median_seconds(lambda: _replay_once(args.media, perception=False), args.repeat,
-                            stderr, "replay without perception")
-    full = _median_seconds(lambda: _replay_once(args.media), args.repeat, stderr, "replay")
-    turns = asyncio.run(_replay_once(args.media))
+    duration = probe(args.media).duration or 0.0
+    decode, _ = _median_seconds(lambda: _decode_only(args.media), args.repeat, stderr, "decode")
+    audio, _ = _median_seconds(lambda: _replay_once(args.media, perception=False), args.repeat,
+                               stderr, "replay without perception")
+    full, turns = _median_seconds(lambda: _replay_once(args.media), args.repeat, stderr,
+                                  "replay")
     return {
         "media": args.media,
         "media_s": round(duration, 3),
@@ -125,7 +125,7 @@ def bench_replay(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
 
 
 def bench_perception(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
-    info = MediaSource(args.media).info
+    info = probe(args.media)
     duration = info.duration or 0.0
 
     async def decode_video() -> int:
@@ -135,10 +135,9 @@ def bench_perception(args: argparse.Namespace, stderr: Console) -> dict[str, Any
         finally:
             await source.close()
 
-    frames = asyncio.run(decode_video())
-    decode = _median_seconds(decode_video, args.repeat, stderr, "decode video")
+    decode, frames = _median_seconds(decode_video, args.repeat, stderr, "decode video")
     detect_ms = {model: _detect_ms(args.media, model) for model in ("full_range", "short_range")}
-    full = _median_seconds(lambda: _replay_once(args.media), args.repeat, stderr, "replay")
+    full, _ = _median_seconds(lambda: _replay_once(args.media), args.repeat, stderr, "replay")
     latencies = asyncio.run(_paced_latencies(args.media))
     accuracy = _accuracy(args.media)
     return {

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import ssl
@@ -90,7 +89,8 @@ class MqttSink(Stage):
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_speaker = float("-inf")
-        self._queued_at: dict[str, float] = {}
+        self._queued_at: dict[int, float] = {}
+        """Spool id -> when it was queued (monotonic seconds)."""
         self.latencies: list[float] = []
         """Seconds from an event entering the spool to the broker's acknowledgement."""
 
@@ -105,8 +105,8 @@ class MqttSink(Stage):
         assert self.spool is not None, "start() opens the spool"
         if isinstance(item, Turn):
             event = turn_event(item, self.session, self.names)
-            self._queued_at[event["id"]] = time.monotonic()
-            self.spool.append(f"{self.topic}/turn", dumps(event).encode(), qos=1)
+            queued = self.spool.append(f"{self.topic}/turn", dumps(event).encode(), qos=1)
+            self._queued_at[queued] = time.monotonic()
             self._wakeup.set()
         elif (isinstance(item, PerceivedFrame) and self._client is not None
               and item.pts - self._last_speaker >= 1 / self.config.speaker_rate_hz):
@@ -177,13 +177,9 @@ class MqttSink(Stage):
                                      retain=message.retain, timeout=10)
                 self.spool.ack(message.id)
                 self.published += 1
-                self._acknowledged(message.payload)
-
-    def _acknowledged(self, payload: bytes) -> None:
-        key = json.loads(payload).get("id")
-        queued = self._queued_at.pop(key, None)
-        if queued is not None:
-            self.latencies.append(time.monotonic() - queued)
+                queued = self._queued_at.pop(message.id, None)
+                if queued is not None:  # None: left over from an earlier run
+                    self.latencies.append(time.monotonic() - queued)
 
     def _connect(self) -> aiomqtt.Client:
         return aiomqtt.Client(

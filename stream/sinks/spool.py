@@ -43,9 +43,10 @@ class Spool:
             raise UserError(f"{path}: cannot open the MQTT spool ({exc}); set mqtt.spool_dir "
                             "to a writable folder") from exc
 
-    def append(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        self._db.execute("INSERT INTO spool (topic, payload, qos, retain) VALUES (?, ?, ?, ?)",
-                         (topic, payload, qos, int(retain)))
+    def append(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
+        """Queue a message; returns its id (what `peek` reports and `ack` takes)."""
+        row = self._db.execute("INSERT INTO spool (topic, payload, qos, retain) "
+                               "VALUES (?, ?, ?, ?)", (topic, payload, qos, int(retain)))
         excess = len(self) - self.max_messages
         if excess > 0:
             self._db.execute("DELETE FROM spool WHERE id IN "
@@ -54,6 +55,7 @@ class Spool:
                 log.warning("MQTT spool %s is full (%d messages): dropping the oldest",
                             self.path, self.max_messages)
             self.dropped += excess
+        return int(row.lastrowid)
 
     def peek(self, limit: int = 100) -> list[Spooled]:
         rows = self._db.execute("SELECT id, topic, payload, qos, retain FROM spool ORDER BY id "

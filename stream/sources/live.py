@@ -80,22 +80,21 @@ class _SessionClock:
     def wall(self) -> float:
         """Session seconds now, by the wall clock (for inputs without timestamps)."""
         with self._lock:
-            now = time.monotonic()
-            if self.start is None:
-                self.start = now
-            t = max(now - self.start, self.last + 0.001)
-            self.last = t
-            return t
+            self.last = max(self._elapsed(), self.last + 0.001)
+            return self.last
 
     def anchor(self, raw: float) -> float:
         """Offset so that `raw` lands at the wall time elapsed in the session."""
         with self._lock:
-            now = time.monotonic()
-            if self.start is None:
-                self.start = now
             # After a reconnect, leave room for audio that precedes the picture (priming).
-            at = max(now - self.start, self.last + MAX_PRIMING_S + 0.01)
-            return raw - at
+            return raw - max(self._elapsed(), self.last + MAX_PRIMING_S + 0.01)
+
+    def _elapsed(self) -> float:
+        """Wall seconds since the session's first frame (this call starts the clock)."""
+        now = time.monotonic()
+        if self.start is None:
+            self.start = now
+        return now - self.start
 
 
 class _Connection:
