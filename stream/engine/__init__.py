@@ -1,6 +1,8 @@
-"""The engine: a language model kept warm across the conversation (work in progress, issue 4).
+"""The engine: one model kept warm across the conversation in its KV cache.
 
-What exists: the token ledger and a KV-cached text session with exact cache
-restore after questions. Not yet: multimodal backends (Qwen2.5-VL M-RoPE,
-LLaVA-NeXT-Video, InternVL3), speaker-aware biased attention, eviction, bench.
+`Session` appends frames and utterances incrementally (explicit positions,
+M-RoPE for Qwen2.5-VL), biases an utterance's attention toward its speaker
+(`attention`), answers questions without touching the conversation state, and
+evicts the oldest frames under a context budget. `backends` hold what differs
+between model families; `loading` finds real checkpoints on disk.
 """

@@ -1,84 +1,258 @@
-"""A KV-cached session over a causal language model (the text-only backend).
+"""A conversation kept warm in one model's KV cache.
 
-Every appended piece is prefilled on top of the cache with explicit positions,
-never re-encoding the history. `ask` scores candidate answers by their
-log-likelihood in one batch, then crops the cache back to where it was: the
-conversation state never contains questions or answers.
+Every appended piece (frames, utterances) is prefilled on top of the cache with
+explicit positions, never re-encoding the history. While an utterance is
+prefilled, the speaker-aware bias (stream.engine.attention) may pull it toward
+the speaker's tokens. `ask` and `generate` run on top of the cache and crop it
+back: the conversation state never contains questions or answers. With a
+context budget, the oldest frames (then the oldest utterances, never the
+system prompt or the last `keep_turns` utterances) are evicted whole.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache
 
+from stream.engine.attention import BiasPlan, HeadRecord, register
+from stream.engine.backends.base import Backend, Chunk
+from stream.engine.config import EngineConfig
 from stream.engine.ledger import Ledger, Span, SpanKind
+from stream.frames import PlayerView, VideoFrame
 
 
-class TextSession:
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-        self.model, self.tokenizer = model.eval(), tokenizer
-        self.cache = DynamicCache(config=model.config)
+class ContextFull(RuntimeError):
+    """The budget is smaller than what may never be evicted."""
+
+
+@dataclass
+class UtteranceReport:
+    """What the bias did while one utterance was prefilled."""
+
+    span: Span
+    records: dict[int, HeadRecord] = field(default_factory=dict)
+    frames: list[Span] = field(default_factory=list)
+    """The turn's frame spans that V_all came from."""
+
+    @property
+    def active_heads(self) -> dict[int, list[int]]:
+        return {layer: r.active.nonzero().flatten().tolist() for layer, r in self.records.items()}
+
+    def attention_maps(self) -> dict[int, list[np.ndarray]]:
+        """Per layer, one (active heads, utterance tokens, rows, cols) array per frame."""
+        maps: dict[int, list[np.ndarray]] = {}
+        for layer, record in self.records.items():
+            if record.maps is None:
+                continue
+            arrays, at = [], 0
+            for frame in self.frames:
+                rows, cols = frame.meta["grid"]
+                part = record.maps[..., at:at + rows * cols]
+                arrays.append(part.reshape(*part.shape[:2], rows, cols).numpy())
+                at += rows * cols
+            maps[layer] = arrays
+        return maps
+
+    def save(self, path: str) -> None:
+        """Attention maps as .npz: `L{layer}_F{frame}` -> (heads, tokens, rows, cols), plus
+        `L{layer}_heads` (which heads) and `frame_times`."""
+        arrays: dict[str, np.ndarray] = {
+            "frame_times": np.array([f.meta.get("t", np.nan) for f in self.frames])}
+        for layer, frames in self.attention_maps().items():
+            arrays[f"L{layer}_heads"] = np.array(self.active_heads[layer])
+            for i, a in enumerate(frames):
+                arrays[f"L{layer}_F{i}"] = a
+        np.savez_compressed(path, **arrays)
+
+
+class Session:
+    def __init__(self, backend: Backend, config: EngineConfig | None = None) -> None:
+        self.backend, self.config = backend, config or EngineConfig()
+        backend.model.set_attn_implementation(self._implementations(register()))
+        self.cache = DynamicCache(config=backend.text_config)
         self.ledger = Ledger()
+        self.next_position = 0
         self.last_logits: torch.Tensor | None = None
         """Next-token logits after the last appended token."""
+        self.layers = self.config.bias.layer_range(backend.text_config.num_hidden_layers)
+        self.evictions = 0
+
+    def _implementations(self, name: str) -> str | dict[str, str]:
+        # Only the text decoder is biased; a vision tower keeps sdpa.
+        if getattr(self.backend.model.config, "vision_config", None) is not None:
+            return {"text_config": name, "vision_config": "sdpa"}
+        return name
 
     @property
     def length(self) -> int:
         return self.cache.get_seq_length()
 
-    def tokens(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    # --- the conversation -------------------------------------------------------------
+
+    def append_system(self, text: str) -> Span:
+        return self._append("system", self.backend.text(text))
+
+    def append_frames(self, frames: Sequence[VideoFrame],
+                      views: Sequence[Sequence[PlayerView]]) -> list[Span]:
+        """Key frames with the players seen in each; prefills only the new tokens."""
+        if len(frames) != len(views):
+            raise ValueError(f"{len(frames)} frames but {len(views)} lists of players")
+        chunks = self.backend.frames(frames, views)
+        return [self._append("frame", chunk, t=frame.pts, **chunk.meta)
+                for frame, chunk in zip(frames, chunks, strict=True)]
+
+    def append_utterance(self, player: str | None, text: str, *, bias: bool = True,
+                         export: bool = False) -> UtteranceReport:
+        """The utterance as `P2: text`; biased toward P2's tokens in this turn's frames."""
+        prefix = self.backend.text(f"{player or 'Someone'}:")
+        chunk = prefix + self.backend.text(f" {text.strip()}\n")
+        frames = self.ledger.since_last("utterance", "frame")
+        plan = self._plan(player, frames, range(len(prefix), len(chunk)), export) if bias else None
+        span = self._append("utterance", chunk, plan, player=player, text=text)
+        return UtteranceReport(span, plan.records if plan else {}, frames)
+
+    def _plan(self, player: str | None, frames: list[Span], queries: range,
+              export: bool) -> BiasPlan | None:
+        everyone = [i for f in frames for offs in f.meta["players"].values()
+                    for i in f.indices(offs)]
+        speaker = [i for f in frames for i in f.indices(f.meta["players"].get(player, []))]
+        if not speaker or not self.layers:
+            return None
+        patches = None
+        if export:
+            patches = [f.start + f.meta["patches"] + k for f in frames
+                       for k in range(int(np.prod(f.meta["grid"])))]
+        device = self.backend.device
+
+        def index(values: list[int]) -> torch.Tensor:
+            return torch.tensor(sorted(set(values)), device=device)
+
+        return BiasPlan(alpha=self.config.bias.alpha, layers=self.layers,
+                        threshold=self.config.bias.threshold,
+                        queries=torch.tensor(list(queries), device=device),
+                        visual=index(everyone), speaker=index(speaker),
+                        patches=None if patches is None else torch.tensor(patches, device=device))
 
     @torch.no_grad()
-    def append(self, kind: SpanKind, text: str, **meta: object) -> Span:
-        ids = self.tokens(text)
-        self._prefill(ids)
-        span = self.ledger.append(kind, len(ids), **meta)
-        assert self.ledger.length == self.length, "the ledger tracks the cache"
+    def _append(self, kind: SpanKind, chunk: Chunk, plan: BiasPlan | None = None,
+                **meta: object) -> Span:
+        extra = {} if plan is None else {"social_bias": plan}
+        hidden = self._forward(chunk.embeds[None], chunk.positions[:, None], **extra)
+        self.last_logits = self.backend.logits(hidden[0, -1]).float()
+        span = self.ledger.append(kind, len(chunk), self.next_position, ids=chunk.ids, **meta)
+        self.next_position += chunk.advance
+        self._evict()
         return span
 
-    def _prefill(self, ids: list[int]) -> torch.Tensor:
-        start = self.length
-        positions = torch.arange(start, start + len(ids), device=self.model.device)[None]
-        out = self.model(input_ids=torch.tensor([ids], device=self.model.device),
-                         position_ids=positions, past_key_values=self.cache, use_cache=True)
-        self.last_logits = out.logits[0, -1].float()
-        return out.logits
+    def _forward(self, embeds: torch.Tensor, positions: torch.Tensor,
+                 **kwargs: object) -> torch.Tensor:
+        """Hidden states; `positions` (axes, batch, tokens) are counted from the next position."""
+        return self.backend.decode(embeds, positions + self.next_position, self.cache, **kwargs)
+
+    # --- questions ------------------------------------------------------------------
 
     @torch.no_grad()
-    def ask(self, question: str, candidates: list[str]) -> list[float]:
-        """Log-likelihood of each candidate after the conversation and the question."""
+    def ask(self, question: str, candidates: Sequence[str]) -> list[float]:
+        """Log-likelihood of each candidate answer after the conversation and the question.
+
+        All candidates go in one right-padded batch on a widened cache; the cache is
+        cropped and narrowed back afterwards, bit for bit.
+        """
         if not candidates:
             raise ValueError("ask needs at least one candidate")
-        length, kept_logits = self.length, self.last_logits
-        widened = False
-        try:
-            self._prefill(self.tokens(question))
-            assert self.last_logits is not None
-            first = torch.log_softmax(self.last_logits, dim=-1)
-            answers = [self.tokens(c) for c in candidates]
-            if any(not a for a in answers):
-                raise ValueError("every candidate needs at least one token")
+        answers = [self.backend.token_ids(" " + c.strip()) for c in candidates]
+        if any(not a for a in answers):
+            raise ValueError("every candidate needs at least one token")
+        with self._scratch() as scratch:
+            asked = self.backend.text(question)
+            hidden = self._forward(asked.embeds[None], asked.positions[:, None])
+            first = torch.log_softmax(self.backend.logits(hidden[0, -1]).float(), dim=-1)
             width = max(len(a) for a in answers)
-            pad = self.tokenizer.pad_token_id or 0
-            batch = torch.tensor([a + [pad] * (width - len(a)) for a in answers],
-                                 device=self.model.device)
-            start = self.length
-            positions = torch.arange(start, start + width, device=self.model.device)
-            self.cache.batch_repeat_interleave(len(answers))
-            widened = True
+            pad = self.backend.tokenizer.pad_token_id or 0
+            ids = [a + [pad] * (width - len(a)) for a in answers]
+            embeds = torch.stack([self.backend.embed(row) for row in ids])
+            positions = self.backend.text_positions(width) + asked.advance
+            scratch.widen(len(answers))
             # Right padding: causal attention keeps every real token away from the pads.
-            out = self.model(input_ids=batch, position_ids=positions.expand(len(answers), -1),
-                             past_key_values=self.cache, use_cache=True)
-            logp = torch.log_softmax(out.logits.float(), dim=-1)
-            return [
-                float(first[a[0]] + sum(logp[b, i - 1, a[i]] for i in range(1, len(a))))
-                for b, a in enumerate(answers)
-            ]
-        finally:
-            extra = self.length - length
-            if extra > 0:
-                self.cache.crop(-extra)  # transformers 5: a negative count of tokens to drop
-            if widened:  # back to the one conversation row
-                self.cache.batch_select_indices(torch.tensor([0], device=self.model.device))
-            self.last_logits = kept_logits
+            hidden = self._forward(embeds, positions[:, None].expand(-1, len(answers), -1))
+            logp = torch.log_softmax(self.backend.logits(hidden).float(), dim=-1)
+            return [float(first[a[0]] + sum(logp[b, i - 1, a[i]] for i in range(1, len(a))))
+                    for b, a in enumerate(answers)]
+
+    @torch.no_grad()
+    def generate(self, question: str, max_new_tokens: int = 32) -> str:
+        """Greedy answer to a question; the cache is restored afterwards."""
+        with self._scratch():
+            asked = self.backend.text(question)
+            hidden = self._forward(asked.embeds[None], asked.positions[:, None])
+            position, out = asked.advance, []
+            eos = self.backend.tokenizer.eos_token_id
+            for _ in range(max_new_tokens):
+                token = int(self.backend.logits(hidden[0, -1]).argmax())
+                if token == eos:
+                    break
+                out.append(token)
+                step = self.backend.text_positions(1) + position
+                hidden = self._forward(self.backend.embed([token])[None], step[:, None])
+                position += 1
+            return self.backend.tokenizer.decode(out, skip_special_tokens=True)
+
+    def _scratch(self) -> _Scratch:
+        return _Scratch(self)
+
+    # --- eviction -------------------------------------------------------------------
+
+    def _evict(self) -> None:
+        budget = self.config.max_tokens
+        if budget is None or self.length <= budget:
+            return
+        target = int(budget * self.config.evict_to)
+        utterances = self.ledger.of("utterance")
+        protected = {id(s) for s in utterances[len(utterances) - self.config.keep_turns:]} \
+            if self.config.keep_turns else set()
+        candidates = self.ledger.of("frame") + [s for s in utterances if id(s) not in protected]
+        candidates.sort(key=lambda s: (s.kind != "frame", s.start))
+        doomed, length = [], self.length
+        for span in candidates:
+            if length <= target:
+                break
+            doomed.append(span)
+            length -= len(span)
+        if length > budget:
+            raise ContextFull(
+                f"context budget of {budget} tokens is below what must stay (system prompt and "
+                f"the last {self.config.keep_turns} utterances: {length}); raise engine.max_tokens")
+        keep = torch.tensor(self.ledger.drop(doomed), device=self.backend.device)
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(-2, keep)
+            layer.values = layer.values.index_select(-2, keep)
+        self.evictions += 1
+
+
+class _Scratch:
+    """Runs work on top of the cache, then puts the cache back exactly as it was."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.widened = False
+
+    def widen(self, rows: int) -> None:
+        self.session.cache.batch_repeat_interleave(rows)
+        self.widened = True
+
+    def __enter__(self) -> _Scratch:
+        self.length, self.logits = self.session.length, self.session.last_logits
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        cache = self.session.cache
+        extra = self.session.length - self.length
+        if extra > 0:
+            cache.crop(-extra)  # transformers 5: a negative count of tokens to drop
+        if self.widened:
+            cache.batch_select_indices(torch.tensor([0], device=self.session.backend.device))
+        self.session.last_logits = self.logits

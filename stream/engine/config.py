@@ -1,0 +1,40 @@
+"""Engine settings; the defaults follow the paper (arXiv 2511.17952) where it has one."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class BiasConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: float = Field(1.0, ge=0)
+    """Bias strength; 0 gives stock attention exactly."""
+    threshold: float = Field(5e-5, ge=0)
+    """A head is active when its mean attention from the utterance to V_all exceeds this."""
+    layers: tuple[int, int] | None = None
+    """[first, stop) decoder layers that may be biased; None scales the paper's 10-19 of 28."""
+
+    def layer_range(self, depth: int) -> range:
+        if self.layers is not None:
+            return range(max(0, self.layers[0]), min(depth, self.layers[1]))
+        return range(round(depth * 10 / 28), round(depth * 20 / 28))
+
+
+class EngineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bias: BiasConfig = BiasConfig()
+    max_tokens: int | None = Field(None, gt=0)
+    """Context budget in cached tokens; None keeps everything."""
+    keep_turns: int = Field(4, ge=0)
+    """Utterances never evicted: the most recent ones."""
+    evict_to: float = Field(0.8, gt=0, le=1)
+    """An eviction frees down to this share of the budget, so it does not run every turn."""
+
+    @model_validator(mode="after")
+    def _layers_ordered(self) -> EngineConfig:
+        layers = self.bias.layers
+        if layers is not None and layers[0] >= layers[1]:
+            raise ValueError(f"bias.layers {list(layers)} must be [first, stop) with first < stop")
+        return self

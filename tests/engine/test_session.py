@@ -1,0 +1,124 @@
+"""Questions leave the conversation untouched; eviction keeps memory bounded; text backend."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from stream.engine.backends import QwenVLBackend, TextBackend
+from stream.engine.config import BiasConfig, EngineConfig
+from stream.engine.session import ContextFull, Session
+from tests.engine.conftest import CORPUS, scene
+from tests.engine.test_bias import cache_of
+from tests.engine.test_qwen_session import converse
+
+QUESTION = "Who is the speaker talking to? Answer:"
+
+
+def test_ask_scores_all_candidates_in_one_batch_and_restores_the_cache(
+        qwen: QwenVLBackend) -> None:
+    session = Session(qwen)
+    converse(session, turns=3)
+    before, length = cache_of(session), session.length
+    logits, position = session.last_logits.clone(), session.next_position
+    calls: list[int] = []
+    hook = qwen.decoder.register_forward_pre_hook(
+        lambda _m, _a, kw: calls.append(kw["inputs_embeds"].shape[0]), with_kwargs=True)
+    try:
+        scores = session.ask(QUESTION, ["P1", "P2", "P3", "Someone"])
+    finally:
+        hook.remove()
+    assert calls == [1, 4]  # the question, then all four candidates in one batch
+    assert len(scores) == 4 and all(s < 0 for s in scores)
+    assert session.length == length and session.next_position == position
+    assert torch.equal(session.last_logits, logits)
+    for (k0, v0), (k1, v1) in zip(before, cache_of(session), strict=True):
+        assert torch.equal(k0, k1) and torch.equal(v0, v1)
+    answer = session.generate(QUESTION, max_new_tokens=4)
+    assert isinstance(answer, str) and session.length == length
+    # The conversation goes on exactly as if no question had been asked.
+    fresh = Session(qwen)
+    converse(fresh, turns=3)
+    for s in (session, fresh):
+        frame, views = scene(9.0, "P1", seed=99)
+        s.append_frames([frame], [views])
+        s.append_utterance("P1", CORPUS[4], bias=False)
+    assert torch.equal(session.last_logits, fresh.last_logits)
+
+
+def test_text_backend_incremental_equals_full_and_scores_match(llama: TextBackend) -> None:
+    session = Session(llama)
+    session.append_system("Who is the speaker talking to?")
+    for turn in range(5):
+        frame, views = scene(turn * 2.0, f"P{turn % 3 + 1}", seed=turn)
+        span = session.append_frames([frame], [views])[0]
+        session.append_utterance(f"P{turn % 3 + 1}", CORPUS[turn], bias=False)
+    # A player's "visual tokens" are the words describing them in the frame (P2 spoke last).
+    words = llama.tokenizer.convert_ids_to_tokens(span.meta["ids"])
+    assert [words[i] for i in span.meta["players"]["P2"]] == \
+        ["P2", "sits", "centre", ",", "faces", "the", "camera", ",", "mouth", "moving", "."]
+    ids = [i for s in session.ledger.spans for i in s.meta["ids"]]
+    with torch.no_grad():
+        full = llama.model(input_ids=torch.tensor([ids])).logits[0].float()
+    assert (session.last_logits - full[-1]).abs().max() < 1e-4
+    scores = session.ask(QUESTION, ["P1", "P3 P2"])
+    for candidate, score in zip(["P1", "P3 P2"], scores, strict=True):
+        answer = llama.token_ids(" " + candidate)
+        every = ids + llama.token_ids(QUESTION) + answer
+        with torch.no_grad():
+            logp = torch.log_softmax(llama.model(input_ids=torch.tensor([every])).logits[0], -1)
+        start = len(every) - len(answer)
+        expected = sum(float(logp[start + i - 1, t]) for i, t in enumerate(answer))
+        assert score == pytest.approx(expected, abs=1e-4)
+
+
+def test_eviction_keeps_memory_bounded_over_1000_turns(tokenizer) -> None:
+    from tests.engine.conftest import tiny_qwen
+
+    backend = QwenVLBackend(tiny_qwen(len(tokenizer), layers=2), tokenizer, pixels=56 * 56)
+    budget = 300
+    session = Session(backend, EngineConfig(max_tokens=budget, keep_turns=4,
+                                            bias=BiasConfig(layers=(0, 2))))
+    session.append_system("Who is the speaker talking to?")
+    peak, checked = 0, None
+    for turn in range(1000):
+        speaker = f"P{turn % 3 + 1}"
+        frame, views = scene(turn * 1.0, speaker, seed=turn)
+        session.append_frames([frame], [views])
+        report = session.append_utterance(speaker, CORPUS[turn % 6])
+        peak = max(peak, session.length)
+        assert session.length == session.ledger.length <= budget
+        if turn == 500:
+            kept = session.ledger.spans[-1]
+            kept_keys = session.cache.layers[0].keys[:, :, kept.start:kept.end].clone()
+            evictions = session.evictions
+        if turn > 500 and checked is None and session.evictions > evictions:
+            # The next eviction moved the span down but never recomputed it.
+            checked = turn
+            moved = next(s for s in session.ledger.spans if s.position == kept.position)
+            assert moved.start < kept.start
+            assert torch.equal(session.cache.layers[0].keys[:, :, moved.start:moved.end],
+                               kept_keys)
+    assert report.records  # the last turn's frame was still there to bias toward
+    assert session.evictions > 50 and peak <= budget and checked is not None
+    spans = session.ledger.spans
+    assert spans[0].kind == "system" and spans[0].start == 0
+    assert [s.meta["text"] for s in session.ledger.of("utterance")[-4:]] == \
+        [CORPUS[t % 6] for t in range(996, 1000)]
+    assert all(a.end == b.start for a, b in itertools.pairwise(spans))
+    # Original positions are kept: they grow with the conversation, not with the cache.
+    assert session.next_position > 10 * budget
+    assert all(a.position < b.position for a, b in itertools.pairwise(spans))
+    bytes_used = sum(layer.keys.numel() + layer.values.numel() for layer in session.cache.layers)
+    assert bytes_used <= 2 * 2 * budget * 2 * 16  # layers x (k, v) x tokens x kv heads x dim
+    assert session.ask(QUESTION, ["P1", "P2"])
+
+
+def test_a_budget_below_what_must_stay_is_a_clear_error(qwen: QwenVLBackend) -> None:
+    session = Session(qwen, EngineConfig(max_tokens=20, keep_turns=2))
+    session.append_system("Who is the speaker talking to?")
+    with pytest.raises(ContextFull, match=r"raise engine\.max_tokens"):
+        for turn in range(4):
+            session.append_utterance("P1", CORPUS[turn])
