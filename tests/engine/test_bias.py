@@ -9,7 +9,7 @@ from stream.engine.attention import BiasPlan, social_attention
 from stream.engine.backends import QwenVLBackend
 from stream.engine.config import BiasConfig, EngineConfig
 from stream.engine.session import Session
-from tests.engine.conftest import scene
+from stream.engine.synthetic import scene
 from tests.engine.test_qwen_session import converse
 
 

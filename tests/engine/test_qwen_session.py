@@ -6,7 +6,7 @@ import torch
 
 from stream.engine.backends import QwenVLBackend
 from stream.engine.session import Session
-from tests.engine.conftest import CORPUS, scene
+from stream.engine.synthetic import CORPUS, scene
 
 SYSTEM = "Who is the speaker talking to?"
 

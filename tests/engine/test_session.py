@@ -10,7 +10,7 @@ import torch
 from stream.engine.backends import QwenVLBackend, TextBackend
 from stream.engine.config import BiasConfig, EngineConfig
 from stream.engine.session import ContextFull, Session
-from tests.engine.conftest import CORPUS, scene
+from stream.engine.synthetic import CORPUS, random_qwen, scene
 from tests.engine.test_bias import cache_of
 from tests.engine.test_qwen_session import converse
 
@@ -75,9 +75,8 @@ def test_text_backend_incremental_equals_full_and_scores_match(llama: TextBacken
 
 
 def test_eviction_keeps_memory_bounded_over_1000_turns(tokenizer) -> None:
-    from tests.engine.conftest import tiny_qwen
-
-    backend = QwenVLBackend(tiny_qwen(len(tokenizer), layers=2), tokenizer, pixels=56 * 56)
+    model = random_qwen("tiny", len(tokenizer), layers=2)
+    backend = QwenVLBackend(model, tokenizer, pixels=56 * 56)
     budget = 300
     session = Session(backend, EngineConfig(max_tokens=budget, keep_turns=4,
                                             bias=BiasConfig(layers=(0, 2))))

@@ -1,0 +1,125 @@
+"""Random models of the real architectures and a word tokenizer trained in code.
+
+No weights can be downloaded here, so tests and the engine benchmark build
+models with the real layer layout and random weights: the cost and the
+numerics of every operation are those of the real model, only the answers
+are meaningless.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+)
+
+from stream.frames import PlayerView, VideoFrame
+
+CORPUS = [
+    "Ben, did you finish the map for our trip?", "Almost. Clara helped me with the route.",
+    "He did most of it, honestly.", "That is kind of you to say, Clara.",
+    "You found the shortcut by the lake.", "Only because you asked me to look.",
+    "Who is the speaker talking to? Who does you refer to? Who is mentioned?",
+    "Answer: P1 P2 P3 Someone",
+    "Frame at 0 1 2 3 4 5 6 7 8 9 . s : sits left right centre faces the camera mouth moving still",
+]
+
+Shape = Literal["tiny", "0.5b", "3b"]
+
+# The real Qwen2.5-VL vision tower (the same for every size) and the text decoders of
+# Qwen2.5-0.5B and Qwen2.5-VL-3B.
+_VISION = dict(depth=32, hidden_size=1280, num_heads=16, intermediate_size=3420, patch_size=14,
+               spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+               fullatt_block_indexes=[7, 15, 23, 31])
+_TEXT = {
+    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                 num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True),
+    "3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+               num_attention_heads=16, num_key_value_heads=2, tie_word_embeddings=True),
+}
+_VOCAB = 151936
+
+
+def word_tokenizer(corpus: list[str] | None = None) -> PreTrainedTokenizerFast:
+    raw = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    raw.train_from_iterator(corpus or CORPUS,
+                            trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]"]))
+    return PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]",
+                                   eos_token="[PAD]")
+
+
+def random_qwen(shape: Shape, vocab: int, *, layers: int = 4, seed: int = 0,
+                dtype: torch.dtype = torch.float32) -> Qwen2_5_VLForConditionalGeneration:
+    """A random Qwen2.5-VL. `tiny` keeps every part (window attention, 2x2 merge, M-RoPE)."""
+    torch.manual_seed(seed)
+    if shape == "tiny":
+        text = dict(vocab_size=vocab + 4, hidden_size=64, intermediate_size=128,
+                    num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                     "mrope_section": [2, 3, 3]})
+        vision = dict(depth=2, hidden_size=32, num_heads=2, intermediate_size=64,
+                      out_hidden_size=64, patch_size=14, spatial_merge_size=2,
+                      temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
+        first_special = vocab
+    else:
+        text = dict(vocab_size=_VOCAB, **_TEXT[shape],
+                    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
+                                     "mrope_section": [16, 24, 24]})
+        vision = dict(_VISION, out_hidden_size=_TEXT[shape]["hidden_size"])
+        first_special = _VOCAB - 4
+    text.update(max_position_embeddings=1 << 20, bos_token_id=0, eos_token_id=0)
+    config = Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, image_token_id=first_special,
+        video_token_id=first_special + 1, vision_start_token_id=first_special + 2,
+        vision_end_token_id=first_special + 3, bos_token_id=0, eos_token_id=0)
+    with _default_dtype(dtype):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    return model.eval()
+
+
+def random_llama(vocab: int, *, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1 << 20, bos_token_id=0, eos_token_id=0)
+    return LlamaForCausalLM(config).eval()
+
+
+class _default_dtype:
+    """Build parameters directly in the target dtype (half the memory of casting later)."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+    def __enter__(self) -> None:
+        self.saved = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_default_dtype(self.saved)
+
+
+SEATS = {"P1": (10, 30, 50, 90), "P2": (60, 30, 100, 90), "P3": (110, 30, 150, 90)}
+"""Three players in a 160x120 picture."""
+
+
+def scene(t: float, speaker: str, seed: int, size: tuple[int, int] = (160, 120)
+          ) -> tuple[VideoFrame, tuple[PlayerView, ...]]:
+    """A random picture with three seated players, `speaker`'s mouth moving."""
+    width, height = size
+    sx, sy = width / 160, height / 120
+    image = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    views = tuple(
+        PlayerView(player=p, track=i, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy), detected=True,
+                   yaw=0.0, mouth=0.0, share=float(p == speaker), p_speaking=float(p == speaker))
+        for i, (p, (x0, y0, x1, y1)) in enumerate(SEATS.items()))
+    return VideoFrame(pts=t, image=image), views
