@@ -23,6 +23,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.bench_engine import add_arguments as add_engine_arguments
+from pipelines.bench_engine import bench_engine
 from pipelines.bench_mqtt import bench_mqtt
 from pipelines.config import load_config
 from pipelines.replay import Collect, build_replay, replay_and_collect, run_replay
@@ -50,6 +52,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                        help="mqtt: broker to load (default: a private mosquitto)")
     bench.add_argument("--json", action="store_true",
                        help="end the output with one JSON object of the figures")
+    add_engine_arguments(bench)
     bench.set_defaults(func=run)
 
 
@@ -62,7 +65,8 @@ def run(args: argparse.Namespace, stderr: Console) -> int:
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key, value in figures.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        if not isinstance(value, list | dict):  # per-turn series are in the engine's own table
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     (stderr if args.json else Console()).print(table)
     if args.json:
         print(json.dumps(figures))
@@ -223,4 +227,5 @@ async def _paced_latencies(media: str) -> list[float]:
     return probe.delays
 
 
-BENCHES = {"replay": bench_replay, "perception": bench_perception, "mqtt": bench_mqtt}
+BENCHES = {"replay": bench_replay, "perception": bench_perception, "mqtt": bench_mqtt,
+           "engine": bench_engine}

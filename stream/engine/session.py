@@ -102,8 +102,21 @@ class Session:
         if len(frames) != len(views):
             raise ValueError(f"{len(frames)} frames but {len(views)} lists of players")
         chunks = self.backend.frames(frames, views)
-        return [self._append("frame", chunk, t=frame.pts, **chunk.meta)
-                for frame, chunk in zip(frames, chunks, strict=True)]
+        if not chunks:
+            return []
+        whole = chunks[0]
+        for chunk in chunks[1:]:
+            whole = whole + chunk
+        # One prefill for all of them; the ledger still gets a span per frame.
+        self._prefill(whole)
+        spans, position = [], self.next_position
+        for frame, chunk in zip(frames, chunks, strict=True):
+            spans.append(self.ledger.append("frame", len(chunk), position, ids=chunk.ids,
+                                            t=frame.pts, **chunk.meta))
+            position += chunk.advance
+        self.next_position = position
+        self._evict()
+        return spans
 
     def append_utterance(self, player: str | None, text: str, *, bias: bool = True,
                          export: bool = False) -> UtteranceReport:
@@ -137,16 +150,19 @@ class Session:
                         visual=index(everyone), speaker=index(speaker),
                         patches=None if patches is None else torch.tensor(patches, device=device))
 
-    @torch.no_grad()
     def _append(self, kind: SpanKind, chunk: Chunk, plan: BiasPlan | None = None,
                 **meta: object) -> Span:
-        extra = {} if plan is None else {"social_bias": plan}
-        hidden = self._forward(chunk.embeds[None], chunk.positions[:, None], **extra)
-        self.last_logits = self.backend.logits(hidden[0, -1]).float()
+        self._prefill(chunk, plan)
         span = self.ledger.append(kind, len(chunk), self.next_position, ids=chunk.ids, **meta)
         self.next_position += chunk.advance
         self._evict()
         return span
+
+    @torch.no_grad()
+    def _prefill(self, chunk: Chunk, plan: BiasPlan | None = None) -> None:
+        extra = {} if plan is None else {"social_bias": plan}
+        hidden = self._forward(chunk.embeds[None], chunk.positions[:, None], **extra)
+        self.last_logits = self.backend.logits(hidden[0, -1]).float()
 
     def _forward(self, embeds: torch.Tensor, positions: torch.Tensor,
                  **kwargs: object) -> torch.Tensor:
@@ -159,29 +175,33 @@ class Session:
     def ask(self, question: str, candidates: Sequence[str]) -> list[float]:
         """Log-likelihood of each candidate answer after the conversation and the question.
 
-        All candidates go in one right-padded batch on a widened cache; the cache is
-        cropped and narrowed back afterwards, bit for bit.
+        The question and every candidate go in one forward of one row: each candidate's
+        tokens start at the same position after the question and a block mask keeps
+        them from seeing each other, so the cache is never copied per candidate. The
+        cache is cropped back afterwards, bit for bit.
         """
         if not candidates:
             raise ValueError("ask needs at least one candidate")
         answers = [self.backend.token_ids(" " + c.strip()) for c in candidates]
         if any(not a for a in answers):
             raise ValueError("every candidate needs at least one token")
-        with self._scratch() as scratch:
-            asked = self.backend.text(question)
-            hidden = self._forward(asked.embeds[None], asked.positions[:, None])
-            first = torch.log_softmax(self.backend.logits(hidden[0, -1]).float(), dim=-1)
-            width = max(len(a) for a in answers)
-            pad = self.backend.tokenizer.pad_token_id or 0
-            ids = [a + [pad] * (width - len(a)) for a in answers]
-            embeds = torch.stack([self.backend.embed(row) for row in ids])
-            positions = self.backend.text_positions(width) + asked.advance
-            scratch.widen(len(answers))
-            # Right padding: causal attention keeps every real token away from the pads.
-            hidden = self._forward(embeds, positions[:, None].expand(-1, len(answers), -1))
-            logp = torch.log_softmax(self.backend.logits(hidden).float(), dim=-1)
-            return [float(first[a[0]] + sum(logp[b, i - 1, a[i]] for i in range(1, len(a))))
-                    for b, a in enumerate(answers)]
+        asked = self.backend.text(question)
+        flat = [t for a in answers for t in a]
+        embeds = torch.cat([asked.embeds, self.backend.embed(flat)])
+        after = self.backend.text_positions(max(map(len, answers))) + asked.advance
+        positions = torch.cat([asked.positions] + [after[:, :len(a)] for a in answers], dim=1)
+        mask = _candidate_mask(self.length, len(asked), [len(a) for a in answers],
+                               self.backend.device)
+        with self._scratch():
+            hidden = self._forward(embeds[None], positions[:, None], attention_mask=mask)
+        logp = torch.log_softmax(self.backend.logits(hidden[0, len(asked) - 1:]).float(), -1)
+        scores, row = [], 1  # row 0 of logp is the question's last token
+        for answer in answers:
+            score = float(logp[0, answer[0]])
+            score += sum(float(logp[row + i - 1, t]) for i, t in enumerate(answer) if i)
+            scores.append(score)
+            row += len(answer)
+        return scores
 
     @torch.no_grad()
     def generate(self, question: str, max_new_tokens: int = 32) -> str:
@@ -233,16 +253,29 @@ class Session:
         self.evictions += 1
 
 
+def _candidate_mask(cached: int, question: int, answers: list[int],
+                    device: torch.device) -> torch.Tensor:
+    """(1, 1, rows, keys) True where a row may attend: the cache, the question causally,
+    and each answer causally within itself only."""
+    rows = question + sum(answers)
+    mask = torch.zeros(rows, cached + rows, dtype=torch.bool, device=device)
+    mask[:, :cached] = True
+    block = torch.ones(question, question, dtype=torch.bool, device=device).tril()
+    mask[:question, cached:cached + question] = block
+    mask[question:, cached:cached + question] = True
+    at = question
+    for size in answers:
+        own = torch.ones(size, size, dtype=torch.bool, device=device).tril()
+        mask[at:at + size, cached + at:cached + at + size] = own
+        at += size
+    return mask[None, None]
+
+
 class _Scratch:
     """Runs work on top of the cache, then puts the cache back exactly as it was."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self.widened = False
-
-    def widen(self, rows: int) -> None:
-        self.session.cache.batch_repeat_interleave(rows)
-        self.widened = True
 
     def __enter__(self) -> _Scratch:
         self.length, self.logits = self.session.length, self.session.last_logits
@@ -253,6 +286,4 @@ class _Scratch:
         extra = self.session.length - self.length
         if extra > 0:
             cache.crop(-extra)  # transformers 5: a negative count of tokens to drop
-        if self.widened:
-            cache.batch_select_indices(torch.tensor([0], device=self.session.backend.device))
         self.session.last_logits = self.logits

@@ -58,7 +58,8 @@ def word_tokenizer(corpus: list[str] | None = None) -> PreTrainedTokenizerFast:
 
 
 def random_qwen(shape: Shape, vocab: int, *, layers: int = 4, seed: int = 0,
-                dtype: torch.dtype = torch.float32) -> Qwen2_5_VLForConditionalGeneration:
+                dtype: torch.dtype = torch.float32, device: str = "cpu"
+                ) -> Qwen2_5_VLForConditionalGeneration:
     """A random Qwen2.5-VL. `tiny` keeps every part (window attention, 2x2 merge, M-RoPE)."""
     torch.manual_seed(seed)
     if shape == "tiny":
@@ -73,7 +74,7 @@ def random_qwen(shape: Shape, vocab: int, *, layers: int = 4, seed: int = 0,
     else:
         text = dict(vocab_size=_VOCAB, **_TEXT[shape],
                     rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
-                                     "mrope_section": [16, 24, 24]})
+                                     "mrope_section": _mrope_section(_TEXT[shape])})
         vision = dict(_VISION, out_hidden_size=_TEXT[shape]["hidden_size"])
         first_special = _VOCAB - 4
     text.update(max_position_embeddings=1 << 20, bos_token_id=0, eos_token_id=0)
@@ -81,9 +82,15 @@ def random_qwen(shape: Shape, vocab: int, *, layers: int = 4, seed: int = 0,
         text_config=text, vision_config=vision, image_token_id=first_special,
         video_token_id=first_special + 1, vision_start_token_id=first_special + 2,
         vision_end_token_id=first_special + 3, bos_token_id=0, eos_token_id=0)
-    with _default_dtype(dtype):
+    with torch.device(device), _default_dtype(dtype):
         model = Qwen2_5_VLForConditionalGeneration(config)
     return model.eval()
+
+
+def _mrope_section(text: dict) -> list[int]:
+    """Qwen2.5-VL's split of the rotary dims over (time, height, width): 1/4, 3/8, 3/8."""
+    half = text["hidden_size"] // text["num_attention_heads"] // 2
+    return [half // 4, half * 3 // 8, half * 3 // 8]
 
 
 def random_llama(vocab: int, *, seed: int = 0) -> LlamaForCausalLM:

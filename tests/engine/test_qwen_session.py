@@ -32,19 +32,8 @@ def converse(session: Session, turns: int, *, bias: bool = False) -> list[torch.
 def full_forward(backend: QwenVLBackend, session: Session, *, text_positions: bool = False):
     """One stock forward over the whole interleaved sequence; the model computes the positions."""
     ids = [i for span in session.ledger.spans for i in span.meta["ids"]]
-    frames = session.seen
-    model = backend.model
-    inputs = torch.tensor([ids])
-    pixels = backend.processor(images=frames, return_tensors="pt")
-    kwargs = {}
-    if text_positions:
-        kwargs["position_ids"] = torch.arange(len(ids)).view(1, 1, -1).expand(3, 1, -1)
-    with torch.no_grad():
-        model.model.rope_deltas = None
-        out = model(input_ids=inputs, pixel_values=pixels["pixel_values"],
-                    image_grid_thw=pixels["image_grid_thw"],
-                    mm_token_type_ids=(inputs == model.config.image_token_id).int(), **kwargs)
-    return out.logits[0, -1]
+    positions = torch.arange(len(ids)).view(1, 1, -1).expand(3, 1, -1) if text_positions else None
+    return backend.stock_logits(ids, session.seen, positions=positions)
 
 
 def test_incremental_equals_one_full_forward_over_five_turns(qwen: QwenVLBackend) -> None:

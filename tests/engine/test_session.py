@@ -17,7 +17,7 @@ from tests.engine.test_qwen_session import converse
 QUESTION = "Who is the speaker talking to? Answer:"
 
 
-def test_ask_scores_all_candidates_in_one_batch_and_restores_the_cache(
+def test_ask_scores_all_candidates_in_one_forward_and_restores_the_cache(
         qwen: QwenVLBackend) -> None:
     session = Session(qwen)
     converse(session, turns=3)
@@ -25,12 +25,13 @@ def test_ask_scores_all_candidates_in_one_batch_and_restores_the_cache(
     logits, position = session.last_logits.clone(), session.next_position
     calls: list[int] = []
     hook = qwen.decoder.register_forward_pre_hook(
-        lambda _m, _a, kw: calls.append(kw["inputs_embeds"].shape[0]), with_kwargs=True)
+        lambda _m, _a, kw: calls.append(kw["inputs_embeds"].shape[1]), with_kwargs=True)
     try:
         scores = session.ask(QUESTION, ["P1", "P2", "P3", "Someone"])
     finally:
         hook.remove()
-    assert calls == [1, 4]  # the question, then all four candidates in one batch
+    question = len(qwen.token_ids(QUESTION))
+    assert calls == [question + 4]  # one forward: the question and the four candidates
     assert len(scores) == 4 and all(s < 0 for s in scores)
     assert session.length == length and session.next_position == position
     assert torch.equal(session.last_logits, logits)

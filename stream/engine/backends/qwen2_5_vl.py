@@ -78,3 +78,21 @@ class QwenVLBackend(Backend):
                     "players": {p: [offset + o for o in offs] for p, offs in players.items()}}
             chunks.append(label + Chunk(ids, embeds, positions, meta))
         return chunks
+
+    @torch.no_grad()
+    def stock_logits(self, ids: list[int], images: list, *,
+                     positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Last-token logits of one stock forward over a whole sequence, for checks.
+
+        transformers computes the M-RoPE positions itself here (`get_rope_index`),
+        unless `positions` are given.
+        """
+        model = self.model
+        inputs = torch.tensor([ids], device=self.device)
+        pixels = self.processor(images=images, return_tensors="pt")
+        model.model.rope_deltas = None
+        out = model(input_ids=inputs, pixel_values=pixels["pixel_values"].to(self.device),
+                    image_grid_thw=pixels["image_grid_thw"].to(self.device),
+                    mm_token_type_ids=(inputs == self.image_id).int(), position_ids=positions,
+                    logits_to_keep=1)
+        return out.logits[0, -1].float()
