@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
 from stream.engine.attention import BiasPlan, HeadRecord, register
 from stream.engine.backends.base import Backend, Chunk
+from stream.engine.cache import GrowingLayer, growing_cache
 from stream.engine.config import EngineConfig
 from stream.engine.ledger import Ledger, Span, SpanKind
 from stream.frames import PlayerView, VideoFrame
@@ -73,7 +73,7 @@ class Session:
     def __init__(self, backend: Backend, config: EngineConfig | None = None) -> None:
         self.backend, self.config = backend, config or EngineConfig()
         backend.model.set_attn_implementation(self._implementations(register()))
-        self.cache = DynamicCache(config=backend.text_config)
+        self.cache = growing_cache(backend.text_config)
         self.ledger = Ledger()
         self.next_position = 0
         self.last_logits: torch.Tensor | None = None
@@ -248,8 +248,11 @@ class Session:
                 f"the last {self.config.keep_turns} utterances: {length}); raise engine.max_tokens")
         keep = torch.tensor(self.ledger.drop(doomed), device=self.backend.device)
         for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(-2, keep)
-            layer.values = layer.values.index_select(-2, keep)
+            if isinstance(layer, GrowingLayer):
+                layer.keep(keep)
+            else:
+                layer.keys = layer.keys.index_select(-2, keep)
+                layer.values = layer.values.index_select(-2, keep)
         self.evictions += 1
 
 

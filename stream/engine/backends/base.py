@@ -8,9 +8,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
 from stream.frames import PlayerView, VideoFrame
+
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+"""Every sdpa kernel but cuDNN's: it builds a plan per new shape, and in a session every
+append has a new key length. Measured on an H100 (0.5B, bf16): an utterance prefill took
+0.08 s with cuDNN against 0.04 s without, a three-question ask 0.18 s against 0.08 s."""
 
 
 @dataclass(frozen=True)
@@ -88,8 +94,9 @@ class Backend(ABC):
         """Hidden states of (batch, tokens, hidden) embeddings at (axes, batch, tokens)."""
         if self.rope_axes == 1:
             positions = positions[0]
-        out = self.decoder(inputs_embeds=embeds, position_ids=positions, past_key_values=cache,
-                           use_cache=True, **kwargs)
+        with sdpa_kernel(SDPA_BACKENDS):
+            out = self.decoder(inputs_embeds=embeds, position_ids=positions,
+                               past_key_values=cache, use_cache=True, **kwargs)
         return out.last_hidden_state
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

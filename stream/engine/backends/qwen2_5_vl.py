@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.nn.attention import sdpa_kernel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from stream.engine.backends.base import Backend, Chunk, cells_in_box
+from stream.engine.backends.base import SDPA_BACKENDS, Backend, Chunk, cells_in_box
 from stream.engine.prompting import draw_players
 from stream.frames import PlayerView, VideoFrame
 
@@ -57,8 +58,9 @@ class QwenVLBackend(Backend):
             return []
         batch = self.processor(images=self.images(frames, views), return_tensors="pt")
         grids = batch["image_grid_thw"].to(self.device)
-        features = self.model.model.get_image_features(
-            batch["pixel_values"].to(self.device), grids).pooler_output
+        with sdpa_kernel(SDPA_BACKENDS):
+            features = self.model.model.get_image_features(
+                batch["pixel_values"].to(self.device), grids).pooler_output
         chunks = []
         for frame, seen, grid, feats in zip(frames, views, grids, features, strict=True):
             rows, cols = int(grid[1]) // self.merge, int(grid[2]) // self.merge
