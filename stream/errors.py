@@ -15,3 +15,7 @@ class ConfigError(UserError):
 
 class TranscriptError(UserError):
     """A transcript that cannot be used at all (single bad lines are skipped instead)."""
+
+
+class ModelError(UserError):
+    """A model that is not on disk, not supported, or does not fit."""
