@@ -19,13 +19,28 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    InternVLForConditionalGeneration,
+    LlavaNextVideoForConditionalGeneration,
     Qwen2_5_VLForConditionalGeneration,
 )
 
-from stream.engine.backends import Backend, QwenVLBackend, TextBackend
+from stream.engine.backends import (
+    Backend,
+    InternVLBackend,
+    LlavaNextVideoBackend,
+    QwenVLBackend,
+    TextBackend,
+)
 from stream.errors import ModelError
 
 log = logging.getLogger(__name__)
+
+VISION = {
+    "qwen2_5_vl": (Qwen2_5_VLForConditionalGeneration, QwenVLBackend),
+    "llava_next_video": (LlavaNextVideoForConditionalGeneration, LlavaNextVideoBackend),
+    "internvl": (InternVLForConditionalGeneration, InternVLBackend),
+}
+"""Vision-language families by `model_type`; any other causal LM gets the text backend."""
 
 SMOLLM2 = "smollm2"
 HOW = ("pass a directory holding config.json and the weights, or a model id already in the "
@@ -47,22 +62,22 @@ def load_backend(name: str, *, device: str | None = None, dtype: torch.dtype | N
         config = AutoConfig.from_pretrained(source, local_files_only=True)
     except OSError as error:
         raise ModelError(f"model {name!r} is not on disk ({_first_line(error)}): {HOW}") from None
-    family = Qwen2_5_VLForConditionalGeneration if config.model_type == "qwen2_5_vl" \
-        else AutoModelForCausalLM
+    family, backend = VISION.get(config.model_type, (AutoModelForCausalLM, TextBackend))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
         model = family.from_pretrained(source, local_files_only=True, dtype=dtype)
     except ValueError as error:  # transformers: "Unrecognized configuration class ..."
-        raise ModelError(f"model {name!r} ({config.model_type}) is not supported: qwen2_5_vl "
-                         f"or a causal language model ({_first_line(error)})") from None
+        raise ModelError(f"model {name!r} ({config.model_type}) is not supported: "
+                         f"{', '.join(VISION)} or a causal language model "
+                         f"({_first_line(error)})") from None
     try:
         model = model.to(device)
     except torch.OutOfMemoryError:
         raise ModelError(f"model {name!r} does not fit on {device} in {dtype}: use a smaller "
                          "model, --device cpu, or free the device") from None
-    if config.model_type == "qwen2_5_vl":
-        return QwenVLBackend(model, tokenizer, **backend_options)  # type: ignore[arg-type]
-    return TextBackend(model, tokenizer)
+    if backend is TextBackend:
+        return TextBackend(model, tokenizer)
+    return backend(model, tokenizer, **backend_options)  # type: ignore[arg-type]
 
 
 def _smollm2() -> str:

@@ -14,8 +14,12 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import (
+    InternVLConfig,
+    InternVLForConditionalGeneration,
     LlamaConfig,
     LlamaForCausalLM,
+    LlavaNextVideoConfig,
+    LlavaNextVideoForConditionalGeneration,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -91,6 +95,37 @@ def _mrope_section(text: dict) -> list[int]:
     """Qwen2.5-VL's split of the rotary dims over (time, height, width): 1/4, 3/8, 3/8."""
     half = text["hidden_size"] // text["num_attention_heads"] // 2
     return [half // 4, half * 3 // 8, half * 3 // 8]
+
+
+def _tiny_text(model_type: str, vocab: int) -> dict:
+    return dict(model_type=model_type, vocab_size=vocab + 2, hidden_size=64,
+                intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=1 << 20, bos_token_id=0,
+                eos_token_id=0)
+
+
+def tiny_llava_next_video(vocab: int, *, seed: int = 0) -> LlavaNextVideoForConditionalGeneration:
+    """LLaVA-NeXT-Video with a 2-layer CLIP tower at 112 px: 8x8 patches pooled to 4x4."""
+    torch.manual_seed(seed)
+    config = LlavaNextVideoConfig(
+        text_config=_tiny_text("llama", vocab),
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2, image_size=112,
+                           patch_size=14, projection_dim=32),
+        video_token_index=vocab, image_token_index=vocab + 1, vision_feature_layer=-1,
+        spatial_pool_stride=2, image_grid_pinpoints=[[112, 112]])
+    return LlavaNextVideoForConditionalGeneration(config).eval()
+
+
+def tiny_internvl(vocab: int, *, seed: int = 0) -> InternVLForConditionalGeneration:
+    """InternVL3 with a 2-layer InternViT at 112 px: 8x8 patches shuffled to 4x4, Qwen2 LM."""
+    torch.manual_seed(seed)
+    config = InternVLConfig(
+        text_config=_tiny_text("qwen2", vocab),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=[112, 112], patch_size=[14, 14]),
+        image_token_id=vocab, downsample_ratio=0.5, vision_feature_layer=-1)
+    return InternVLForConditionalGeneration(config).eval()
 
 
 def random_llama(vocab: int, *, seed: int = 0) -> LlamaForCausalLM:
