@@ -23,8 +23,6 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.bench_engine import add_arguments as add_engine_arguments
-from pipelines.bench_engine import bench_engine
 from pipelines.bench_mqtt import bench_mqtt
 from pipelines.config import load_config
 from pipelines.replay import Collect, build_replay, replay_and_collect, run_replay
@@ -52,7 +50,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                        help="mqtt: broker to load (default: a private mosquitto)")
     bench.add_argument("--json", action="store_true",
                        help="end the output with one JSON object of the figures")
-    add_engine_arguments(bench)
+    engine = bench.add_argument_group("engine")
+    engine.add_argument("--turns", type=int, default=30, help="engine: conversation length")
+    engine.add_argument("--shape", choices=["tiny", "0.5b", "3b"], default="0.5b",
+                        help="engine: random Qwen2.5-VL of this text-decoder shape")
+    engine.add_argument("--device", help="engine: torch device (default: cuda if present)")
+    engine.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
+                        help="engine: auto = bfloat16 where the hardware computes it natively "
+                        "(GPU, CPU with AVX512-BF16/AMX), else float32")
+    engine.add_argument("--frames", type=int, default=2, help="engine: key frames per turn")
+    engine.add_argument("--pixels", type=int,
+                        help="engine: pixels per frame for the vision tower "
+                        "(default 448x448 on a GPU, 112x112 on a CPU)")
+    engine.add_argument("--baseline-every", type=int, default=10,
+                        help="engine: re-encode at every Nth turn (plus turn 3 and the last)")
     bench.set_defaults(func=run)
 
 
@@ -225,6 +236,12 @@ async def _paced_latencies(media: str) -> list[float]:
     replay.pipeline.connect("perception", probe.name, PerceivedFrame)
     await run_replay(replay)
     return probe.delays
+
+
+def bench_engine(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
+    from pipelines.bench_engine import bench_engine as run  # torch: imported only when used
+
+    return run(args, stderr)
 
 
 BENCHES = {"replay": bench_replay, "perception": bench_perception, "mqtt": bench_mqtt,

@@ -52,23 +52,6 @@ class ScriptedTurn:
     views: list[tuple[PlayerView, ...]]
 
 
-def add_arguments(bench: argparse.ArgumentParser) -> None:
-    group = bench.add_argument_group("engine")
-    group.add_argument("--turns", type=int, default=30, help="engine: conversation length")
-    group.add_argument("--shape", choices=["tiny", "0.5b", "3b"], default="0.5b",
-                       help="engine: random Qwen2.5-VL of this text-decoder shape")
-    group.add_argument("--device", help="engine: torch device (default: cuda if present)")
-    group.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
-                       help="engine: auto = bfloat16 where the hardware computes it natively "
-                       "(GPU, CPU with AVX512-BF16/AMX), else float32")
-    group.add_argument("--frames", type=int, default=2, help="engine: key frames per turn")
-    group.add_argument("--pixels", type=int,
-                       help="engine: pixels per frame for the vision tower "
-                       "(default 448x448 on a GPU, 112x112 on a CPU)")
-    group.add_argument("--baseline-every", type=int, default=10,
-                       help="engine: re-encode at every Nth turn (plus turn 3 and the last)")
-
-
 def bench_engine(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
     if args.turns < 3:
         raise UserError("--turns must be >= 3 (flatness compares the last turn with turn 3)")

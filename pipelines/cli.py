@@ -40,6 +40,9 @@ HELP = {
     "session": "session id written into events (default: MEDIA's stem)",
     "verbose": "log more (repeat for debug)",
     "asr": "without a transcript, transcribe speech offline with PocketSphinx (rough)",
+    "model": "after every turn, answer who is addressed, referred to and mentioned with this "
+             "model: a checkpoint directory, a model id in the local Hugging Face cache, or "
+             "smollm2 (README: Engine)",
     "mqtt": "publish events to this broker: mqtt://[user@]host:port (password from "
             "$SOCIALSTREAM_MQTT_PASSWORD, never the command line)",
 }
@@ -64,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--session", help=HELP["session"])
     replay.add_argument("--mqtt", metavar="URL", help=HELP["mqtt"])
     replay.add_argument("--asr", action="store_true", default=None, help=HELP["asr"])
+    replay.add_argument("--model", help=HELP["model"])
     replay.set_defaults(func=_replay)
 
     live = commands.add_parser("live", help="watch a webcam or a network stream")
@@ -85,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     live.add_argument("--session", help="session id written into events (default: live)")
     live.add_argument("--mqtt", metavar="URL", help=HELP["mqtt"])
     live.add_argument("--asr", action="store_true", default=None, help=HELP["asr"])
+    live.add_argument("--model", help=HELP["model"])
     live.set_defaults(func=_live)
 
     bench.add_parser(commands)
@@ -126,6 +131,7 @@ def _replay(args: argparse.Namespace, stderr: Console) -> int:
         "output": {"out": args.out, "session": args.session},
         "mqtt": {"url": args.mqtt},
         "recognizer": {"enabled": args.asr},
+        "engine": {"model": args.model},
     })
     replay = build_replay(args.media, config, _sinks(args, config, session_id(args.media, config)),
                           args.transcript)
@@ -154,6 +160,7 @@ def _live(args: argparse.Namespace, stderr: Console) -> int:
         "output": {"out": args.out, "session": args.session},
         "mqtt": {"url": args.mqtt},
         "recognizer": {"enabled": args.asr},
+        "engine": {"model": args.model},
     }, model=LivePipelineConfig)
     session = config.output.session or "live"
     inputs = live_inputs(args.target, fmt=args.format, audio_device=args.audio,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stream.audio.recognizer import RecognizerConfig
 from stream.audio.vad import VadConfig
+from stream.engine.config import PredictorConfig
 from stream.errors import ConfigError
 from stream.sinks.mqtt import MqttConfig
 from stream.speaker.perception import PerceptionConfig
@@ -53,6 +54,7 @@ class ReplayConfig(_Strict):
     queues: QueueConfig = QueueConfig()
     output: OutputConfig = OutputConfig()
     mqtt: MqttConfig = MqttConfig()
+    engine: PredictorConfig = PredictorConfig()
 
 
 C = TypeVar("C", bound=ReplayConfig)

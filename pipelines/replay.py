@@ -17,10 +17,12 @@ from pathlib import Path
 from pipelines.config import ReplayConfig
 from stream.audio.recognizer import RecognizerStage
 from stream.audio.vad import VadStage
+from stream.engine.predict import EngineStage
 from stream.frames import (
     AudioChunk,
     Item,
     PerceivedFrame,
+    Prediction,
     SpeechSegment,
     SpeechStarted,
     TranscriptLine,
@@ -148,9 +150,15 @@ def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has
         pipe.connect("perception", "turns", PerceivedFrame, maxsize=size)
     else:
         pipe.connect(media, "turns", VideoFrame, policy=video_policy, maxsize=size)
+    engine = config.engine.model is not None
+    if engine:
+        pipe.add(EngineStage(config.engine))
+        pipe.connect("turns", "engine", Turn, maxsize=size)
     for i, sink in enumerate(sinks):
         name = pipe.add(sink, f"{sink.name}-{i}" if i else sink.name)
         pipe.connect("turns", name, Turn, maxsize=size)
+        if engine and Prediction in sink.inputs:
+            pipe.connect("engine", name, Prediction, maxsize=size)
         if perceive and PerceivedFrame in sink.inputs:
             pipe.connect("perception", name, PerceivedFrame, policy="latest", maxsize=size)
 

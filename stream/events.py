@@ -1,4 +1,4 @@
-"""The versioned JSON events the sinks write (schema: `stream/schemas/turn.schema.json`)."""
+"""The versioned JSON events the sinks write (schemas: `stream/schemas/*.schema.json`)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import json
 from importlib import resources
 from typing import Any
 
-from stream.frames import PerceivedFrame, PlayerView, Turn
+from stream.frames import PerceivedFrame, PlayerView, Prediction, Turn
 
 TURN_SCHEMA = "socialstream.turn/2"
 SPEAKER_SCHEMA = "socialstream.speaker/1"
+PREDICTION_SCHEMA = "socialstream.prediction/1"
 
 
 def _t(seconds: float) -> float:
@@ -45,6 +46,31 @@ def turn_event(turn: Turn, session: str, names: dict[str, str] | None = None) ->
     }
 
 
+def prediction_event(prediction: Prediction, session: str) -> dict[str, Any]:
+    """The engine's answers about one turn (the MQTT `prediction` topic).
+
+    Deterministic for a given model and input (no wall-clock fields), so replays compare.
+    """
+    answers: dict[str, Any] = {"addressee": None, "pronouns": [], "mentioned": None}
+    for a in prediction.answers:
+        entry = {"answer": a.answer, "question": a.question,
+                 "scores": {k: round(v, 4) for k, v in a.scores.items()}}
+        if a.task == "pronoun":
+            answers["pronouns"].append({"pronoun": a.target, **entry})
+        else:
+            answers[a.task] = entry
+    return {
+        "schema": PREDICTION_SCHEMA,
+        "id": f"{session}/prediction/{prediction.turn}",
+        "session": session,
+        "turn": prediction.turn,
+        "start": _t(prediction.start),
+        "end": _t(prediction.end),
+        "speaker": prediction.speaker,
+        **answers,
+    }
+
+
 def speaker_event(frame: PerceivedFrame, session: str) -> dict[str, Any]:
     """Who is speaking in one frame (the MQTT `speaker` topic)."""
     return {
@@ -70,5 +96,13 @@ def dumps(event: dict[str, Any]) -> str:
 
 
 def turn_schema() -> dict[str, Any]:
-    text = resources.files("stream.schemas").joinpath("turn.schema.json").read_text("utf-8")
+    return _schema("turn")
+
+
+def prediction_schema() -> dict[str, Any]:
+    return _schema("prediction")
+
+
+def _schema(name: str) -> dict[str, Any]:
+    text = resources.files("stream.schemas").joinpath(f"{name}.schema.json").read_text("utf-8")
     return json.loads(text)

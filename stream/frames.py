@@ -170,6 +170,34 @@ class Turn(DataItem):
     """`speech` when voice activity delimited it, `transcript` when only the text did."""
 
 
+@dataclass(frozen=True)
+class Answer:
+    """The engine's answer to one question about a turn."""
+
+    task: str
+    """`addressee` (whom the speaker addresses), `pronoun` (whom a pronoun refers to) or
+    `mentioned` (who is mentioned)."""
+    question: str
+    answer: str
+    scores: dict[str, float]
+    """Log-likelihood of each candidate."""
+    target: str | None = None
+    """The pronoun, for `pronoun` answers."""
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Prediction(DataItem):
+    """What the engine made of one turn; `pts` is the turn's."""
+
+    turn: int
+    start: float
+    end: float
+    speaker: str | None
+    answers: tuple[Answer, ...]
+    latency_s: float
+    """Wall-clock seconds the engine spent on the turn (prefill + questions)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Watermark(ControlItem):
     """Progress: the sender will emit nothing earlier than `pts` on this edge."""

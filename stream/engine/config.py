@@ -38,3 +38,19 @@ class EngineConfig(BaseModel):
         if layers is not None and layers[0] >= layers[1]:
             raise ValueError(f"bias.layers {list(layers)} must be [first, stop) with first < stop")
         return self
+
+
+class PredictorConfig(EngineConfig):
+    """The engine as a pipeline stage: which model, and the session settings above."""
+
+    model: str | None = None
+    """A checkpoint directory, a model id in the local Hugging Face cache, or `smollm2`;
+    None runs no engine (turns only)."""
+    device: str | None = None
+    """Torch device; default cuda when present, else cpu."""
+    pixels: int = Field(448 * 448, gt=0)
+    """Qwen2.5-VL frame resolution in pixels."""
+    prompting: bool = True
+    """Draw each player's box and id on the frames the model sees."""
+    system: str = ("You watch a conversation. Each frame shows the people in it, marked P1, "
+                   "P2 and so on; each line says who spoke.")

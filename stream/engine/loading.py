@@ -10,6 +10,7 @@ dequantized once and kept under `SOCIALSTREAM_CACHE` (default
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -54,7 +55,10 @@ def cache_root() -> Path:
 
 def load_backend(name: str, *, device: str | None = None, dtype: torch.dtype | None = None,
                  **backend_options: object) -> Backend:
-    """The backend for a model on disk; a clear ModelError when it cannot be had."""
+    """The backend for a model on disk; a clear ModelError when it cannot be had.
+
+    `backend_options` (e.g. `pixels`, `prompting`) go to the backends that take them.
+    """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     source = _smollm2() if name == SMOLLM2 else name
@@ -77,7 +81,9 @@ def load_backend(name: str, *, device: str | None = None, dtype: torch.dtype | N
                          "model, --device cpu, or free the device") from None
     if backend is TextBackend:
         return TextBackend(model, tokenizer)
-    return backend(model, tokenizer, **backend_options)  # type: ignore[arg-type]
+    accepted = inspect.signature(backend.__init__).parameters
+    options = {k: v for k, v in backend_options.items() if k in accepted}
+    return backend(model, tokenizer, **options)  # type: ignore[arg-type]
 
 
 def _smollm2() -> str:

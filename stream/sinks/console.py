@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.markup import escape
 
-from stream.frames import Item, Turn
+from stream.frames import Item, Prediction, Turn
 from stream.runtime import Stage
 
 
 class ConsoleSink(Stage):
     name = "console"
-    inputs = (Turn,)
+    inputs = (Turn, Prediction)
 
     def __init__(self, console: Console, names: dict[str, str] | None = None) -> None:
         self.console = console
@@ -34,4 +34,10 @@ class ConsoleSink(Stage):
                 f"[bold]turn {item.index:>3}[/] {item.start:7.2f}-{item.end:7.2f}s"
                 f" [dim]{item.origin:<10}[/]{who} {words}  "
                 f"[dim]{len(item.keyframes)} key frames[/]", highlight=False)
+        elif isinstance(item, Prediction):
+            said = "; ".join(
+                f"{a.task}{f' {a.target!r}' if a.target else ''} -> {a.answer}"
+                for a in item.answers) or "no players in view"
+            self.console.print(f"[dim]          engine ({item.latency_s:.2f}s):[/] "
+                               f"{escape(said)}", highlight=False)
         return ()

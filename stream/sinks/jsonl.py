@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import TextIO
 
 from stream.errors import UserError
-from stream.events import dumps, turn_event
-from stream.frames import Item, Turn
+from stream.events import dumps, prediction_event, turn_event
+from stream.frames import Item, Prediction, Turn
 from stream.runtime import Stage
 
 
 class JsonlSink(Stage):
     name = "jsonl"
-    inputs = (Turn,)
+    inputs = (Turn, Prediction)
 
     def __init__(self, session: str, path: Path | None = None,
                  names: dict[str, str] | None = None) -> None:
@@ -43,6 +43,8 @@ class JsonlSink(Stage):
     async def process(self, item: Item) -> Sequence[Item]:
         if isinstance(item, Turn):
             self.write(turn_event(item, self.session, self.names))
+        elif isinstance(item, Prediction):
+            self.write(prediction_event(item, self.session))
         return ()
 
     def write(self, event: dict) -> None:

@@ -27,8 +27,8 @@ import aiomqtt
 from pydantic import BaseModel, ConfigDict, Field
 
 from stream.errors import ConfigError
-from stream.events import dumps, speaker_event, turn_event
-from stream.frames import Item, PerceivedFrame, Turn
+from stream.events import dumps, prediction_event, speaker_event, turn_event
+from stream.frames import Item, PerceivedFrame, Prediction, Turn
 from stream.runtime import Stage
 from stream.sinks.spool import Spool
 
@@ -73,7 +73,7 @@ def broker_address(url: str) -> tuple[str, int, str | None, bool]:
 
 class MqttSink(Stage):
     name = "mqtt"
-    inputs = (Turn, PerceivedFrame)
+    inputs = (Turn, PerceivedFrame, Prediction)
 
     def __init__(self, config: MqttConfig, session: str,
                  names: dict[str, str] | None = None) -> None:
@@ -103,9 +103,11 @@ class MqttSink(Stage):
 
     async def process(self, item: Item) -> Sequence[Item]:
         assert self.spool is not None, "start() opens the spool"
-        if isinstance(item, Turn):
-            event = turn_event(item, self.session, self.names)
-            queued = self.spool.append(f"{self.topic}/turn", dumps(event).encode(), qos=1)
+        if isinstance(item, Turn | Prediction):
+            kind, event = (("turn", turn_event(item, self.session, self.names))
+                           if isinstance(item, Turn)
+                           else ("prediction", prediction_event(item, self.session)))
+            queued = self.spool.append(f"{self.topic}/{kind}", dumps(event).encode(), qos=1)
             self._queued_at[queued] = time.monotonic()
             self._wakeup.set()
         elif (isinstance(item, PerceivedFrame) and self._client is not None

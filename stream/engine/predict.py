@@ -1,0 +1,107 @@
+"""The engine as a pipeline stage: after every turn, Online-MMSI-style answers.
+
+For each turn the session takes the key frames and the utterance (biased toward
+the turn's speaker), then answers by scoring candidates (`Session.ask`):
+
+- `addressee`: whom the speaker addresses, among the other players in view;
+- `pronoun`: for each second- or third-person pronoun in the utterance, whom it
+  refers to, among the other players;
+- `mentioned`: who is mentioned, among all players in view, or nobody.
+
+The model works in a thread so the event loop (sources, sinks, MQTT) keeps
+running while it computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from stream.engine.config import PredictorConfig
+from stream.frames import Answer, Item, Prediction, Turn
+from stream.runtime import Stage
+
+if TYPE_CHECKING:
+    from stream.engine.backends import Backend
+
+PRONOUNS = ("you", "your", "he", "him", "his", "she", "her", "they", "them", "their")
+NOBODY = "nobody"
+
+
+def pronouns(text: str) -> list[str]:
+    """The distinct pronouns of `PRONOUNS` in the text, in order of first use."""
+    seen: list[str] = []
+    for word in re.findall(r"[a-z']+", text.lower()):
+        if word in PRONOUNS and word not in seen:
+            seen.append(word)
+    return seen
+
+
+class Predictor:
+    """A session plus the questions asked after each turn."""
+
+    def __init__(self, backend: Backend, config: PredictorConfig) -> None:
+        # Imported here, not at the top: torch and transformers take seconds to import and
+        # the command line (replay without --model, subscribe) must start at once.
+        from stream.engine.session import Session
+
+        self.session = Session(backend, config)
+        self.session.append_system(config.system)
+
+    def turn(self, turn: Turn) -> Prediction:
+        began = time.perf_counter()
+        speaker = turn.vote.speaker if turn.vote is not None else turn.speaker_name
+        if turn.keyframes:
+            self.session.append_frames(turn.keyframes, turn.views)
+        self.session.append_utterance(speaker, turn.text or "(no words)")
+        seen = sorted({v.player for views in turn.views for v in views})
+        others = [p for p in seen if p != speaker]
+        who = speaker or "the speaker"
+        answers: list[Answer] = []
+        if others:
+            answers.append(self._ask("addressee", f"Question: whom does {who} address? "
+                                     "Answer:", others))
+            for word in pronouns(turn.text):
+                answers.append(self._ask("pronoun", f'Question: when {who} says "{word}", '
+                                         "who is it? Answer:", others, word))
+        if seen:
+            answers.append(self._ask("mentioned", f"Question: whom does {who} mention? "
+                                     "Answer:", [*seen, NOBODY]))
+        return Prediction(pts=turn.pts, turn=turn.index, start=turn.start, end=turn.end,
+                          speaker=speaker, answers=tuple(answers),
+                          latency_s=time.perf_counter() - began)
+
+    def _ask(self, task: str, question: str, candidates: list[str],
+             target: str | None = None) -> Answer:
+        scores = self.session.ask(question, candidates)
+        best = max(range(len(candidates)), key=scores.__getitem__)
+        return Answer(task, question, candidates[best], dict(zip(candidates, scores,
+                                                                 strict=True)), target)
+
+
+class EngineStage(Stage):
+    name = "engine"
+    inputs = (Turn,)
+
+    def __init__(self, config: PredictorConfig) -> None:
+        self.config = config
+        self.predictor: Predictor | None = None
+
+    async def start(self) -> None:
+        from stream.engine.loading import load_backend  # slow to import, see Predictor
+
+        assert self.config.model is not None, "the engine stage needs engine.model"
+        options = {"prompting": self.config.prompting}
+        backend = await asyncio.to_thread(load_backend, self.config.model,
+                                          device=self.config.device, pixels=self.config.pixels,
+                                          **options)
+        self.predictor = await asyncio.to_thread(Predictor, backend, self.config)
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        if not isinstance(item, Turn):
+            return ()
+        assert self.predictor is not None, "start() loads the model"
+        return (await asyncio.to_thread(self.predictor.turn, item),)

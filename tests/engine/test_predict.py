@@ -1,0 +1,96 @@
+"""The engine as a stage: per-turn answers, prediction events, JSONL and MQTT output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+
+from stream.engine.backends import QwenVLBackend
+from stream.engine.config import PredictorConfig
+from stream.engine.evaluate import score_predictions
+from stream.engine.predict import NOBODY, Predictor, pronouns
+from stream.engine.synthetic import scene
+from stream.events import prediction_event, prediction_schema
+from stream.frames import Prediction, SpeakerVote, Turn
+from stream.sinks.mqtt import MqttConfig, MqttSink
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pronouns_are_found_once_each_in_order() -> None:
+    assert pronouns("She does. Ask her about HER summer, you know") == ["she", "her", "you"]
+    assert pronouns("Then show me the shortcut, please.") == []
+
+
+def _turn(index: int, speaker: str, text: str) -> Turn:
+    shots = [scene(index * 3.0 + k, speaker, seed=index * 10 + k) for k in range(2)]
+    vote = SpeakerVote(speaker=speaker, confidence=0.9, scores={speaker: 0.9}, cues={})
+    return Turn(pts=index * 3.0 + 2, index=index, start=index * 3.0, end=index * 3.0 + 2,
+                text=text, keyframes=tuple(f for f, _ in shots),
+                views=tuple(v for _, v in shots), vote=vote)
+
+
+def test_predictor_answers_each_task_with_the_best_scored_candidate(
+        qwen: QwenVLBackend) -> None:
+    predictor = Predictor(qwen, PredictorConfig(model="tiny"))
+    first = predictor.turn(_turn(0, "P1", "Ben, did you finish the map for our trip?"))
+    second = predictor.turn(_turn(1, "P2", "He did most of it, honestly."))
+    assert [a.task for a in first.answers] == ["addressee", "pronoun", "mentioned"]
+    assert [(a.task, a.target) for a in second.answers][1] == ("pronoun", "he")
+    for prediction, speaker in ((first, "P1"), (second, "P2")):
+        assert prediction.speaker == speaker
+        for answer in prediction.answers:
+            assert answer.answer == max(answer.scores, key=answer.scores.__getitem__)
+            if answer.task == "mentioned":
+                assert set(answer.scores) == {"P1", "P2", "P3", NOBODY}
+            else:  # the speaker is never their own addressee or referent
+                assert set(answer.scores) == {"P1", "P2", "P3"} - {speaker}
+    # The questions left no trace: two turns of frames and utterances, nothing else.
+    kinds = [s.kind for s in predictor.session.ledger.spans]
+    assert kinds == ["system", "frame", "frame", "utterance", "frame", "frame", "utterance"]
+    event = prediction_event(second, "s")
+    jsonschema.validate(event, prediction_schema())
+    assert event["pronouns"][0]["pronoun"] == "he" and event["id"] == "s/prediction/1"
+
+
+def test_replay_with_a_real_model_writes_a_valid_prediction_after_each_turn(tmp_path) -> None:
+    out = tmp_path / "events.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "replay", str(ROOT / "examples" / "demo.mp4"),
+         "--model", "smollm2", "--json", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, check=False, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [e["schema"] for e in events] == \
+        ["socialstream.turn/2", "socialstream.prediction/1"] * 12
+    schema = prediction_schema()
+    for turn, prediction in zip(events[::2], events[1::2], strict=True):
+        jsonschema.validate(prediction, schema)
+        assert prediction["turn"] == turn["turn"] and prediction["speaker"] == turn["speaker"]
+        assert prediction["addressee"]["answer"] in {"P1", "P2", "P3"} - {turn["speaker"]}
+    truth = json.loads((ROOT / "examples" / "demo.truth.json").read_text())
+    scores = score_predictions(events[1::2], truth)
+    assert scores["addressee"][1] == 12 and scores["pronoun"][1] == 5
+    assert scores["mentioned"][1] == 12
+
+
+async def test_predictions_are_spooled_for_the_prediction_topic(tmp_path) -> None:
+    # A broker that is not there: the event waits in the spool under its topic.
+    config = MqttConfig(url="mqtt://127.0.0.1:1", spool_dir=tmp_path, drain_timeout_s=0.1)
+    sink = MqttSink(config, "demo")
+    await sink.start()
+    try:
+        answer_free = Prediction(pts=3.0, turn=0, start=0.8, end=3.2, speaker="P1", answers=(),
+                                 latency_s=0.1)
+        await sink.process(answer_free)
+        await asyncio.sleep(0)
+        rows = sink.spool.peek()
+        assert [r.topic for r in rows] == ["socialstream/demo/prediction"]
+        assert json.loads(rows[0].payload)["schema"] == "socialstream.prediction/1"
+    finally:
+        await sink.stop()
