@@ -110,11 +110,9 @@ def _turn(session: Session, turn: ScriptedTurn, bias: bool) -> tuple[int, Uttera
     before = session.length
     session.append_frames(turn.frames, turn.views)
     report = session.append_utterance(turn.speaker, turn.text, bias=bias)
-    asked = 0
-    for question in QUESTIONS:
-        session.ask(question, CANDIDATES)
-        asked += len(session.backend.token_ids(question)) + len(CANDIDATES) * max(
-            len(session.backend.token_ids(" " + c)) for c in CANDIDATES)
+    session.ask_many([(question, CANDIDATES) for question in QUESTIONS])
+    asked = sum(len(session.backend.token_ids(q)) for q in QUESTIONS) + len(QUESTIONS) * sum(
+        len(session.backend.token_ids(" " + c)) for c in CANDIDATES)
     return session.length - before + asked, report
 
 

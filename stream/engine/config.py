@@ -52,5 +52,7 @@ class PredictorConfig(EngineConfig):
     """Qwen2.5-VL frame resolution in pixels."""
     prompting: bool = True
     """Draw each player's box and id on the frames the model sees."""
+    frames_per_turn: int = Field(2, ge=0)
+    """Key frames of a turn given to the model, evenly spaced; 0 gives all of them."""
     system: str = ("You watch a conversation. Each frame shows the people in it, marked P1, "
                    "P2 and so on; each line says who spoke.")

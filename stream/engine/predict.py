@@ -40,6 +40,13 @@ def pronouns(text: str) -> list[str]:
     return seen
 
 
+def spread(count: int, wanted: int) -> list[int]:
+    """`wanted` indices out of `count`, evenly spaced from the first (all when 0 or more)."""
+    if wanted == 0 or wanted >= count:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / max(wanted - 1, 1)) for i in range(wanted)})
+
+
 class Predictor:
     """A session plus the questions asked after each turn."""
 
@@ -50,36 +57,36 @@ class Predictor:
 
         self.session = Session(backend, config)
         self.session.append_system(config.system)
+        self.frames_per_turn = config.frames_per_turn
 
     def turn(self, turn: Turn) -> Prediction:
         began = time.perf_counter()
         speaker = turn.vote.speaker if turn.vote is not None else turn.speaker_name
-        if turn.keyframes:
-            self.session.append_frames(turn.keyframes, turn.views)
+        chosen = spread(len(turn.keyframes), self.frames_per_turn)
+        if chosen:
+            self.session.append_frames([turn.keyframes[i] for i in chosen],
+                                       [turn.views[i] for i in chosen])
         self.session.append_utterance(speaker, turn.text or "(no words)")
         seen = sorted({v.player for views in turn.views for v in views})
         others = [p for p in seen if p != speaker]
         who = speaker or "the speaker"
-        answers: list[Answer] = []
+        asked: list[tuple[str, str, list[str], str | None]] = []
         if others:
-            answers.append(self._ask("addressee", f"Question: whom does {who} address? "
-                                     "Answer:", others))
-            for word in pronouns(turn.text):
-                answers.append(self._ask("pronoun", f'Question: when {who} says "{word}", '
-                                         "who is it? Answer:", others, word))
+            asked.append(("addressee", f"Question: whom does {who} address? Answer:", others,
+                          None))
+            asked += [("pronoun", f'Question: when {who} says "{word}", who is it? Answer:',
+                       others, word) for word in pronouns(turn.text)]
         if seen:
-            answers.append(self._ask("mentioned", f"Question: whom does {who} mention? "
-                                     "Answer:", [*seen, NOBODY]))
+            asked.append(("mentioned", f"Question: whom does {who} mention? Answer:",
+                          [*seen, NOBODY], None))
+        scores = self.session.ask_many([(question, c) for _, question, c, _ in asked])
+        answers = tuple(
+            Answer(task, question, max(c, key=dict(zip(c, s, strict=True)).__getitem__),
+                   dict(zip(c, s, strict=True)), target)
+            for (task, question, c, target), s in zip(asked, scores, strict=True))
         return Prediction(pts=turn.pts, turn=turn.index, start=turn.start, end=turn.end,
-                          speaker=speaker, answers=tuple(answers),
+                          speaker=speaker, answers=answers,
                           latency_s=time.perf_counter() - began)
-
-    def _ask(self, task: str, question: str, candidates: list[str],
-             target: str | None = None) -> Answer:
-        scores = self.session.ask(question, candidates)
-        best = max(range(len(candidates)), key=scores.__getitem__)
-        return Answer(task, question, candidates[best], dict(zip(candidates, scores,
-                                                                 strict=True)), target)
 
 
 class EngineStage(Stage):

@@ -171,36 +171,56 @@ class Session:
 
     # --- questions ------------------------------------------------------------------
 
-    @torch.no_grad()
     def ask(self, question: str, candidates: Sequence[str]) -> list[float]:
-        """Log-likelihood of each candidate answer after the conversation and the question.
+        """Log-likelihood of each candidate answer after the conversation and the question."""
+        return self.ask_many([(question, candidates)])[0]
 
-        The question and every candidate go in one forward of one row: each candidate's
-        tokens start at the same position after the question and a block mask keeps
-        them from seeing each other, so the cache is never copied per candidate. The
-        cache is cropped back afterwards, bit for bit.
+    @torch.no_grad()
+    def ask_many(self, questions: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
+        """Several questions with their candidate answers, all in one forward of one row.
+
+        Every question starts at the same position after the conversation and every
+        candidate at the same position after its question; a block mask lets each
+        question see only the cache, and each candidate only the cache, its question
+        and itself. So the cache is never copied per candidate, and the answers equal
+        those of separate forwards. The cache is cropped back afterwards, bit for bit:
+        the conversation never contains questions or answers.
         """
-        if not candidates:
-            raise ValueError("ask needs at least one candidate")
-        answers = [self.backend.token_ids(" " + c.strip()) for c in candidates]
-        if any(not a for a in answers):
-            raise ValueError("every candidate needs at least one token")
-        asked = self.backend.text(question)
-        flat = [t for a in answers for t in a]
-        embeds = torch.cat([asked.embeds, self.backend.embed(flat)])
-        after = self.backend.text_positions(max(map(len, answers))) + asked.advance
-        positions = torch.cat([asked.positions] + [after[:, :len(a)] for a in answers], dim=1)
-        mask = _candidate_mask(self.length, len(asked), [len(a) for a in answers],
-                               self.backend.device)
+        if not questions:
+            return []
+        asked, answers = [], []
+        for question, candidates in questions:
+            if not candidates:
+                raise ValueError(f"{question!r}: ask needs at least one candidate")
+            ids = [self.backend.token_ids(" " + c.strip()) for c in candidates]
+            if any(not a for a in ids):
+                raise ValueError(f"{question!r}: every candidate needs at least one token")
+            asked.append(self.backend.text(question))
+            answers.append(ids)
+        embeds, positions = [], []
+        for chunk, ids in zip(asked, answers, strict=True):
+            flat = [t for a in ids for t in a]
+            embeds += [chunk.embeds, self.backend.embed(flat)]
+            after = self.backend.text_positions(max(map(len, ids))) + chunk.advance
+            positions += [chunk.positions] + [after[:, :len(a)] for a in ids]
+        mask = _question_mask(self.length, [(len(c), [len(a) for a in ids])
+                                            for c, ids in zip(asked, answers, strict=True)],
+                              self.backend.device)
         with self._scratch():
-            hidden = self._forward(embeds[None], positions[:, None], attention_mask=mask)
-        logp = torch.log_softmax(self.backend.logits(hidden[0, len(asked) - 1:]).float(), -1)
-        scores, row = [], 1  # row 0 of logp is the question's last token
-        for answer in answers:
-            score = float(logp[0, answer[0]])
-            score += sum(float(logp[row + i - 1, t]) for i, t in enumerate(answer) if i)
-            scores.append(score)
-            row += len(answer)
+            hidden = self._forward(torch.cat(embeds)[None], torch.cat(positions, dim=1)[:, None],
+                                   attention_mask=mask)
+        logp = torch.log_softmax(self.backend.logits(hidden[0]).float(), -1)
+        scores, row = [], 0
+        for chunk, ids in zip(asked, answers, strict=True):
+            last_question_row = row + len(chunk) - 1
+            row += len(chunk)
+            group = []
+            for answer in ids:
+                score = float(logp[last_question_row, answer[0]])
+                score += sum(float(logp[row + i - 1, t]) for i, t in enumerate(answer) if i)
+                group.append(score)
+                row += len(answer)
+            scores.append(group)
         return scores
 
     @torch.no_grad()
@@ -256,21 +276,22 @@ class Session:
         self.evictions += 1
 
 
-def _candidate_mask(cached: int, question: int, answers: list[int],
-                    device: torch.device) -> torch.Tensor:
-    """(1, 1, rows, keys) True where a row may attend: the cache, the question causally,
-    and each answer causally within itself only."""
-    rows = question + sum(answers)
+def _question_mask(cached: int, groups: list[tuple[int, list[int]]],
+                   device: torch.device) -> torch.Tensor:
+    """(1, 1, rows, keys) True where a row may attend: the cache; its question causally;
+    and for an answer, its whole question and itself causally."""
+    rows = sum(q + sum(answers) for q, answers in groups)
     mask = torch.zeros(rows, cached + rows, dtype=torch.bool, device=device)
     mask[:, :cached] = True
-    block = torch.ones(question, question, dtype=torch.bool, device=device).tril()
-    mask[:question, cached:cached + question] = block
-    mask[question:, cached:cached + question] = True
-    at = question
-    for size in answers:
-        own = torch.ones(size, size, dtype=torch.bool, device=device).tril()
-        mask[at:at + size, cached + at:cached + at + size] = own
-        at += size
+    at = 0
+    for question, answers in groups:
+        end = at + question + sum(answers)
+        mask[at:end, cached + at:cached + at + question] = True  # the question, for all
+        for size in [question, *answers]:  # causal inside the question and each answer
+            block = slice(cached + at, cached + at + size)
+            mask[at:at + size, block] = torch.ones(size, size, dtype=torch.bool,
+                                                   device=device).tril()
+            at += size
     return mask[None, None]
 
 

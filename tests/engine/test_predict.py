@@ -13,13 +13,18 @@ import jsonschema
 from stream.engine.backends import QwenVLBackend
 from stream.engine.config import PredictorConfig
 from stream.engine.evaluate import score_predictions
-from stream.engine.predict import NOBODY, Predictor, pronouns
+from stream.engine.predict import NOBODY, Predictor, pronouns, spread
 from stream.engine.synthetic import scene
 from stream.events import prediction_event, prediction_schema
 from stream.frames import Prediction, SpeakerVote, Turn
 from stream.sinks.mqtt import MqttConfig, MqttSink
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_key_frames_are_spread_over_the_turn() -> None:
+    assert spread(5, 2) == [0, 4] and spread(5, 3) == [0, 2, 4] and spread(2, 3) == [0, 1]
+    assert spread(7, 0) == list(range(7)) and spread(0, 2) == [] and spread(4, 1) == [0]
 
 
 def test_pronouns_are_found_once_each_in_order() -> None:

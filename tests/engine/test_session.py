@@ -50,6 +50,24 @@ def test_ask_scores_all_candidates_in_one_forward_and_restores_the_cache(
     assert torch.equal(session.last_logits, fresh.last_logits)
 
 
+def test_several_questions_in_one_forward_equal_separate_asks(qwen: QwenVLBackend) -> None:
+    session = Session(qwen)
+    converse(session, turns=2)
+    questions = [(QUESTION, ["P1", "P2", "P3"]), ("Who is mentioned? Answer:", ["P2", "Someone"]),
+                 ("Who does you refer to? Answer:", ["P3 P1", "P2"])]
+    separate = [session.ask(q, c) for q, c in questions]
+    calls: list[int] = []
+    hook = qwen.decoder.register_forward_pre_hook(
+        lambda _m, _a, kw: calls.append(kw["inputs_embeds"].shape[1]), with_kwargs=True)
+    try:
+        together = session.ask_many(questions)
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+    for a, b in zip(separate, together, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
 def test_text_backend_incremental_equals_full_and_scores_match(llama: TextBackend) -> None:
     session = Session(llama)
     session.append_system("Who is the speaker talking to?")
