@@ -14,9 +14,10 @@ how much, is decided inside the same forward from the attention itself:
    would push attention *away* from the speaker when a token's strongest
    visual logit is negative, the opposite of its purpose.
 
-Only the text-query -> visual-key direction changes; every other row, and every
-inactive head, keeps the plain sdpa output bit for bit. With `alpha == 0` the
-whole forward is plain sdpa (heads are still measured, nothing is changed).
+Only the text-query -> visual-key direction changes; every other row, every
+inactive head, and every token whose strongest visual logit is not positive
+keeps the plain sdpa output bit for bit. With `alpha == 0` the whole forward is
+plain sdpa (heads are still measured, nothing is changed).
 """
 
 from __future__ import annotations
