@@ -50,6 +50,9 @@ class PredictorConfig(EngineConfig):
     """Torch device; default cuda when present, else cpu."""
     pixels: int = Field(448 * 448, gt=0)
     """Qwen2.5-VL frame resolution in pixels."""
+    video: bool = False
+    """Qwen2.5-VL: give a turn's key frames as one video, so the time axis of the
+    positions follows media seconds (else separate images, evictable one by one)."""
     prompting: bool = True
     """Draw each player's box and id on the frames the model sees."""
     frames_per_turn: int = Field(2, ge=0)

@@ -101,10 +101,9 @@ class EngineStage(Stage):
         from stream.engine.loading import load_backend  # slow to import, see Predictor
 
         assert self.config.model is not None, "the engine stage needs engine.model"
-        options = {"prompting": self.config.prompting}
-        backend = await asyncio.to_thread(load_backend, self.config.model,
-                                          device=self.config.device, pixels=self.config.pixels,
-                                          **options)
+        backend = await asyncio.to_thread(
+            load_backend, self.config.model, device=self.config.device,
+            pixels=self.config.pixels, prompting=self.config.prompting, video=self.config.video)
         self.predictor = await asyncio.to_thread(Predictor, backend, self.config)
 
     async def process(self, item: Item) -> Sequence[Item]:

@@ -43,17 +43,19 @@ class UtteranceReport:
         return {layer: r.active.nonzero().flatten().tolist() for layer, r in self.records.items()}
 
     def attention_maps(self) -> dict[int, list[np.ndarray]]:
-        """Per layer, one (active heads, utterance tokens, rows, cols) array per frame."""
+        """Per layer, one (active heads, utterance tokens, *grid) array per frame span: grid is
+        (rows, cols), or (time, rows, cols) for a Qwen2.5-VL video chunk."""
         maps: dict[int, list[np.ndarray]] = {}
         for layer, record in self.records.items():
             if record.maps is None:
                 continue
             arrays, at = [], 0
             for frame in self.frames:
-                rows, cols = frame.meta["grid"]
-                part = record.maps[..., at:at + rows * cols]
-                arrays.append(part.reshape(*part.shape[:2], rows, cols).numpy())
-                at += rows * cols
+                grid = frame.meta["grid"]
+                size = int(np.prod(grid))
+                part = record.maps[..., at:at + size]
+                arrays.append(part.reshape(*part.shape[:2], *grid).numpy())
+                at += size
             maps[layer] = arrays
         return maps
 
@@ -107,12 +109,13 @@ class Session:
         whole = chunks[0]
         for chunk in chunks[1:]:
             whole = whole + chunk
-        # One prefill for all of them; the ledger still gets a span per frame.
+        # One prefill for all of them; the ledger still gets a span per chunk (a frame, or
+        # with Qwen2.5-VL's video mode the turn's frames as one video).
         self._prefill(whole)
         spans, position = [], self.next_position
-        for frame, chunk in zip(frames, chunks, strict=True):
+        for chunk in chunks:
             spans.append(self.ledger.append("frame", len(chunk), position, ids=chunk.ids,
-                                            t=frame.pts, **chunk.meta))
+                                            **chunk.meta))
             position += chunk.advance
         self.next_position = position
         self._evict()

@@ -66,3 +66,58 @@ def test_player_boxes_map_to_the_merged_tokens_they_cover(qwen: QwenVLBackend) -
     assert cells["P3"] == [3, 4, 8, 9, 13, 14]
     ids = span.meta["ids"]
     assert all(ids[first + c] == qwen.image_id for p in cells.values() for c in p)
+
+
+def test_video_mode_follows_media_seconds_and_equals_one_full_forward(tokenizer) -> None:
+    """A turn's frames as one video: the time axis follows media seconds (the model's own
+    video rule), and incremental still equals one stock forward with every video."""
+    from stream.engine.synthetic import random_qwen
+
+    backend = QwenVLBackend(random_qwen("tiny", len(tokenizer)), tokenizer, pixels=112 * 140,
+                            video=True)
+    session = Session(backend)
+    session.append_system(SYSTEM)
+    videos, grids, seconds = [], [], []
+    for turn in range(5):
+        speaker = f"P{turn % 3 + 1}"
+        count = 3 if turn == 2 else 2  # an odd count repeats the last frame
+        shots = [scene(turn * 4.0 + k * 1.5, speaker, seed=10 * turn + k) for k in range(count)]
+        frames, views = [f for f, _ in shots], [v for _, v in shots]
+        span = session.append_frames(frames, views)[0]
+        pixels, grid, per_patch = backend.video_pixels(backend.images(frames, views),
+                                                       [f.pts for f in frames])
+        videos.append(pixels)
+        grids.append(grid)
+        seconds.append(per_patch)
+        session.append_utterance(speaker, CORPUS[turn % 6], bias=False)
+    assert span.meta["grid"] == (1, 3, 5) and seconds[0] == 3.0  # 2 frames 1.5 s apart
+    assert session.ledger.of("frame")[2].meta["grid"] == (2, 3, 5)
+    ids = torch.tensor([[i for s in session.ledger.spans for i in s.meta["ids"]]])
+    model = backend.model
+
+    def stock(per_patch: list[float]) -> torch.Tensor:
+        with torch.no_grad():
+            model.model.rope_deltas = None
+            return model(input_ids=ids, pixel_values_videos=torch.cat(videos),
+                         video_grid_thw=torch.cat(grids),
+                         second_per_grid_ts=torch.tensor(per_patch),
+                         mm_token_type_ids=(ids == backend.video_id).int() * 2).logits[0, -1]
+
+    full = stock(seconds)
+    assert (session.last_logits - full).abs().max() < 1e-4
+    wrong = stock([1.0] * len(seconds))  # the time axis matters: 1 s instead of 3 per patch
+    assert (wrong - full).abs().max() > 2e-4  # 4e-4 on this model, vs 1e-7 above
+    # The time axis: the second temporal patch of turn 2 sits tokens_per_second x 3 s later.
+    chunk = backend.frames(*zip(*[scene(k * 1.5, "P1", seed=k) for k in range(4)],
+                                strict=True))[0]
+    first = chunk.meta["patches"]
+    times = chunk.positions[0, first:first + 30]
+    assert int(times[15] - times[0]) == backend.tokens_per_second * 3
+    # Players: a box covers the same cells in both patches of the video.
+    cells = sorted(chunk.meta["players"]["P1"])
+    assert [c - first for c in cells] == [0, 1, 5, 6, 10, 11, 15, 16, 20, 21, 25, 26]
+    # The bias and the attention maps work on video chunks too: maps are (time, rows, cols).
+    session.append_frames(*zip(*[scene(30.0 + k, "P2", seed=k) for k in range(2)], strict=True))
+    report = session.append_utterance("P2", CORPUS[1], export=True)
+    maps = report.attention_maps()
+    assert maps and all(m[0].shape[2:] == (1, 3, 5) for m in maps.values())

@@ -30,11 +30,14 @@ class Chunk:
     positions: torch.Tensor
     """(rope axes, tokens): rotary positions counted from the chunk's first position."""
     meta: dict[str, Any] = field(default_factory=dict)
+    span: int | None = None
+    """Positions the chunk takes; None: up to its highest position. Qwen2.5-VL's video
+    time axis may run past what the text after it goes on from."""
 
     @property
     def advance(self) -> int:
         """How far the next chunk's first position moves on."""
-        return int(self.positions.max()) + 1
+        return self.span if self.span is not None else int(self.positions.max()) + 1
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -42,7 +45,9 @@ class Chunk:
     def __add__(self, other: Chunk) -> Chunk:
         shifted = other.positions + self.advance
         return Chunk(self.ids + other.ids, torch.cat([self.embeds, other.embeds]),
-                     torch.cat([self.positions, shifted], dim=1), {**self.meta, **other.meta})
+                     torch.cat([self.positions, shifted], dim=1), {**self.meta, **other.meta},
+                     None if self.span is None and other.span is None
+                     else self.advance + other.advance)
 
 
 class Backend(ABC):

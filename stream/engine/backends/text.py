@@ -38,7 +38,8 @@ class TextBackend(Backend):
             players = {p: [i for i, (a, b) in enumerate(offsets) if b > lo and a < hi]
                        for p, (lo, hi) in ranges.items()}
             chunks.append(Chunk(ids, self.embed(ids), self.text_positions(len(ids)),
-                                {"grid": (1, len(ids)), "patches": 0, "players": players}))
+                                {"t": frame.pts, "grid": (1, len(ids)), "patches": 0,
+                                 "players": players}))
         return chunks
 
 

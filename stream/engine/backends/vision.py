@@ -81,7 +81,8 @@ class VisionBackend(Backend):
             players = {v.player: [patches + i for i in cells_in_box(
                 v.box, (frame.width, frame.height), (enc.rows, enc.cols))] for v in seen}
             block = Chunk(ids, embeds, self.block_positions(enc),
-                          {"grid": (enc.rows, enc.cols), "patches": patches, "players": players})
+                          {"t": frame.pts, "grid": (enc.rows, enc.cols), "patches": patches,
+                           "players": players})
             chunks.append(label + block)
         return chunks
 
