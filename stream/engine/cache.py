@@ -72,11 +72,13 @@ class GrowingLayer(DynamicLayer):
         self.value_room[..., :len(index), :] = kept_values
         self._view(len(index))
 
+    # Refused, not unfinished: widening would leave the spare room out of step, and the
+    # session never widens (ask_many scores every candidate in one row).
     def batch_repeat_interleave(self, repeats: int) -> None:
-        raise NotImplementedError("the session cache holds one conversation (batch size 1)")
+        raise RuntimeError("the session cache holds one conversation (batch size 1)")
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        raise NotImplementedError("the session cache holds one conversation (batch size 1)")
+        raise RuntimeError("the session cache holds one conversation (batch size 1)")
 
 
 def growing_cache(config: PretrainedConfig) -> DynamicCache:

@@ -5,7 +5,8 @@ from stream.engine.backends.internvl import InternVLBackend
 from stream.engine.backends.llava_next_video import LlavaNextVideoBackend
 from stream.engine.backends.qwen2_5_vl import QwenVLBackend
 from stream.engine.backends.text import TextBackend
-from stream.engine.backends.vision import VisionBackend
+from stream.engine.backends.vision import SquareGridBackend, VisionBackend
 
 __all__ = ["Backend", "Chunk", "InternVLBackend", "LlavaNextVideoBackend", "QwenVLBackend",
+           "SquareGridBackend",
            "TextBackend", "VisionBackend"]

@@ -6,16 +6,16 @@ The tower's patch grid is shuffled 2x2 into one token, row-major, wrapped in
 
 from __future__ import annotations
 
-import torch
-from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
-from stream.engine.backends.vision import Encoded, VisionBackend
+from stream.engine.backends.vision import SquareGridBackend
 
 
-class InternVLBackend(VisionBackend):
+class InternVLBackend(SquareGridBackend):
     rope_axes = 1
+    pixel_key = "pixel_values"
+    feature_method = "get_image_features"
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *,
                  prompting: bool = True) -> None:
@@ -30,17 +30,3 @@ class InternVLBackend(VisionBackend):
         vocab = tokenizer.get_vocab()
         if "<img>" in vocab and "</img>" in vocab:
             self.opening, self.closing = [vocab["<img>"]], [vocab["</img>"]]
-
-    def _pixels(self, images: list[Image.Image]) -> torch.Tensor:
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
-        return pixels.to(self.device, self.model.dtype)
-
-    def encode(self, images: list[Image.Image]) -> list[Encoded]:
-        config = self.model.config
-        features = self.model.model.get_image_features(
-            self._pixels(images), vision_feature_layer=config.vision_feature_layer,
-            vision_feature_select_strategy=config.vision_feature_select_strategy).pooler_output
-        return [Encoded(f, self.side, self.side) for f in features]
-
-    def stock_inputs(self, images: list[Image.Image], inputs: torch.Tensor) -> dict:
-        return {"pixel_values": self._pixels(images)}

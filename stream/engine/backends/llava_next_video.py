@@ -12,11 +12,13 @@ from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from stream.engine.backends.vision import Encoded, VisionBackend
+from stream.engine.backends.vision import SquareGridBackend
 
 
-class LlavaNextVideoBackend(VisionBackend):
+class LlavaNextVideoBackend(SquareGridBackend):
     rope_axes = 1
+    pixel_key = "pixel_values_videos"
+    feature_method = "get_video_features"
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *,
                  prompting: bool = True) -> None:
@@ -28,16 +30,5 @@ class LlavaNextVideoBackend(VisionBackend):
                                                do_center_crop=False)
         self.placeholder = config.video_token_id
 
-    def _pixels(self, images: list[Image.Image]) -> torch.Tensor:
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
-        return pixels[:, None].to(self.device, self.model.dtype)  # (frames, 1, 3, H, W)
-
-    def encode(self, images: list[Image.Image]) -> list[Encoded]:
-        config = self.model.config
-        features = self.model.model.get_video_features(
-            self._pixels(images), vision_feature_layer=config.vision_feature_layer,
-            vision_feature_select_strategy=config.vision_feature_select_strategy).pooler_output
-        return [Encoded(f, self.side, self.side) for f in features]
-
-    def stock_inputs(self, images: list[Image.Image], inputs: torch.Tensor) -> dict:
-        return {"pixel_values_videos": self._pixels(images)}
+    def pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        return super().pixels(images)[:, None]  # (frames, 1, 3, H, W): one-frame videos

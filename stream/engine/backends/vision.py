@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from PIL import Image
@@ -98,3 +99,27 @@ class VisionBackend(Backend):
     @abstractmethod
     def stock_inputs(self, images: list[Image.Image], inputs: torch.Tensor) -> dict:
         """The model's own keyword arguments for these pictures, as its processor would give."""
+
+
+class SquareGridBackend(VisionBackend):
+    """Frames resized to the tower's square input, `side` x `side` tokens each; the model
+    takes them under `pixel_key` and turns them into features with `feature_method`."""
+
+    side: int
+    processor: Any
+    pixel_key: str
+    feature_method: str
+
+    def pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        return pixels.to(self.device, self.model.dtype)
+
+    def encode(self, images: list[Image.Image]) -> list[Encoded]:
+        config = self.model.config
+        features = getattr(self.model.model, self.feature_method)(
+            self.pixels(images), vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy).pooler_output
+        return [Encoded(f, self.side, self.side) for f in features]
+
+    def stock_inputs(self, images: list[Image.Image], inputs: torch.Tensor) -> dict:
+        return {self.pixel_key: self.pixels(images)}
