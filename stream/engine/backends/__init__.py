@@ -8,5 +8,4 @@ from stream.engine.backends.text import TextBackend
 from stream.engine.backends.vision import SquareGridBackend, VisionBackend
 
 __all__ = ["Backend", "Chunk", "InternVLBackend", "LlavaNextVideoBackend", "QwenVLBackend",
-           "SquareGridBackend",
-           "TextBackend", "VisionBackend"]
+           "SquareGridBackend", "TextBackend", "VisionBackend"]
