@@ -17,8 +17,10 @@ class Span:
     position: int = 0
     """The rotary position of the span's first token. Positions never change (see README)."""
     meta: dict[str, Any] = field(default_factory=dict)
-    """For frames: `t`, `grid` (rows, cols of visual tokens), `patches` (offset of the first
-    visual token inside the span) and `players` (player -> offsets of their tokens)."""
+    """Always `ids`. For frames: `t`, `grid` (rows, cols of visual tokens; time, rows, cols
+    for a Qwen2.5-VL video chunk), `patches` (offset of the first visual token inside the
+    span) and `players` (player -> offsets of their tokens). For utterances: `player`,
+    `text`."""
 
     def __len__(self) -> int:
         return self.end - self.start

@@ -60,7 +60,7 @@ class UtteranceReport:
         return maps
 
     def save(self, path: str) -> None:
-        """Attention maps as .npz: `L{layer}_F{frame}` -> (heads, tokens, rows, cols), plus
+        """Attention maps as .npz: `L{layer}_F{frame}` -> (heads, tokens, *grid), plus
         `L{layer}_heads` (which heads) and `frame_times`."""
         arrays: dict[str, np.ndarray] = {
             "frame_times": np.array([f.meta.get("t", np.nan) for f in self.frames])}
