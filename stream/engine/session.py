@@ -11,7 +11,8 @@ system prompt or the last `keep_turns` utterances) are evicted whole.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -244,8 +245,16 @@ class Session:
                 position += 1
             return self.backend.tokenizer.decode(out, skip_special_tokens=True)
 
-    def _scratch(self) -> _Scratch:
-        return _Scratch(self)
+    @contextmanager
+    def _scratch(self) -> Iterator[None]:
+        """Work on top of the cache, then crop the cache back to where it was. Only
+        `_prefill` moves `last_logits`, so nothing else needs putting back."""
+        length = self.length
+        try:
+            yield
+        finally:
+            if self.length > length:
+                self.cache.crop(length - self.length)  # transformers 5: a negative count
 
     # --- eviction -------------------------------------------------------------------
 
@@ -296,21 +305,3 @@ def _question_mask(cached: int, groups: list[tuple[int, list[int]]],
                                                    device=device).tril()
             at += size
     return mask[None, None]
-
-
-class _Scratch:
-    """Runs work on top of the cache, then puts the cache back exactly as it was."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def __enter__(self) -> _Scratch:
-        self.length, self.logits = self.session.length, self.session.last_logits
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        cache = self.session.cache
-        extra = self.session.length - self.length
-        if extra > 0:
-            cache.crop(-extra)  # transformers 5: a negative count of tokens to drop
-        self.session.last_logits = self.logits

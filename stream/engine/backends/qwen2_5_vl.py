@@ -66,9 +66,10 @@ class QwenVLBackend(VisionBackend):
 
     def block_positions(self, encoded: Encoded) -> torch.Tensor:
         """vision_start at 0, the patches on the M-RoPE grid from 1, vision_end after
-        `max(rows, cols)`: what `get_rope_index` gives an image in a full forward."""
+        `max(rows, cols)`: what `get_rope_index` gives an image (or a video, whose temporal
+        patches step by `time_interval`) in a full forward."""
         vision = self.model.model.get_vision_position_ids(
-            1, encoded.grid_thw, 1, self.merge, 1, device=self.device)
+            1, encoded.grid_thw, 1, self.merge, encoded.time_interval, device=self.device)
         start = torch.zeros(3, 1, device=self.device, dtype=vision.dtype)
         end = torch.full((3, 1), 1 + max(encoded.rows, encoded.cols), device=self.device,
                          dtype=vision.dtype)
@@ -87,16 +88,8 @@ class QwenVLBackend(VisionBackend):
         groups, rows, cols = int(grid[0, 0]), int(grid[0, 1]) // self.merge, \
             int(grid[0, 2]) // self.merge
         label = self.text(f"Frames at {frames[0].pts:.1f}-{frames[-1].pts:.1f} s:")
-        ids = self.opening + [self.video_id] * len(features) + self.closing
-        embeds = self.embed(ids)
-        embeds[1:-1] = features.to(embeds.dtype)
-        vision = self.model.model.get_vision_position_ids(
-            1, grid[0], 1, self.merge, self.tokens_per_second * seconds, device=self.device)
-        side = max(rows, cols)
-        positions = torch.cat([torch.zeros(3, 1, dtype=vision.dtype, device=self.device), vision,
-                               torch.full((3, 1), 1 + side, dtype=vision.dtype,
-                                          device=self.device)], dim=1)
-        patches = len(label) + 1
+        encoded = Encoded(features, rows, cols, grid[0], self.tokens_per_second * seconds)
+        patches = len(label) + len(self.opening)
         padded = list(views) + [views[-1]] * (groups * self.temporal - len(views))
         players: dict[str, list[int]] = {}
         for g in range(groups):  # a player's tokens in a patch: the union over its frames
@@ -109,7 +102,8 @@ class QwenVLBackend(VisionBackend):
         meta = {"t": frames[0].pts, "times": [f.pts for f in frames], "seconds": seconds,
                 "grid": (groups, rows, cols), "patches": patches,
                 "players": {p: sorted(set(o)) for p, o in players.items()}}
-        return [label + Chunk(ids, embeds, positions, meta, span=2 + side)]
+        # Text after a video goes on from max(rows, cols), however far its time axis runs.
+        return [label + self.block(encoded, self.video_id, meta, span=2 + max(rows, cols))]
 
     def video_pixels(self, images: list[Image.Image], times: list[float]
                      ) -> tuple[torch.Tensor, torch.Tensor, float]:

@@ -31,6 +31,8 @@ class Encoded:
     cols: int
     grid_thw: torch.Tensor | None = None
     """Qwen2.5-VL's patch grid, for its positions."""
+    time_interval: float = 1.0
+    """Qwen2.5-VL video: position steps between temporal patches."""
 
 
 class VisionBackend(Backend):
@@ -63,6 +65,16 @@ class VisionBackend(Backend):
         """Positions of opening + placeholders + closing, from 0 (plain: one per token)."""
         return self.text_positions(len(self.opening) + len(encoded.features) + len(self.closing))
 
+    def block(self, encoded: Encoded, placeholder: int, meta: dict[str, Any],
+              span: int | None = None) -> Chunk:
+        """Opening + one placeholder per feature + closing, the features in place."""
+        count = len(encoded.features)
+        ids = self.opening + [placeholder] * count + self.closing
+        embeds = self.embed(ids)
+        first = len(self.opening)
+        embeds[first:first + count] = encoded.features.to(embeds.dtype)
+        return Chunk(ids, embeds, self.block_positions(encoded), meta, span)
+
     @torch.no_grad()
     def frames(self, frames: Sequence[VideoFrame],
                views: Sequence[Sequence[PlayerView]]) -> list[Chunk]:
@@ -73,18 +85,12 @@ class VisionBackend(Backend):
         chunks = []
         for frame, seen, enc in zip(frames, views, encoded, strict=True):
             label = self.text(f"Frame at {frame.pts:.1f} s:")
-            count = enc.rows * enc.cols
-            ids = self.opening + [self.placeholder] * count + self.closing
-            embeds = self.embed(ids)
-            first = len(self.opening)
-            embeds[first:first + count] = enc.features.to(embeds.dtype)
-            patches = len(label) + first
+            patches = len(label) + len(self.opening)
             players = {v.player: [patches + i for i in cells_in_box(
                 v.box, (frame.width, frame.height), (enc.rows, enc.cols))] for v in seen}
-            block = Chunk(ids, embeds, self.block_positions(enc),
-                          {"t": frame.pts, "grid": (enc.rows, enc.cols), "patches": patches,
-                           "players": players})
-            chunks.append(label + block)
+            chunks.append(label + self.block(enc, self.placeholder, {
+                "t": frame.pts, "grid": (enc.rows, enc.cols), "patches": patches,
+                "players": players}))
         return chunks
 
     @torch.no_grad()
