@@ -134,7 +134,7 @@ def _incremental(backend: QwenVLBackend, script: list[ScriptedTurn],
         session.append_system(SYSTEM)
         runs.append(Run([], [], session))
     for i, turn in enumerate(script):
-        # ABBA order: whichever runs first in a turn pays for fresh allocations.
+        # ABBA order: whichever runs first in a turn meets its new shapes first.
         order = [(runs[0], False), (runs[1], True)][::1 if i % 2 == 0 else -1]
         for run, bias in order:
             began = _now(backend)
