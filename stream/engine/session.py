@@ -5,8 +5,9 @@ explicit positions, never re-encoding the history. While an utterance is
 prefilled, the speaker-aware bias (stream.engine.attention) may pull it toward
 the speaker's tokens. `ask` and `generate` run on top of the cache and crop it
 back: the conversation state never contains questions or answers. With a
-context budget, the oldest frames (then the oldest utterances, never the
-system prompt or the last `keep_turns` utterances) are evicted whole.
+context budget, the oldest frames (then the oldest utterances; never the
+system prompt, the last `keep_turns` utterances or the frames of the turn being
+built) are evicted whole.
 """
 
 from __future__ import annotations
@@ -263,21 +264,17 @@ class Session:
         if budget is None or self.length <= budget:
             return
         target = int(budget * self.config.evict_to)
-        utterances = self.ledger.of("utterance")
-        protected = {id(s) for s in utterances[len(utterances) - self.config.keep_turns:]} \
-            if self.config.keep_turns else set()
-        candidates = self.ledger.of("frame") + [s for s in utterances if id(s) not in protected]
-        candidates.sort(key=lambda s: (s.kind != "frame", s.start))
         doomed, length = [], self.length
-        for span in candidates:
+        for span in self._eviction_order():
             if length <= target:
                 break
             doomed.append(span)
             length -= len(span)
         if length > budget:
             raise ContextFull(
-                f"context budget of {budget} tokens is below what must stay (system prompt and "
-                f"the last {self.config.keep_turns} utterances: {length}); raise engine.max_tokens")
+                f"context budget of {budget} tokens is below what must stay (system prompt, "
+                f"the last {self.config.keep_turns} utterances and the frames of the turn being "
+                f"built: {length}); raise engine.max_tokens")
         keep = torch.tensor(self.ledger.drop(doomed), device=self.backend.device)
         for layer in self.cache.layers:
             if isinstance(layer, GrowingLayer):
@@ -286,6 +283,28 @@ class Session:
                 layer.keys = layer.keys.index_select(-2, keep)
                 layer.values = layer.values.index_select(-2, keep)
         self.evictions += 1
+
+    def _eviction_order(self) -> list[Span]:
+        """What may go, first to last. A turn is its frames and then its utterance.
+
+        The turn being built (frames after the last utterance) never goes: its utterance
+        is still to be biased toward them. Nor do the system prompt and the last
+        `keep_turns` utterances. Of the rest, the frames of older turns go first, then
+        older utterances, and the frames of the kept turns only last; each oldest first.
+        """
+        spans = self.ledger.spans
+        utterances = [i for i, s in enumerate(spans) if s.kind == "utterance"]
+        building = utterances[-1] + 1 if utterances else 0
+        keep = self.config.keep_turns
+        if keep == 0:
+            recent = building
+        elif len(utterances) > keep:
+            recent = utterances[-keep - 1] + 1
+        else:
+            recent = 0
+        old = spans[:recent]
+        return ([s for s in old if s.kind == "frame"] + [s for s in old if s.kind == "utterance"]
+                + [s for s in spans[recent:building] if s.kind == "frame"])
 
 
 def _question_mask(cached: int, groups: list[tuple[int, list[int]]],

@@ -105,8 +105,11 @@ def test_eviction_keeps_memory_bounded_over_1000_turns(tokenizer) -> None:
     for turn in range(1000):
         speaker = f"P{turn % 3 + 1}"
         frame, views = scene(turn * 1.0, speaker, seed=turn)
-        session.append_frames([frame], [views])
+        appended = session.append_frames([frame], [views])
         report = session.append_utterance(speaker, CORPUS[turn % 6])
+        # Every turn, not only the last: its own frames were still there to bias toward.
+        assert [f.position for f in report.frames] == [s.position for s in appended], turn
+        assert report.records, turn
         peak = max(peak, session.length)
         assert session.length == session.ledger.length <= budget
         if turn == 500:
@@ -120,7 +123,6 @@ def test_eviction_keeps_memory_bounded_over_1000_turns(tokenizer) -> None:
             assert moved.start < kept.start
             assert torch.equal(session.cache.layers[0].keys[:, :, moved.start:moved.end],
                                kept_keys)
-    assert report.records  # the last turn's frame was still there to bias toward
     assert session.evictions > 50 and peak <= budget and checked is not None
     spans = session.ledger.spans
     assert spans[0].kind == "system" and spans[0].start == 0
@@ -158,3 +160,21 @@ def test_the_cache_grows_in_place_and_crops_without_copying() -> None:
     expected = keys[..., index, :].clone()
     layer.keep(index)
     assert torch.equal(layer.keys, expected) and layer.get_seq_length() == 4
+
+
+def test_eviction_order_spares_the_turn_being_built_and_the_kept_turns(llama: TextBackend) -> None:
+    session = Session(llama, EngineConfig(keep_turns=2))
+    session.append_system("Who is the speaker talking to?")
+    for turn in range(4):
+        frame, views = scene(turn * 1.0, "P1", seed=turn)
+        session.append_frames([frame], [views])
+        session.append_utterance("P1", CORPUS[turn], bias=False)
+    frame, views = scene(4.0, "P2", seed=4)
+    session.append_frames([frame], [views])  # turn 4 is being built
+    spans = session.ledger.spans
+    frames, utterances = session.ledger.of("frame"), session.ledger.of("utterance")
+    order = session._eviction_order()
+    # Old turns' frames, then old utterances, then the kept turns' frames; never the system
+    # prompt, the two kept utterances or the frame of the turn being built.
+    assert order == [frames[0], frames[1], utterances[0], utterances[1], frames[2], frames[3]]
+    assert spans[0] not in order and frames[4] not in order
