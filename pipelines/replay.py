@@ -158,7 +158,9 @@ def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has
         name = pipe.add(sink, f"{sink.name}-{i}" if i else sink.name)
         pipe.connect("turns", name, Turn, maxsize=size)
         if engine and Prediction in sink.inputs:
-            pipe.connect("engine", name, Prediction, maxsize=size)
+            # Outside the media-time merge: a slow model delays only predictions, never the
+            # turns and per-frame speakers the same sink writes.
+            pipe.connect("engine", name, Prediction, maxsize=size, ordered=False)
         if perceive and PerceivedFrame in sink.inputs:
             pipe.connect("perception", name, PerceivedFrame, policy="latest", maxsize=size)
 

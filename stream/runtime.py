@@ -11,6 +11,12 @@ smallest. Stages forward `Watermark`s so that a quiet input (VAD during a long
 utterance) does not hold the others back. The merge order depends only on
 media time, so a paced replay and an as-fast-as-possible replay feed every
 stage the same sequence and produce the same outputs.
+
+An input connected with `ordered=False` stays out of that merge: the merge
+never waits for it, and each of its items is taken, in arrival order, as soon
+as the merge has reached the item's time. A sink that takes the engine's
+predictions beside turns and per-frame speakers does so: a slow model delays
+only the predictions, and a prediction still follows its turn.
 """
 
 from __future__ import annotations
@@ -100,7 +106,7 @@ class Edge:
     """A bounded FIFO between two nodes with a drop policy for data items."""
 
     def __init__(self, src: str, dst: str, types: tuple[type[Item], ...],
-                 policy: Policy = "block", maxsize: int = 64) -> None:
+                 policy: Policy = "block", maxsize: int = 64, ordered: bool = True) -> None:
         if maxsize < 1:
             raise ValueError(f"edge {src}->{dst}: maxsize must be >= 1, got {maxsize}")
         if policy not in ("block", "latest"):
@@ -108,6 +114,10 @@ class Edge:
         self.src, self.dst, self.types = src, dst, types
         self.policy: Policy = policy
         self.maxsize = maxsize
+        self.ordered = ordered
+        """False: not merged by media time; the consumer takes items as they arrive."""
+        self.arrived: asyncio.Event | None = None
+        """Set on every put; the consuming stage waits on it for any of its inputs."""
         self.dropped = 0
         self.max_depth = 0
         self.last_pts = float("-inf")
@@ -133,6 +143,8 @@ class Edge:
             self.last_pts = max(self.last_pts, item.pts)
             self.max_depth = max(self.max_depth, len(self._items))
             self._changed.notify_all()
+        if self.arrived is not None:
+            self.arrived.set()
 
     async def get(self) -> Item:
         async with self._changed:
@@ -190,11 +202,16 @@ class Pipeline:
         return name
 
     def connect(self, src: str, dst: str, *types: type[Item], policy: Policy = "block",
-                maxsize: int = 64) -> Edge:
-        """Route items of `types` from `src` to `dst`; control items always follow."""
+                maxsize: int = 64, ordered: bool = True) -> Edge:
+        """Route items of `types` from `src` to `dst`; control items always follow.
+
+        `ordered=False` keeps this input out of the media-time merge (see the module doc):
+        for a stage whose outputs do not depend on the order of this input's items relative
+        to the others, such as a sink.
+        """
         if isinstance(self._nodes[dst].runnable, Source):
             raise ValueError(f"{dst!r} is a source and takes no input")
-        edge = Edge(src, dst, types or (DataItem,), policy, maxsize)
+        edge = Edge(src, dst, types or (DataItem,), policy, maxsize, ordered)
         self._nodes[src].outputs.append(edge)
         self._nodes[dst].inputs.append(edge)
         return edge
@@ -317,28 +334,60 @@ class Pipeline:
         await self._end(node)
 
     async def _run_stage(self, node: _Node, stage: Stage) -> None:
-        heads: list[Item | None] = [None] * len(node.inputs)
+        merged = [edge for edge in node.inputs if edge.ordered]
+        loose = [edge for edge in node.inputs if not edge.ordered]
+        arrived = asyncio.Event()
+        for edge in node.inputs:
+            edge.arrived = arrived
+        heads: list[Item | None] = [None] * len(merged)
+        merging = bool(merged)
+        waiting: deque[Item] = deque()
+        """Items of unordered inputs, in arrival order, until the merge reaches their time."""
         while True:
-            for i, edge in enumerate(node.inputs):
-                if heads[i] is None:
+            arrived.clear()
+            for edge in list(loose):
+                while len(edge):
+                    item = await edge.get()
+                    if isinstance(item, EndOfStream):
+                        loose.remove(edge)
+                        break
+                    if not isinstance(item, Watermark):
+                        waiting.append(item)
+            # An unordered item waits until the merge has reached its time, so it follows
+            # what it is about (a prediction, its turn) and never moves progress ahead of
+            # merged items still to come; the merge itself never waits for it.
+            while waiting and (not merging or waiting[0].pts <= node.frontier):
+                await self._process(node, stage, waiting.popleft(), node.frontier)
+            for i, edge in enumerate(merged):
+                if heads[i] is None and len(edge):
                     heads[i] = await edge.get()
-            rank = min(range(len(heads)), key=lambda i: _merge_key(heads[i], i))
-            item = heads[rank]
-            assert item is not None
-            if isinstance(item, EndOfStream):
-                break
-            heads[rank] = None
-            node.current_pts = item.pts
-            if isinstance(item, Watermark):
-                await self._emit(node, (), item.pts)
+            if merging and all(head is not None for head in heads):
+                rank = min(range(len(heads)), key=lambda i: _merge_key(heads[i], i))
+                item = heads[rank]
+                assert item is not None
+                if isinstance(item, EndOfStream):
+                    merging = False
+                    continue
+                heads[rank] = None
+                node.current_pts = item.pts
+                if isinstance(item, Watermark):
+                    await self._emit(node, (), item.pts)
+                else:
+                    await self._process(node, stage, item, item.pts)
                 continue
-            node.metrics.items_in += 1
-            began = time.perf_counter()
-            outputs = await self._guard(node, stage.process(item))
-            node.metrics.latencies.append(time.perf_counter() - began)
-            await self._emit(node, outputs, item.pts)
+            if not merging and not loose and not waiting:
+                break
+            await arrived.wait()
         await self._emit(node, await self._guard(node, stage.finish()), node.frontier)
         await self._end(node)
+
+    async def _process(self, node: _Node, stage: Stage, item: Item, progress: float) -> None:
+        node.current_pts = item.pts
+        node.metrics.items_in += 1
+        began = time.perf_counter()
+        outputs = await self._guard(node, stage.process(item))
+        node.metrics.latencies.append(time.perf_counter() - began)
+        await self._emit(node, outputs, progress)
 
     async def _emit(self, node: _Node, outputs: Sequence[Item], consumed_pts: float) -> None:
         floor = max(node.frontier, consumed_pts)

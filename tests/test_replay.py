@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import jsonschema
@@ -11,8 +13,13 @@ import jsonschema
 from pipelines.config import load_config
 from pipelines.replay import Collect, build_replay, run_replay
 from stream.events import dumps, turn_event, turn_schema
+from stream.frames import Item, PerceivedFrame, Prediction, Turn
+from stream.runtime import Stage
 from stream.sinks.jsonl import JsonlSink
+from tests.conftest import ROOT
 from tests.media import tone_track, write_media
+
+DUO = ROOT / "examples" / "duo.mp4"
 
 
 def replay_events(media: Path, tmp_path: Path, **overrides) -> list[dict]:
@@ -92,3 +99,60 @@ def test_offline_recognizer_gives_turns_words(demo: Path, tmp_path: Path) -> Non
     assert len(events) == 12 and all(e["origin"] == "speech" for e in events)
     assert all(e["text"] for e in events), "every turn got words"
     assert "map" in events[0]["text"].split(), "rough, but real: 'finish the map'"
+
+
+class _SlowEngine(Stage):
+    """Stands in for the engine: every prediction takes 3 s of wall time (in a thread)."""
+
+    name = "engine"
+    inputs = (Turn,)
+
+    def __init__(self, config: object) -> None:
+        pass
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        if not isinstance(item, Turn):
+            return ()
+        await asyncio.to_thread(time.sleep, 3.0)
+        return (Prediction(pts=item.pts, turn=item.index, start=item.start, end=item.end,
+                           speaker=None, answers=(), latency_s=3.0),)
+
+
+class _Arrivals(Stage):
+    """A sink like the MQTT one (turns, per-frame speakers, predictions) noting wall times."""
+
+    name = "arrivals"
+    inputs = (Turn, PerceivedFrame, Prediction)
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Item, float]] = []
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        self.seen.append((item, time.monotonic()))
+        return ()
+
+
+def test_a_slow_engine_delays_only_predictions(monkeypatch) -> None:
+    import pipelines.replay
+
+    monkeypatch.setattr(pipelines.replay, "EngineStage", _SlowEngine)
+    sink = _Arrivals()
+    config = load_config(None, {"source": {"realtime": True, "speed": 1.0},
+                                "engine": {"model": "slow"}})
+    replay = build_replay(str(DUO), config, [sink])
+    asyncio.run(run_replay(replay))
+    due = replay.media.pacer.wall_time
+    turns = [(i, t) for i, t in sink.seen if isinstance(i, Turn)]
+    frames = [(i, t) for i, t in sink.seen if isinstance(i, PerceivedFrame)]
+    predictions = [(i, t) for i, t in sink.seen if isinstance(i, Prediction)]
+    # Turns and per-frame speakers arrive when the media says, though every prediction
+    # takes 3 s (13 s of media: the engine ends up seconds behind).
+    assert max(t - due(i.pts) for i, t in turns) < 0.5
+    assert max(t - due(i.pts) for i, t in frames) < 0.5
+    assert max(t - due(i.pts) for i, t in predictions) > 3.0
+    # Nothing dropped on the way (the per-frame edge keeps the newest only when it lags).
+    assert len(turns) == len(predictions) == 5 and len(frames) == 394
+    # Each prediction still follows its own turn.
+    order = [(type(i).__name__, i.index if isinstance(i, Turn) else i.turn)
+             for i, _ in sink.seen if not isinstance(i, PerceivedFrame)]
+    assert all(order.index(("Turn", n)) < order.index(("Prediction", n)) for n in range(5))

@@ -71,15 +71,20 @@ def test_replay_with_a_real_model_writes_a_valid_prediction_after_each_turn(tmp_
         capture_output=True, text=True, timeout=600, check=False, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [e["schema"] for e in events] == \
-        ["socialstream.turn/2", "socialstream.prediction/1"] * 12
+    turns = [e for e in events if e["schema"] == "socialstream.turn/2"]
+    predictions = [e for e in events if e["schema"] == "socialstream.prediction/1"]
+    assert len(events) == 24 and [e["turn"] for e in turns] == list(range(12))
+    assert [e["turn"] for e in predictions] == list(range(12))
+    # Predictions come when the model is done (turns never wait for it), each after its turn.
+    assert all(events.index(t) < events.index(p) for t, p in zip(turns, predictions,
+                                                                 strict=True))
     schema = prediction_schema()
-    for turn, prediction in zip(events[::2], events[1::2], strict=True):
+    for turn, prediction in zip(turns, predictions, strict=True):
         jsonschema.validate(prediction, schema)
         assert prediction["turn"] == turn["turn"] and prediction["speaker"] == turn["speaker"]
         assert prediction["addressee"]["answer"] in {"P1", "P2", "P3"} - {turn["speaker"]}
     truth = json.loads((ROOT / "examples" / "demo.truth.json").read_text())
-    scores = score_predictions(events[1::2], truth)
+    scores = score_predictions(predictions, truth)
     assert scores["addressee"][1] == 12 and scores["pronoun"][1] == 5
     assert scores["mentioned"][1] == 12
 
