@@ -180,7 +180,7 @@ class Answer:
     question: str
     answer: str
     scores: dict[str, float]
-    """Log-likelihood of each candidate."""
+    """Each candidate's mean log-probability per token (`Session.ask_many`)."""
     target: str | None = None
     """The pronoun, for `pronoun` answers."""
 

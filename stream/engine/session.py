@@ -177,7 +177,8 @@ class Session:
     # --- questions ------------------------------------------------------------------
 
     def ask(self, question: str, candidates: Sequence[str]) -> list[float]:
-        """Log-likelihood of each candidate answer after the conversation and the question."""
+        """Each candidate answer's mean log-probability per token after the conversation and
+        the question (see `ask_many`)."""
         return self.ask_many([(question, candidates)])[0]
 
     @torch.no_grad()
@@ -190,6 +191,10 @@ class Session:
         and itself. So the cache is never copied per candidate, and the answers equal
         those of separate forwards. The cache is cropped back afterwards, bit for bit:
         the conversation never contains questions or answers.
+
+        A candidate's score is the mean log-probability of its tokens, not their sum: a
+        sum would favour answers with fewer tokens (" nobody" is one token where " P1" is
+        two for SmolLM2's tokenizer), whatever the model thinks of them.
         """
         if not questions:
             return []
@@ -223,7 +228,7 @@ class Session:
             for answer in ids:
                 score = float(logp[last_question_row, answer[0]])
                 score += sum(float(logp[row + i - 1, t]) for i, t in enumerate(answer) if i)
-                group.append(score)
+                group.append(score / len(answer))
                 row += len(answer)
             scores.append(group)
         return scores

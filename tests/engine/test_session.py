@@ -90,8 +90,10 @@ def test_text_backend_incremental_equals_full_and_scores_match(llama: TextBacken
         with torch.no_grad():
             logp = torch.log_softmax(llama.model(input_ids=torch.tensor([every])).logits[0], -1)
         start = len(every) - len(answer)
-        expected = sum(float(logp[start + i - 1, t]) for i, t in enumerate(answer))
+        # Per token: a two-token candidate is not penalised for its length.
+        expected = sum(float(logp[start + i - 1, t]) for i, t in enumerate(answer)) / len(answer)
         assert score == pytest.approx(expected, abs=1e-4)
+    assert [len(llama.token_ids(" " + c)) for c in ("P1", "P3 P2")] == [1, 2]
 
 
 def test_eviction_keeps_memory_bounded_over_1000_turns(tokenizer) -> None:
