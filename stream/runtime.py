@@ -94,8 +94,12 @@ class Source(ABC):
 class PipelineError(RuntimeError):
     """A stage failed; names the stage and the media time it was working on."""
 
-    def __init__(self, stage: str, pts: float | None, cause: BaseException) -> None:
-        where = "before any media" if pts is None else f"at media time {pts:.3f}s"
+    def __init__(self, stage: str, pts: float | None, cause: BaseException, *,
+                 stopping: bool = False) -> None:
+        if stopping:
+            where = "while stopping"
+        else:
+            where = "before any media" if pts is None else f"at media time {pts:.3f}s"
         super().__init__(f"stage '{stage}' failed {where}: {cause}")
         self.stage = stage
         self.pts = pts
@@ -264,20 +268,38 @@ class Pipeline:
         self._check_graph()
         stages = [n for n in self._nodes.values() if isinstance(n.runnable, Stage)]
         started: list[_Node] = []
+        failed = False
         try:
             for node in reversed(stages):  # sinks were added last: they start first
                 node.current_pts = None
                 await self._guard(node, node.runnable.start())
                 started.append(node)
             await self._run_tasks()
+        except BaseException:
+            failed = True
+            raise
         finally:
-            for node in started:
-                with contextlib.suppress(Exception):
-                    await node.runnable.stop()
-            for node in self._nodes.values():
-                if isinstance(node.runnable, Source):
-                    with contextlib.suppress(Exception):
-                        await node.runnable.close()
+            problems = await self._shut_down(started)
+            if problems and not failed:
+                # The run itself went well, but something was not closed cleanly (an output
+                # file, the MQTT spool): what it holds may be incomplete, so the run fails.
+                raise problems[0]
+
+    async def _shut_down(self, started: list[_Node]) -> list[PipelineError]:
+        """Stop every started stage and close every source, whatever fails on the way; each
+        failure is logged (the first one is raised by `run` when nothing else failed)."""
+        closing = [(node, node.runnable.stop) for node in started] + [
+            (node, node.runnable.close) for node in self._nodes.values()
+            if isinstance(node.runnable, Source)]
+        problems = []
+        for node, close in closing:
+            try:
+                await close()
+            except Exception as exc:
+                problem = PipelineError(node.name, None, exc, stopping=True)
+                log.error("%s", problem)
+                problems.append(problem)
+        return problems
 
     async def _run_tasks(self) -> None:
         tasks = {

@@ -77,6 +77,12 @@ def test_unwritable_output_is_a_user_error(demo: Path, tmp_path: Path) -> None:
                     "cannot write events")
 
 
+def test_a_full_disk_under_the_output_is_a_user_error_naming_it(demo: Path) -> None:
+    # /dev/full opens, then fails every write: ENOSPC, as a disk that fills mid-run.
+    done = run_cli("replay", str(demo), "--out", "/dev/full", "--json")
+    _one_line_error(done, "/dev/full: writing events failed after 0 (No space left on device)")
+
+
 def test_sigint_drains_and_flushes_what_was_produced(demo: Path, tmp_path: Path) -> None:
     out = tmp_path / "events.jsonl"
     proc = subprocess.Popen(

@@ -267,3 +267,38 @@ async def test_an_ordered_slow_input_does_hold_back_the_merge() -> None:
     began = asyncio.get_running_loop().time()
     await pipe.run()
     assert max(t for v, t in sink.seen if v < 1000) - began > 0.6
+
+
+class BadClose(Record):
+    """A sink whose output cannot be closed (a full disk under a buffered file)."""
+
+    async def stop(self) -> None:
+        await super().stop()
+        raise OSError(28, "No space left on device")
+
+
+async def test_a_failed_stop_is_reported_after_everything_else_stopped(caplog) -> None:
+    source, bad, good = Numbers("src", [0.0, 1.0]), BadClose("bad"), Record("good")
+    pipe = Pipeline()
+    pipe.add(source)
+    pipe.add(bad)
+    pipe.add(good)
+    pipe.connect("src", "bad", Num)
+    pipe.connect("src", "good", Num)
+    with pytest.raises(PipelineError, match=r"stage 'bad' failed while stopping: .*No space"):
+        await pipe.run()
+    assert len(bad.seen) == len(good.seen) == 2
+    assert good.stopped and source.closed, "one failure does not keep the others open"
+    assert "stage 'bad' failed while stopping" in caplog.text
+
+
+async def test_a_failed_stop_after_a_failure_is_logged_not_raised(caplog) -> None:
+    pipe = Pipeline()
+    pipe.add(Numbers("src", [0.0, 1.0, 2.0]))
+    pipe.add(BadClose("bad"))
+    pipe.add(Record("failing", fail_at=1.0))
+    pipe.connect("src", "bad", Num)
+    pipe.connect("src", "failing", Num)
+    with pytest.raises(PipelineError, match=r"stage 'failing' failed at media time 1\.000s"):
+        await pipe.run()
+    assert "stage 'bad' failed while stopping" in caplog.text

@@ -6,6 +6,7 @@ disk; the file is closed when the stage stops, error or not.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,11 +50,26 @@ class JsonlSink(Stage):
 
     def write(self, event: dict) -> None:
         assert self._out is not None, "start() opens the output"
-        self._out.write(dumps(event) + "\n")
-        self._out.flush()
+        try:
+            self._out.write(dumps(event) + "\n")
+            self._out.flush()
+        except OSError as exc:
+            if self._out is not sys.stdout:  # what is buffered cannot be written either
+                with contextlib.suppress(OSError):
+                    self._out.close()
+                self._out = None
+            raise self._failed(exc) from exc
         self.written += 1
 
     async def stop(self) -> None:
-        if self._out is not None and self._out is not sys.stdout:
-            self._out.close()
-        self._out = None
+        out, self._out = self._out, None
+        if out is not None and out is not sys.stdout:
+            try:
+                out.close()
+            except OSError as exc:
+                raise self._failed(exc) from exc
+
+    def _failed(self, exc: OSError) -> UserError:
+        where = self.path if self.path is not None else "stdout"
+        return UserError(f"{where}: writing events failed after {self.written} "
+                         f"({exc.strerror or exc}); free space or choose another --out")
