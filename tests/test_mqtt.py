@@ -184,3 +184,21 @@ def test_load_of_eight_sessions_loses_nothing() -> None:
     assert figures["paced_events_received"] == figures["paced_events_sent"] == 800
     assert figures["burst_lost"] == figures["paced_lost"] == 0
     assert 0 < figures["paced_publish_latency_p50_ms"] <= figures["paced_publish_latency_p95_ms"]
+
+
+async def test_bench_counts_what_never_arrived_as_lost(broker: Broker, tmp_path: Path,
+                                                       monkeypatch) -> None:
+    from pipelines import bench_mqtt
+    from stream.frames import Turn
+    from stream.sinks.mqtt import MqttSink
+
+    publish = MqttSink.process
+
+    async def lossy(self, item):  # every fourth event never reaches the broker
+        return () if item.index % 4 == 3 else await publish(self, item)
+
+    monkeypatch.setattr(MqttSink, "process", lossy)
+    turns = [Turn(pts=1.0, index=0, start=0.5, end=1.0, text="hello")]
+    figures = await bench_mqtt._load(broker.url, turns, 2, 20, tmp_path, None, deadline_s=2.0)
+    assert figures["events_sent"] == 40
+    assert figures["events_received"] == 30 and figures["lost"] == 10
