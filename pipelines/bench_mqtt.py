@@ -29,9 +29,10 @@ from rich.console import Console
 
 from pipelines.config import load_config
 from pipelines.replay import replay_and_collect
+from stream.broker import MqttConfig, broker_address
 from stream.errors import UserError
 from stream.frames import Turn
-from stream.sinks.mqtt import MqttConfig, MqttSink, broker_address
+from stream.sinks.mqtt import MqttSink
 
 PACED_RATE = 20.0
 PACED_EVENTS = 100

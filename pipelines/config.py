@@ -14,9 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stream.audio.recognizer import RecognizerConfig
 from stream.audio.vad import VadConfig
+from stream.broker import MqttConfig
 from stream.engine.config import PredictorConfig
 from stream.errors import ConfigError
-from stream.sinks.mqtt import MqttConfig
 from stream.speaker.perception import PerceptionConfig
 from stream.turns.assembler import TurnConfig
 

@@ -10,15 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from typing import Any
 
 import aiomqtt
 from rich.console import Console
 
+from stream.broker import MqttConfig, broker_address, mqtt_client
 from stream.errors import UserError
-from stream.sinks.mqtt import broker_address
 
 
 def add_parser(commands: argparse._SubParsersAction, help_texts: dict[str, str]) -> None:
@@ -36,11 +35,11 @@ def add_parser(commands: argparse._SubParsersAction, help_texts: dict[str, str])
 
 
 def run(args: argparse.Namespace, stderr: Console) -> int:
-    host, port, user, tls = broker_address(args.mqtt)
+    config = MqttConfig(url=args.mqtt, prefix=args.prefix)
+    broker_address(args.mqtt)  # a bad URL is a one-line error before anything starts
     topics = [f"{args.prefix}/{args.session}/{t.strip()}" for t in args.topics.split(",")]
     try:
-        asyncio.run(asyncio.wait_for(_follow(host, port, user, tls, topics, args.count),
-                                     args.timeout))
+        asyncio.run(asyncio.wait_for(_follow(config, topics, args.count), args.timeout))
     except TimeoutError:
         pass
     except aiomqtt.MqttError as exc:
@@ -49,16 +48,10 @@ def run(args: argparse.Namespace, stderr: Console) -> int:
     return 0
 
 
-async def _follow(host: str, port: int, user: str | None, tls: bool, topics: list[str],
-                  count: int | None) -> None:
-    import ssl
-
+async def _follow(config: MqttConfig, topics: list[str], count: int | None) -> None:
     seen: set[str] = set()
     printed = 0
-    password = os.environ.get("SOCIALSTREAM_MQTT_PASSWORD") if user else None
-    async with aiomqtt.Client(host, port, username=user, password=password, timeout=10,
-                              tls_context=ssl.create_default_context() if tls else None
-                              ) as client:
+    async with mqtt_client(config) as client:
         for topic in topics:
             await client.subscribe(topic, qos=1)
         async for message in client.messages:

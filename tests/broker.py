@@ -28,19 +28,38 @@ def require_mosquitto() -> str:
     return exe
 
 
+def make_certificates(folder: Path) -> Path:
+    """A throw-away CA and a server certificate for 127.0.0.1 signed by it (openssl);
+    returns the CA file a client verifies the broker with."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+            "/CN=socialstream test CA", "-keyout", "ca.key", "-out", "ca.crt")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", "server.key", "-out", "server.csr")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt")
+    return folder / "ca.crt"
+
+
 class Broker:
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    def __init__(self, folder: Path, port: int | None = None, tls: bool = False) -> None:
         self.exe = require_mosquitto()
         self.port = port or free_port()
-        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.url = f"{'mqtts' if tls else 'mqtt'}://127.0.0.1:{self.port}"
         self.folder = folder
+        self.ca_file = make_certificates(folder) if tls else None
         self.config = folder / "mosquitto.conf"
         self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
                                f"persistence true\npersistence_location {folder}/\n"
                                "autosave_interval 1\n"
                                # as root, mosquitto drops to its own user, which cannot
                                # write the test's folder: persistence would silently fail
-                               + ("user root\n" if os.geteuid() == 0 else ""))
+                               + ("user root\n" if os.geteuid() == 0 else "")
+                               + (f"cafile {folder}/ca.crt\ncertfile {folder}/server.crt\n"
+                                  f"keyfile {folder}/server.key\n" if tls else ""))
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Broker:

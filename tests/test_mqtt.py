@@ -202,3 +202,65 @@ async def test_bench_counts_what_never_arrived_as_lost(broker: Broker, tmp_path:
     figures = await bench_mqtt._load(broker.url, turns, 2, 20, tmp_path, None, deadline_s=2.0)
     assert figures["events_sent"] == 40
     assert figures["events_received"] == 30 and figures["lost"] == 10
+
+
+async def test_the_inbox_and_the_sink_reach_a_tls_broker(tmp_path: Path) -> None:
+    import asyncio
+
+    from stream.broker import MqttConfig, mqtt_client
+    from stream.frames import TranscriptLine, Turn
+    from stream.sinks.mqtt import MqttSink
+    from stream.sources.mqtt_inbox import MqttInbox
+
+    broker = Broker(tmp_path, tls=True).start()
+    config = MqttConfig(url=broker.url, ca_file=broker.ca_file, spool_dir=tmp_path / "spool")
+    commands: list[str] = []
+    inbox = MqttInbox(config, "tls", clock=lambda: 100.0, latency_s=0.0,
+                      on_control=commands.append)
+    lines: list[TranscriptLine] = []
+
+    async def read() -> None:
+        async for item in inbox.items():
+            if isinstance(item, TranscriptLine):
+                lines.append(item)
+
+    reader = asyncio.create_task(read())
+    sink = MqttSink(config, "tls")
+    await sink.start()
+    try:
+        async with mqtt_client(config) as client:
+            await client.subscribe("socialstream/tls/turn", qos=1)
+            await sink.process(Turn(pts=1.0, index=0, start=0.5, end=1.0, text="over TLS"))
+            async with asyncio.timeout(10):
+                message = await anext(aiter(client.messages))
+                assert b'"text":"over TLS"' in message.payload
+                # The inbox subscribes on its own connection: publish until it has heard.
+                while not lines or not commands:
+                    await client.publish("socialstream/tls/transcript/in", qos=1,
+                                         payload=b'{"start": 1, "end": 2, "text": "hi"}')
+                    await client.publish("socialstream/tls/control", b"stop", qos=1)
+                    await asyncio.sleep(0.3)
+        assert lines[0].text == "hi" and commands[0] == "stop"
+    finally:
+        await sink.stop()
+        inbox.finish()
+        await asyncio.wait_for(reader, 10)
+        broker.stop()
+
+
+async def test_an_unreachable_inbox_broker_is_a_warning(caplog) -> None:
+    import asyncio
+
+    from stream.broker import MqttConfig
+    from stream.sources.mqtt_inbox import MqttInbox
+
+    inbox = MqttInbox(MqttConfig(url=f"mqtt://127.0.0.1:{free_port()}"), "gone",
+                      clock=lambda: 0.0)
+    items = inbox.items()
+    await anext(items)  # a watermark, or nothing for a tick: the listener has started
+    await asyncio.sleep(0.5)
+    inbox.finish()
+    async for _ in items:
+        pass
+    assert "MQTT inbox: broker 127.0.0.1" in caplog.text and "unreachable" in caplog.text
+    assert any(r.levelname == "WARNING" for r in caplog.records)

@@ -16,16 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import ssl
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiomqtt
-from pydantic import BaseModel, ConfigDict, Field
 
+from stream.broker import MqttConfig, broker_address, mqtt_client
 from stream.errors import ConfigError
 from stream.events import dumps, prediction_event, speaker_event, turn_event
 from stream.frames import Item, PerceivedFrame, Prediction, Turn
@@ -33,42 +30,6 @@ from stream.runtime import Stage
 from stream.sinks.spool import Spool
 
 log = logging.getLogger(__name__)
-
-
-class MqttConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    url: str | None = Field(None, description="mqtt://[user@]host:port or mqtts://...; null: off")
-    prefix: str = Field("socialstream", min_length=1, description="topic prefix")
-    password_env: str = Field("SOCIALSTREAM_MQTT_PASSWORD",
-                              description="environment variable holding the password")
-    ca_file: Path | None = Field(None, description="CA bundle for mqtts:// (default: system)")
-    cert_file: Path | None = Field(None, description="client certificate for mqtts://")
-    key_file: Path | None = Field(None, description="client key for mqtts://")
-    spool_dir: Path | None = Field(
-        None, description="where undelivered events wait, one file per session "
-        "(null: ~/.cache/socialstream/spool)")
-    spool_max: int = Field(100_000, ge=1, description="most events kept; the oldest go first")
-    reconnect_min_s: float = Field(0.5, gt=0, description="first reconnect delay")
-    reconnect_max_s: float = Field(10.0, gt=0, description="longest reconnect delay")
-    drain_timeout_s: float = Field(10.0, ge=0, description="wait at exit for the spool to empty")
-    speaker_rate_hz: float = Field(5.0, gt=0, description="most speaker messages per second")
-
-
-def broker_address(url: str) -> tuple[str, int, str | None, bool]:
-    """host, port, user and TLS flag from `mqtt://[user@]host:port` (or `mqtts://`)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ConfigError(f"{url}: not an MQTT URL; use mqtt://[user@]host:port")
-    if parts.password:
-        raise ConfigError("put the MQTT password in the environment (mqtt.password_env), "
-                          "not in the URL")
-    tls = parts.scheme == "mqtts"
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError as exc:
-        raise ConfigError(f"{url}: bad port") from exc
-    return parts.hostname, port, parts.username, tls
 
 
 class MqttSink(Stage):
@@ -184,19 +145,10 @@ class MqttSink(Stage):
                     self.latencies.append(time.monotonic() - queued)
 
     def _connect(self) -> aiomqtt.Client:
-        return aiomqtt.Client(
-            self.host, self.port, username=self.user,
-            password=os.environ.get(self.config.password_env) if self.user else None,
-            identifier=f"socialstream-{_safe(self.session)}",
+        return mqtt_client(
+            self.config, identifier=f"socialstream-{_safe(self.session)}",
             will=aiomqtt.Will(f"{self.topic}/status", b"offline", qos=1, retain=True),
-            tls_context=self._tls() if self.tls else None, timeout=10, keepalive=5,
-        )
-
-    def _tls(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=self.config.ca_file)
-        if self.config.cert_file is not None:
-            context.load_cert_chain(self.config.cert_file, self.config.key_file)
-        return context
+            keepalive=5)
 
 
 def _safe(session: str) -> str:

@@ -18,15 +18,14 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiomqtt
 
+from stream.broker import MqttConfig, broker_address, mqtt_client
 from stream.frames import Item, TranscriptLine, Watermark
 from stream.runtime import Source
-from stream.sinks.mqtt import MqttConfig, broker_address
 
 log = logging.getLogger(__name__)
 
@@ -101,19 +100,24 @@ class MqttInbox(Source):
 
     async def _listen(self) -> None:
         delay = self.config.reconnect_min_s
+        outage = False
         while True:
             try:
-                async with aiomqtt.Client(
-                        self.host, self.port, username=self.user,
-                        password=os.environ.get(self.config.password_env) if self.user else None,
-                        timeout=10) as client:
+                async with mqtt_client(self.config) as client:
                     await client.subscribe(f"{self.topic}/transcript/in", qos=1)
                     await client.subscribe(f"{self.topic}/control", qos=1)
-                    delay = self.config.reconnect_min_s
+                    if outage:
+                        log.warning("MQTT inbox: broker %s:%d is back; listening on %s/",
+                                    self.host, self.port, self.topic)
+                    outage, delay = False, self.config.reconnect_min_s
                     async for message in client.messages:
                         self._handle(str(message.topic), _text(message.payload))
             except aiomqtt.MqttError as exc:
-                log.debug("MQTT inbox: %s; retrying", exc)
+                if not outage:
+                    log.warning("MQTT inbox: broker %s:%d unreachable (%s); transcript lines "
+                                "and control commands for %s/ are not received until it is "
+                                "back; retrying", self.host, self.port, exc, self.topic)
+                outage = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.reconnect_max_s)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jsonschema
 
+from stream.broker import MqttConfig
 from stream.engine.backends import QwenVLBackend
 from stream.engine.config import PredictorConfig
 from stream.engine.evaluate import score_predictions
@@ -17,7 +18,7 @@ from stream.engine.predict import NOBODY, Predictor, pronouns, spread
 from stream.engine.synthetic import scene
 from stream.events import prediction_event, prediction_schema
 from stream.frames import Prediction, SpeakerVote, Turn
-from stream.sinks.mqtt import MqttConfig, MqttSink
+from stream.sinks.mqtt import MqttSink
 
 ROOT = Path(__file__).resolve().parents[2]
 
