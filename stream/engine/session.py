@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from transformers import DynamicCache, PretrainedConfig
 
 from stream.engine.attention import BiasPlan, HeadRecord, register
 from stream.engine.backends.base import Backend, Chunk
 from stream.engine.cache import GrowingLayer, growing_cache
 from stream.engine.config import EngineConfig
 from stream.engine.ledger import Ledger, Span, SpanKind
+from stream.errors import ModelError
 from stream.frames import PlayerView, VideoFrame
 
 
@@ -76,8 +78,9 @@ class UtteranceReport:
 class Session:
     def __init__(self, backend: Backend, config: EngineConfig | None = None) -> None:
         self.backend, self.config = backend, config or EngineConfig()
-        backend.model.set_attn_implementation(self._implementations(register()))
         self.cache = growing_cache(backend.text_config)
+        _require_full_attention(self.cache, backend.text_config)
+        backend.model.set_attn_implementation(self._implementations(register()))
         self.ledger = Ledger()
         self.next_position = 0
         self.last_logits: torch.Tensor | None = None
@@ -310,6 +313,24 @@ class Session:
         old = spans[:recent]
         return ([s for s in old if s.kind == "frame"] + [s for s in old if s.kind == "utterance"]
                 + [s for s in spans[recent:building] if s.kind == "frame"])
+
+
+def _require_full_attention(cache: DynamicCache, config: PretrainedConfig) -> None:
+    """Refuse models whose cache keeps only part of the context in some layers.
+
+    Sliding-window (Mistral, Gemma) or chunked layers drop old tokens by themselves, while
+    the session indexes the whole conversation: the bias points at frames, eviction and
+    the ledger at spans, by their place in the full sequence.
+    """
+    partial = [type(layer).__name__ for layer in cache.layers
+               if not isinstance(layer, GrowingLayer)]
+    if partial:
+        raise ModelError(
+            f"model type {config.model_type!r} keeps only a window of the context in "
+            f"{len(partial)} of {len(cache.layers)} layers ({partial[0]}: sliding-window or "
+            "chunked attention); the session needs full attention in every layer. Use a "
+            "model without sliding_window, or one trained without it whose config.json sets "
+            "it anyway (then set sliding_window to null there)")
 
 
 def _question_mask(cached: int, groups: list[tuple[int, list[int]]],

@@ -180,3 +180,29 @@ def test_eviction_order_spares_the_turn_being_built_and_the_kept_turns(llama: Te
     # prompt, the two kept utterances or the frame of the turn being built.
     assert order == [frames[0], frames[1], utterances[0], utterances[1], frames[2], frames[3]]
     assert spans[0] not in order and frames[4] not in order
+
+
+@pytest.mark.parametrize("window", [8, None])
+def test_a_sliding_window_model_is_refused_with_a_clear_error(tokenizer, window) -> None:
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from stream.errors import ModelError
+
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           sliding_window=window, bos_token_id=0, eos_token_id=0)
+    backend = TextBackend(MistralForCausalLM(config).eval(), tokenizer)
+    if window is not None:
+        with pytest.raises(ModelError, match=r"'mistral' keeps only a window .* 2 of 2 layers"):
+            Session(backend)
+        return
+    # The same architecture with full attention runs a biased, evicting session.
+    session = Session(backend, EngineConfig(max_tokens=120, keep_turns=1,
+                                            bias=BiasConfig(layers=(0, 2))))
+    session.append_system("Who is the speaker talking to?")
+    for turn in range(6):
+        frame, views = scene(turn * 1.0, "P1", seed=turn)
+        session.append_frames([frame], [views])
+        assert session.append_utterance("P1", CORPUS[turn]).records
+    assert session.evictions > 0
