@@ -72,12 +72,13 @@ def _parser() -> argparse.ArgumentParser:
 
     live = commands.add_parser("live", help="watch a webcam or a network stream")
     live.add_argument("target", help="/dev/videoN, or a stream URL (rtsp://, udp://, tcp://, "
-                      "srt://, ...)")
+                      "rtmp://, ...)")
     live.add_argument("--audio", metavar="DEVICE",
-                      help="microphone beside a webcam: alsa:DEVICE or pulse:DEVICE")
+                      help="microphone beside a webcam: alsa:DEVICE (alsa:default goes through "
+                           "PulseAudio where it runs)")
     live.add_argument("--format", help="FFmpeg input format, when it cannot be guessed")
     live.add_argument("--listen", action="store_true",
-                      help="wait for a sender on the URL (RTSP, TCP, SRT, RTMP) instead of "
+                      help="wait for a sender on the URL (RTSP, TCP, RTMP) instead of "
                            "connecting to it")
     live.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                       help="FFmpeg input option, repeatable (e.g. rtsp_transport=tcp)")
@@ -94,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
 
     bench.add_parser(commands)
     subscribe.add_parser(commands, HELP)
+    for command in commands.choices.values():  # -v also after the subcommand
+        command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                             help=HELP["verbose"])
     return parser
 
 

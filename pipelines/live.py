@@ -1,6 +1,6 @@
 """A live session: a webcam and microphone, or a network stream, through the same stages.
 
-    inputs (v4l2 + alsa/pulse | rtsp | udp/tcp mpegts | srt ...) ─ live source ─ stages as in replay
+    inputs (v4l2 + alsa | rtsp | udp/tcp mpegts | rtmp ...) ─ live source ─ stages as in replay
 
 Video edges keep only the newest frames (stale ones are dropped and counted);
 audio, turns and events are never dropped.
@@ -60,9 +60,12 @@ def live_inputs(target: str, *, fmt: str | None = None, audio_device: str | None
         inputs = [LiveInput(target, fmt or CAMERA, options, audio=False)]
         if audio_device:
             backend, _, device = audio_device.partition(":")
-            if backend not in ("alsa", "pulse") or not device:
-                raise UserError(f"{audio_device}: name a microphone as alsa:DEVICE or "
-                                "pulse:DEVICE (e.g. alsa:default)")
+            if backend == "pulse":
+                raise UserError(f"{audio_device}: this FFmpeg has no PulseAudio input; use "
+                                "alsa:default, which goes through PulseAudio on a Pulse system")
+            if backend != "alsa" or not device:
+                raise UserError(f"{audio_device}: name a microphone as alsa:DEVICE "
+                                "(e.g. alsa:default)")
             inputs.append(LiveInput(device, backend, {}, video=False))
         return inputs
     if listen:

@@ -153,3 +153,26 @@ def test_media_from_a_pipe(demo: Path, tmp_path: Path) -> None:
     events = [json.loads(ln) for ln in result.stdout.splitlines()]
     assert len(events) == 12 and events[0]["session"] == "stdin"
     assert all(e["origin"] == "speech" and e["text"] for e in events), "pipe timestamps line up"
+
+
+def test_verbosity_is_taken_before_or_after_the_subcommand() -> None:
+    from pipelines.cli import _parser
+
+    parse = _parser().parse_args
+    assert parse(["replay", "x.mp4"]).verbose == 0
+    assert parse(["-v", "replay", "x.mp4"]).verbose == 1
+    assert parse(["replay", "x.mp4", "-vv"]).verbose == 2
+    assert parse(["live", "udp://h:1", "-v"]).verbose == 1
+    assert parse(["bench", "replay", "-vv"]).verbose == 2
+
+
+def test_pulse_audio_is_refused_with_the_alsa_way_in() -> None:
+    import pytest
+
+    from pipelines.live import live_inputs
+    from stream.errors import UserError
+
+    with pytest.raises(UserError, match="no PulseAudio input; use alsa:default"):
+        live_inputs("/dev/video0", audio_device="pulse:default")
+    assert [i.url for i in live_inputs("/dev/video0", audio_device="alsa:default")][-1] == \
+        "default"
