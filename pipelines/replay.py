@@ -152,7 +152,7 @@ def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has
         pipe.connect(media, "turns", VideoFrame, policy=video_policy, maxsize=size)
     engine = config.engine.model is not None
     if engine:
-        pipe.add(EngineStage(config.engine))
+        pipe.add(EngineStage(config.engine, config.perception.names))
         pipe.connect("turns", "engine", Turn, maxsize=size)
     for i, sink in enumerate(sinks):
         name = pipe.add(sink, f"{sink.name}-{i}" if i else sink.name)

@@ -50,7 +50,8 @@ def spread(count: int, wanted: int) -> list[int]:
 class Predictor:
     """A session plus the questions asked after each turn."""
 
-    def __init__(self, backend: Backend, config: PredictorConfig) -> None:
+    def __init__(self, backend: Backend, config: PredictorConfig,
+                 names: dict[str, str] | None = None) -> None:
         # Imported here, not at the top: torch and transformers take seconds to import and
         # the command line (replay without --model, subscribe) must start at once.
         from stream.engine.session import Session
@@ -58,10 +59,20 @@ class Predictor:
         self.session = Session(backend, config)
         self.session.append_system(config.system)
         self.frames_per_turn = config.frames_per_turn
+        self.players = {name: player for player, name in (names or {}).items()}
+        """Name -> player id (`perception.names` the other way round)."""
+
+    def speaker(self, turn: Turn) -> str | None:
+        """Who said the turn: the face vote, else the transcript's speaker (as a player id
+        when `perception.names` knows the name)."""
+        if turn.vote is not None and turn.vote.speaker is not None:
+            return turn.vote.speaker
+        name = turn.speaker_name
+        return self.players.get(name, name) if name else None
 
     def turn(self, turn: Turn) -> Prediction:
         began = time.perf_counter()
-        speaker = turn.vote.speaker if turn.vote is not None else turn.speaker_name
+        speaker = self.speaker(turn)
         chosen = spread(len(turn.keyframes), self.frames_per_turn)
         if chosen:
             self.session.append_frames([turn.keyframes[i] for i in chosen],
@@ -93,8 +104,8 @@ class EngineStage(Stage):
     name = "engine"
     inputs = (Turn,)
 
-    def __init__(self, config: PredictorConfig) -> None:
-        self.config = config
+    def __init__(self, config: PredictorConfig, names: dict[str, str] | None = None) -> None:
+        self.config, self.names = config, names
         self.predictor: Predictor | None = None
 
     async def start(self) -> None:
@@ -104,7 +115,7 @@ class EngineStage(Stage):
         backend = await asyncio.to_thread(
             load_backend, self.config.model, device=self.config.device,
             pixels=self.config.pixels, prompting=self.config.prompting, video=self.config.video)
-        self.predictor = await asyncio.to_thread(Predictor, backend, self.config)
+        self.predictor = await asyncio.to_thread(Predictor, backend, self.config, self.names)
 
     async def process(self, item: Item) -> Sequence[Item]:
         if not isinstance(item, Turn):

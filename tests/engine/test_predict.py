@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -105,3 +106,19 @@ async def test_predictions_are_spooled_for_the_prediction_topic(tmp_path) -> Non
         assert json.loads(rows[0].payload)["schema"] == "socialstream.prediction/1"
     finally:
         await sink.stop()
+
+
+def test_the_transcript_names_the_speaker_when_the_faces_cannot(qwen: QwenVLBackend) -> None:
+    predictor = Predictor(qwen, PredictorConfig(model="tiny"), names={"P2": "Ben"})
+    unsure = SpeakerVote(speaker=None, confidence=0.0, scores={}, cues={})
+    turn = replace(_turn(0, "P1", "I did, yesterday."), vote=unsure, speaker_name="Ben")
+    prediction = predictor.turn(turn)
+    assert prediction.speaker == "P2"  # the name, mapped back to its player
+    addressee = next(a for a in prediction.answers if a.task == "addressee")
+    assert set(addressee.scores) == {"P1", "P3"}
+    # A name no player carries stays a name; without a vote at all, the same.
+    stranger = replace(_turn(1, "P1", "Hello there."), vote=None, speaker_name="Ann")
+    assert predictor.turn(stranger).speaker == "Ann"
+    # The face vote, when there is one, wins over the transcript.
+    voted = replace(_turn(2, "P3", "Me too."), speaker_name="Ben")
+    assert predictor.turn(voted).speaker == "P3"
