@@ -80,3 +80,37 @@ def test_players_left_to_right_and_back_after_turning_away() -> None:
     assert back[newcomer.id] == "P3", "the same seat, the same player"
     late = players.assign(tracker.update([face(100), face(300), face(505), face(620)]))
     assert sorted(late.values()) == ["P1", "P2", "P3", "P4"]
+
+
+def test_unseen_time_counts_frames_when_detection_skips_frames() -> None:
+    import numpy as np
+
+    from stream.frames import VideoFrame
+    from stream.speaker.perception import Perception, PerceptionConfig
+
+    config = PerceptionConfig(faces={"detect_every": 2}, tracker={"max_misses": 15})
+    shown = 20  # the face is there for 20 frames, then gone
+
+    def detect(image: np.ndarray) -> list[Face]:
+        return [face(200)] if int(image[0, 0, 0]) < shown else []
+
+    perception = Perception(config, detect)
+    seen = []
+    for k in range(60):
+        image = np.full((240, 320, 3), min(k, 255), dtype=np.uint8)
+        frame = perception.frame(VideoFrame(pts=k / 30, image=image))
+        seen.append(bool(frame.players))
+    last = max(k for k, present in enumerate(seen) if present)
+    # Last detected at frame 18; 15 frames unseen later it is dropped (at the detection
+    # pass of frame 34), not 15 detection passes (30 frames) later.
+    assert last == 33
+
+
+def test_a_moving_face_is_followed_across_skipped_frames() -> None:
+    tracker = FaceTracker(TrackerConfig(max_jump=0.5))
+    # 20 px per frame, detected every third frame: 60 px between updates, one face size.
+    for k in range(0, 30, 3):
+        tracks = tracker.update([face(100 + 20 * k)], frames=3)
+    assert len(tracks) == 1 and tracks[0].id == 1
+    # Per frame, not per update (which would be 60): 9 hits of exponential smoothing.
+    assert abs(tracks[0].velocity[0] - 20 * (1 - 0.5 ** 9)) < 1e-9

@@ -94,16 +94,12 @@ def test_without_audio_lines_are_the_turns() -> None:
     assert [f.pts for f in turns[1].keyframes] == [2.0, 2.5, 3.0]
 
 
-def test_short_turn_gets_the_latest_earlier_frame() -> None:
-    turns = run(frames(3) + speech(1.1, 1.3))
-    assert [f.pts for f in turns[0].keyframes] == [1.0]
-
-
 def test_frame_memory_is_bounded() -> None:
     core = TurnAssembler(TurnConfig(frame_memory_s=5.0))
     for frame in frames(100, fps=30):
         core.push(frame)
     assert len(core._frames) <= 5 * 2 + 1
+    assert len(core._fine) <= 2.0 * 10  # recent off-tick frames: 2 s at 10 a second
 
 
 def test_lines_beyond_the_media_are_counted_not_turned() -> None:
@@ -117,3 +113,12 @@ def test_lines_beyond_the_media_are_counted_not_turned() -> None:
     turns += core.flush()
     assert [t.text for t in turns] == ["said", "cut off"]
     assert core.unused_lines == 1
+
+
+def test_a_turn_between_two_key_frames_gets_a_frame_from_inside_it() -> None:
+    # Key frames every 0.5 s (at 1.0 and 1.5); the turn lasts from 1.05 to 1.32 s.
+    turns = run([*frames(3.0, fps=30), *speech(1.05, 1.32)])
+    assert [round(f.pts, 3) for f in turns[0].keyframes] == [1.2]
+    # Without video inside the turn there is no key frame, not one from before it.
+    sparse = [f for f in frames(3.0, fps=30) if not 0.9 < f.pts < 1.45]
+    assert run([*sparse, *speech(1.05, 1.32)])[0].keyframes == ()

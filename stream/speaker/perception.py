@@ -41,6 +41,8 @@ class Perception:
         self.motion = MouthMotion()
         self.speaker = ActiveSpeaker(config.speaker)
         self._frames = 0
+        self._since_detection = 0
+        """Frames since the last detection pass: what the tracker counts in."""
         self._yaw: dict[int, float] = {}
 
     def voice(self, item: VoiceFrame) -> None:
@@ -49,8 +51,12 @@ class Perception:
     def frame(self, video: VideoFrame) -> PerceivedFrame:
         detecting = self._frames % self.config.faces.detect_every == 0
         self._frames += 1
-        tracks = self.tracker.update(self.detect(video.image)) if detecting \
-            else self.tracker.confirmed()
+        self._since_detection += 1
+        if detecting:
+            tracks = self.tracker.update(self.detect(video.image), self._since_detection)
+            self._since_detection = 0
+        else:
+            tracks = self.tracker.confirmed()
         ids = self.players.assign(tracks)
         gray = cv2.cvtColor(video.image, cv2.COLOR_RGB2GRAY)
         motion: dict[str, float] = {}

@@ -35,6 +35,12 @@ from stream.speaker.active import SpeakerConfig, vote
 
 log = logging.getLogger(__name__)
 
+FINE_FRAMES_PER_S = 10.0
+FINE_HOLD_S = 2.0
+"""Besides the key frames, the last `FINE_HOLD_S` seconds keep a frame every 0.1 s, so a
+turn shorter than the key-frame spacing still gets a frame from inside it (never one
+from before it started), at a bounded cost of 20 frames."""
+
 
 class TurnConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -63,6 +69,9 @@ class TurnAssembler:
 
     def reset(self) -> None:
         self._frames: deque[VideoFrame | PerceivedFrame] = deque()
+        self._fine: deque[VideoFrame | PerceivedFrame] = deque()
+        """Recent frames off the key-frame ticks, every 1 / FINE_FRAMES_PER_S seconds."""
+        self._last_fine = -math.inf
         self._seen: deque[tuple[float, tuple[PlayerView, ...]]] = deque()
         """Who was seen in every perceived frame (no pixels), for the speaker vote."""
         self._last_tick = -math.inf
@@ -98,9 +107,15 @@ class TurnAssembler:
     # -- frames ----------------------------------------------------------
     def _keep_frame(self, frame: VideoFrame | PerceivedFrame) -> None:
         tick = math.floor(frame.pts * self.config.keyframes_per_s + 1e-9)
+        fine = math.floor(frame.pts * FINE_FRAMES_PER_S + 1e-9)
         if tick > self._last_tick:
             self._last_tick = tick
             self._frames.append(frame)
+        elif fine > self._last_fine:
+            self._fine.append(frame)
+        self._last_fine = max(self._last_fine, fine)
+        while self._fine and self._fine[0].pts < frame.pts - FINE_HOLD_S:
+            self._fine.popleft()
         horizon = frame.pts - self.config.frame_memory_s
         while self._frames and self._frames[0].pts < horizon:
             self._frames.popleft()
@@ -110,11 +125,14 @@ class TurnAssembler:
                 self._seen.popleft()
 
     def _keyframes(self, start: float, end: float) -> tuple[VideoFrame | PerceivedFrame, ...]:
+        """The key frames inside the turn; for a turn between two key frames, the recent
+        frame nearest its middle; none when no frame was seen inside it."""
         inside = tuple(f for f in self._frames if start <= f.pts <= end)
         if inside:
             return inside
-        before = [f for f in self._frames if f.pts <= end]
-        return (before[-1],) if before else ()
+        recent = [f for f in self._fine if start <= f.pts <= end]
+        middle = (start + end) / 2
+        return (min(recent, key=lambda f: abs(f.pts - middle)),) if recent else ()
 
     # -- turns -----------------------------------------------------------
     def _close_segment(self, segment: SpeechSegment) -> list[Turn]:

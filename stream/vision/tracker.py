@@ -4,6 +4,10 @@ The cost of pairing a track with a detection mixes IoU with the predicted box
 and centre distance in face sizes, so faces that cross keep their ids and a
 face missed for a few frames is picked up again. A track is confirmed after
 `min_hits` detections in a row and dropped after `max_misses` frames unseen.
+
+Detection may run on every n-th frame only (`faces.detect_every`): each update
+says how many frames have passed since the previous one, so unseen time,
+velocity and reach are counted in frames, whatever n is.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ class TrackerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_hits: int = Field(2, ge=1, description="detections in a row before a track counts")
-    max_misses: int = Field(15, ge=0, description="frames a track survives unseen")
+    max_misses: int = Field(30, ge=0, description="frames a track survives unseen")
     max_cost: float = Field(0.85, gt=0, le=1, description="worst pairing cost still accepted")
-    max_jump: float = Field(1.5, gt=0, description="largest centre jump per frame, in face sizes")
+    max_jump: float = Field(0.75, gt=0,
+                            description="largest centre jump per frame, in face sizes")
 
 
 @dataclass
@@ -36,8 +41,10 @@ class Track:
     face: Face | None
     hits: int = 1
     misses: int = 0
+    """Frames since the track was last seen."""
     confirmed: bool = False
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    """Pixels per frame."""
 
     @property
     def centre(self) -> np.ndarray:
@@ -47,8 +54,9 @@ class Track:
     def size(self) -> float:
         return max(self.box[2] - self.box[0], self.box[3] - self.box[1], 1.0)
 
-    def predicted(self) -> Box:
-        dx, dy = self.velocity * (self.misses + 1)
+    def predicted(self, frames: int = 1) -> Box:
+        """Where the box is `frames` frames after the last update."""
+        dx, dy = self.velocity * (self.misses + frames)
         x0, y0, x1, y1 = self.box
         return (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
 
@@ -75,19 +83,22 @@ class FaceTracker:
         self.tracks: list[Track] = []
         self._next_id = 1
 
-    def update(self, faces: list[Face]) -> list[Track]:
-        cost = self._cost(faces)
+    def update(self, faces: list[Face], frames: int = 1) -> list[Track]:
+        """This frame's detections; `frames` have passed since the previous update."""
+        if frames < 1:
+            raise ValueError(f"an update comes at least one frame after the last, got {frames}")
+        cost = self._cost(faces, frames)
         matched_tracks, matched_faces = set(), set()
         if cost.size:
             rows, cols = linear_sum_assignment(cost)
             for r, c in zip(rows, cols, strict=True):
                 if cost[r, c] <= self.config.max_cost:
-                    self._hit(self.tracks[r], faces[c])
+                    self._hit(self.tracks[r], faces[c], frames)
                     matched_tracks.add(r)
                     matched_faces.add(c)
         for r, track in enumerate(self.tracks):
             if r not in matched_tracks:
-                track.misses += 1
+                track.misses += frames
                 track.hits = 0
                 track.face = None
         self.tracks = [t for t in self.tracks if self._alive(t)]
@@ -105,8 +116,8 @@ class FaceTracker:
         limit = self.config.max_misses if track.confirmed else 0
         return track.misses <= limit
 
-    def _hit(self, track: Track, face: Face) -> None:
-        step = track.misses + 1
+    def _hit(self, track: Track, face: Face, frames: int) -> None:
+        step = track.misses + frames
         track.velocity = 0.5 * track.velocity + 0.5 * (_centre(face.box) - track.centre) / step
         track.box, track.face = face.box, face
         track.hits += 1
@@ -114,11 +125,11 @@ class FaceTracker:
         if track.hits >= self.config.min_hits:
             track.confirmed = True
 
-    def _cost(self, faces: list[Face]) -> np.ndarray:
+    def _cost(self, faces: list[Face], frames: int) -> np.ndarray:
         cost = np.full((len(self.tracks), len(faces)), INFEASIBLE)
         for r, track in enumerate(self.tracks):
-            predicted = track.predicted()
-            reach = track.size * self.config.max_jump * (track.misses + 1)
+            predicted = track.predicted(frames)
+            reach = track.size * self.config.max_jump * (track.misses + frames)
             for c, face in enumerate(faces):
                 distance = float(np.linalg.norm(_centre(face.box) - _centre(predicted)))
                 overlap = iou(predicted, face.box)
