@@ -35,7 +35,7 @@ HELP = {
     "config": "YAML config (default: built-in defaults, as in configs/replay.yaml)",
     "out": "also write the JSON lines to this file",
     "realtime": "pace the replay like a live feed (events are identical to a fast replay)",
-    "speed": "pacing speed with --realtime (2 = twice real time)",
+    "speed": "pace the replay at this speed (2 = twice real time); implies --realtime",
     "video_fps": "decimate video for the vision path to this frame rate",
     "session": "session id written into events (default: MEDIA's stem)",
     "verbose": "log more (repeat for debug)",
@@ -129,14 +129,20 @@ def _logging(console: Console, verbose: int) -> None:
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
 
 
-def _replay(args: argparse.Namespace, stderr: Console) -> int:
-    config = load_config(args.config, {
-        "source": {"realtime": args.realtime, "speed": args.speed, "video_fps": args.video_fps},
+def _replay_config(args: argparse.Namespace) -> ReplayConfig:
+    # --speed means a paced replay: it brings --realtime with it rather than being ignored.
+    realtime = True if args.speed is not None and args.realtime is None else args.realtime
+    return load_config(args.config, {
+        "source": {"realtime": realtime, "speed": args.speed, "video_fps": args.video_fps},
         "output": {"out": args.out, "session": args.session},
         "mqtt": {"url": args.mqtt},
         "recognizer": {"enabled": args.asr},
         "engine": {"model": args.model},
     })
+
+
+def _replay(args: argparse.Namespace, stderr: Console) -> int:
+    config = _replay_config(args)
     replay = build_replay(args.media, config, _sinks(args, config, session_id(args.media, config)),
                           args.transcript)
     try:

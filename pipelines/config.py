@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stream.audio.recognizer import RecognizerConfig
 from stream.audio.vad import VadConfig
@@ -32,6 +32,12 @@ class SourceConfig(_Strict):
         None, gt=0, description="decimate the vision path to this rate (null: every frame)")
     video_size: tuple[int, int] | None = Field(
         None, description="resize frames to [width, height] (null: keep the source size)")
+
+    @model_validator(mode="after")
+    def _speed_paces_a_realtime_replay(self) -> SourceConfig:
+        if "speed" in self.model_fields_set and self.speed != 1.0 and not self.realtime:
+            raise ValueError("speed paces a realtime replay; set realtime: true as well")
+        return self
 
 
 class QueueConfig(_Strict):

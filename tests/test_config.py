@@ -46,3 +46,17 @@ def test_shipped_live_yaml_equals_the_defaults() -> None:
 
     assert load_config(ROOT / "configs" / "live.yaml", model=LivePipelineConfig) == \
         LivePipelineConfig()
+
+
+def test_speed_is_never_silently_ignored(tmp_path) -> None:
+    from pipelines.cli import _parser, _replay_config
+
+    # On the command line --speed brings --realtime with it ...
+    config = _replay_config(_parser().parse_args(["replay", "x.mp4", "--speed", "4"]))
+    assert config.source.realtime and config.source.speed == 4
+    # ... and a config file that asks for a speed without pacing is told so.
+    path = tmp_path / "c.yaml"
+    path.write_text("source:\n  speed: 4\n")
+    with pytest.raises(ConfigError, match=r"source: .*set realtime: true"):
+        load_config(path)
+    assert load_config(None, {"source": {"realtime": True, "speed": 4}}).source.speed == 4
