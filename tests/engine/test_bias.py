@@ -26,8 +26,19 @@ def test_alpha_zero_is_stock_sdpa_bit_for_bit(qwen: QwenVLBackend) -> None:
         assert torch.equal(a, b)
     for (k0, v0), (k1, v1) in zip(cache_of(plain), cache_of(zero), strict=True):
         assert torch.equal(k0, k1) and torch.equal(v0, v1)
-    # Heads were still measured on the way.
-    assert zero.ledger.of("utterance")
+    # Heads were still measured on the way, in every layer of the range, and nothing moved.
+    for session in (plain, zero):
+        frame, views = scene(9.0, "P2", seed=9)
+        session.append_frames([frame], [views])
+    report = zero.append_utterance("P2", "You found the shortcut by the lake.", bias=True)
+    plain.append_utterance("P2", "You found the shortcut by the lake.", bias=False)
+    assert torch.equal(plain.last_logits, zero.last_logits)
+    assert sorted(report.records) == [0, 1, 2, 3]
+    for record in report.records.values():
+        heads = qwen.text_config.num_attention_heads
+        assert record.scores.shape == (heads,) and (record.scores > 0).all()
+        assert (record.speaker_mass > 0).all()
+        assert torch.equal(record.speaker_mass_biased, record.speaker_mass)
 
 
 def test_bias_raises_speaker_attention_in_selected_heads_only(qwen: QwenVLBackend) -> None:

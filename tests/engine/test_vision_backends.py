@@ -47,15 +47,37 @@ def test_bias_off_is_exact_and_on_moves_only_active_heads(backend: VisionBackend
     assert torch.equal(converse(plain, turns=2)[-1], converse(zero, turns=2, bias=True)[-1])
     for (k0, v0), (k1, v1) in zip(cache_of(plain), cache_of(zero), strict=True):
         assert torch.equal(k0, k1) and torch.equal(v0, v1)
-    biased = Session(backend, EngineConfig(bias=BiasConfig(layers=(1, 3))))
-    biased.append_system("Who is the speaker talking to?")
-    frame, views = scene(0.0, "P2", seed=3)
-    biased.append_frames([frame], [views])
-    report = biased.append_utterance("P2", "You found the shortcut by the lake.")
-    assert set(report.records) == {1, 2}
-    first = report.records[1]
-    assert (first.speaker_mass_biased[first.active] > first.speaker_mass[first.active]).all()
-    assert torch.equal(first.speaker_mass_biased[~first.active], first.speaker_mass[~first.active])
+    layer = 1
+
+    def turn(alpha: float, threshold: float, captured: list[torch.Tensor]):
+        session = Session(backend, EngineConfig(bias=BiasConfig(
+            alpha=alpha, threshold=threshold, layers=(layer, layer + 1))))
+        session.append_system("Who is the speaker talking to?")
+        frame, views = scene(0.0, "P2", seed=3)
+        session.append_frames([frame], [views])
+        o_proj = backend.decoder.layers[layer].self_attn.o_proj
+        hook = o_proj.register_forward_pre_hook(lambda _m, args: captured.append(args[0].clone()))
+        try:
+            return session.append_utterance("P2", "You found the shortcut by the lake.")
+        finally:
+            hook.remove()
+
+    before: list[torch.Tensor] = []
+    measured = turn(0.0, 0.0, before).records[layer]
+    # A threshold between the heads' scores, so that some heads are active and some not
+    # (at the default nearly every head of a random model passes).
+    after: list[torch.Tensor] = []
+    report = turn(1.0, float(measured.scores.median()), after)
+    record = report.records[layer]
+    active = record.active
+    assert 0 < int(active.sum()) < len(active)
+    assert (record.speaker_mass_biased[active] > record.speaker_mass[active]).all()
+    assert torch.equal(record.speaker_mass_biased[~active], record.speaker_mass[~active])
+    heads = len(active)
+    plain, biased = (x[0].view(x.shape[1], heads, -1) for x in (before[0], after[0]))
+    assert torch.equal(plain[:, ~active], biased[:, ~active])  # the real layer outputs
+    rows = len(report.span)
+    assert not torch.allclose(plain[-rows:, active], biased[-rows:, active])
 
 
 def test_each_family_loads_from_a_local_directory(backend: VisionBackend, tmp_path) -> None:
