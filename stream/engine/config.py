@@ -26,7 +26,11 @@ class EngineConfig(BaseModel):
 
     bias: BiasConfig = BiasConfig()
     max_tokens: int | None = Field(None, gt=0)
-    """Context budget in cached tokens; None keeps everything."""
+    """Context budget in cached tokens; None: half of `max_positions` (everything for a model
+    without a position limit), so that a rebase always has room to work in."""
+    max_positions: int | None = Field(None, gt=0)
+    """Rotary positions the session may use; None: the model's `max_position_embeddings`.
+    Before they run out, the kept conversation is re-encoded from position 0 (a rebase)."""
     keep_turns: int = Field(4, ge=0)
     """Utterances never evicted: the most recent ones."""
     evict_to: float = Field(0.8, gt=0, le=1)

@@ -30,7 +30,11 @@ from stream.frames import PlayerView, VideoFrame
 
 
 class ContextFull(RuntimeError):
-    """The budget is smaller than what may never be evicted."""
+    """The budget is smaller than what may never be evicted, or positions ran out."""
+
+
+HEADROOM = 256
+"""Positions kept free after the conversation for the questions asked on top of it."""
 
 
 @dataclass
@@ -87,6 +91,12 @@ class Session:
         """Next-token logits after the last appended token."""
         self.layers = self.config.bias.layer_range(backend.text_config.num_hidden_layers)
         self.evictions = 0
+        self.rebases = 0
+        self.max_positions = self.config.max_positions or getattr(
+            backend.text_config, "max_position_embeddings", None)
+        self.budget = self.config.max_tokens
+        if self.budget is None and self.max_positions is not None:
+            self.budget = self.max_positions // 2
 
     def _implementations(self, name: str) -> str | dict[str, str]:
         # Only the text decoder is biased; a vision tower keeps sdpa.
@@ -114,13 +124,14 @@ class Session:
         whole = chunks[0]
         for chunk in chunks[1:]:
             whole = whole + chunk
+        self._make_room(whole.advance)
         # One prefill for all of them; the ledger still gets a span per chunk (a frame, or
         # with Qwen2.5-VL's video mode the turn's frames as one video).
         self._prefill(whole)
         spans, position = [], self.next_position
         for chunk in chunks:
             spans.append(self.ledger.append("frame", len(chunk), position, ids=chunk.ids,
-                                            **chunk.meta))
+                                            chunk=chunk, **chunk.meta))
             position += chunk.advance
         self.next_position = position
         self._evict()
@@ -131,9 +142,11 @@ class Session:
         """The utterance as `P2: text`; biased toward P2's tokens in this turn's frames."""
         prefix = self.backend.text(f"{player or 'Someone'}:")
         chunk = prefix + self.backend.text(f" {text.strip()}\n")
+        self._make_room(chunk.advance)
         frames = self.ledger.since_last("utterance", "frame")
         plan = self._plan(player, frames, range(len(prefix), len(chunk)), export) if bias else None
-        span = self._append("utterance", chunk, plan, player=player, text=text)
+        span = self._append("utterance", chunk, plan, player=player, text=text,
+                            biased=range(len(prefix), len(chunk)) if bias else None)
         return UtteranceReport(span, plan.records if plan else {}, frames)
 
     def _plan(self, player: str | None, frames: list[Span], queries: range,
@@ -160,8 +173,10 @@ class Session:
 
     def _append(self, kind: SpanKind, chunk: Chunk, plan: BiasPlan | None = None,
                 **meta: object) -> Span:
+        self._make_room(chunk.advance)
         self._prefill(chunk, plan)
-        span = self.ledger.append(kind, len(chunk), self.next_position, ids=chunk.ids, **meta)
+        span = self.ledger.append(kind, len(chunk), self.next_position, ids=chunk.ids,
+                                  chunk=chunk, **meta)
         self.next_position += chunk.advance
         self._evict()
         return span
@@ -268,7 +283,7 @@ class Session:
     # --- eviction -------------------------------------------------------------------
 
     def _evict(self) -> None:
-        budget = self.config.max_tokens
+        budget = self.budget
         if budget is None or self.length <= budget:
             return
         target = int(budget * self.config.evict_to)
@@ -313,6 +328,47 @@ class Session:
         old = spans[:recent]
         return ([s for s in old if s.kind == "frame"] + [s for s in old if s.kind == "utterance"]
                 + [s for s in spans[recent:building] if s.kind == "frame"])
+
+    # --- positions ------------------------------------------------------------------
+
+    def _make_room(self, advance: int) -> None:
+        """Before positions pass the model's range, re-encode the kept conversation from 0.
+
+        Eviction keeps positions (see README), so they grow with the conversation: about
+        90k an hour at the demo's pace, against 128k for Qwen2.5-VL and 8k for SmolLM2.
+        A rebase costs one prefill of what is kept (at most the budget) and happens once
+        per `max_positions - budget` positions.
+        """
+        limit = self.max_positions
+        if limit is None or self.next_position + advance + HEADROOM <= limit:
+            return
+        kept = sum(span.meta["chunk"].advance for span in self.ledger.spans)
+        if kept + advance + HEADROOM > limit:
+            raise ContextFull(
+                f"the model's {limit} positions cannot hold what the session keeps ({kept} "
+                f"positions) and {advance} more; lower engine.max_tokens so that older turns "
+                "are evicted")
+        self._rebase()
+
+    @torch.no_grad()
+    def _rebase(self) -> None:
+        """The kept spans again, in order, from position 0, each utterance biased as before
+        toward the frames of its turn."""
+        spans = self.ledger.spans
+        self.cache = growing_cache(self.backend.text_config)
+        self.ledger, self.next_position = Ledger(), 0
+        for span in spans:
+            meta = {k: v for k, v in span.meta.items() if k not in ("chunk", "ids")}
+            chunk: Chunk = span.meta["chunk"]
+            plan = None
+            if span.kind == "utterance" and meta.get("biased") is not None:
+                frames = self.ledger.since_last("utterance", "frame")
+                plan = self._plan(meta["player"], frames, meta["biased"], export=False)
+            self._prefill(chunk, plan)
+            self.ledger.append(span.kind, len(chunk), self.next_position, ids=chunk.ids,
+                               chunk=chunk, **meta)
+            self.next_position += chunk.advance
+        self.rebases += 1
 
 
 def _require_full_attention(cache: DynamicCache, config: PretrainedConfig) -> None:

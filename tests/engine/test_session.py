@@ -206,3 +206,62 @@ def test_a_sliding_window_model_is_refused_with_a_clear_error(tokenizer, window)
         session.append_frames([frame], [views])
         assert session.append_utterance("P1", CORPUS[turn]).records
     assert session.evictions > 0
+
+
+def _rebasing_session(backend: TextBackend) -> Session:
+    session = Session(backend, EngineConfig(max_tokens=200, max_positions=600, keep_turns=2,
+                                            bias=BiasConfig(layers=(0, 4))))
+    session.append_system("Who is the speaker talking to?")
+    return session
+
+
+def test_a_rebase_restarts_positions_at_0_with_exactly_what_was_kept(llama: TextBackend) -> None:
+    session = Session(llama, EngineConfig(max_tokens=200, keep_turns=2))
+    session.append_system("Who is the speaker talking to?")
+    for turn in range(30):
+        frame, views = scene(turn * 1.0, f"P{turn % 3 + 1}", seed=turn)
+        session.append_frames([frame], [views])
+        session.append_utterance(f"P{turn % 3 + 1}", CORPUS[turn % 6], bias=False)
+    assert session.evictions > 0 and session.rebases == 0
+
+    def plain_forward() -> torch.Tensor:
+        ids = [i for s in session.ledger.spans for i in s.meta["ids"]]
+        with torch.no_grad():
+            return llama.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+
+    # Evicted spans left gaps in the kept positions: not what a plain forward computes ...
+    assert (session.last_logits - plain_forward()).abs().max() > 1e-3
+    kept = [(s.kind, s.meta["ids"]) for s in session.ledger.spans]
+    session._rebase()
+    # ... after the rebase, the same spans from position 0 without gaps: exactly that.
+    spans = session.ledger.spans
+    assert [(s.kind, s.meta["ids"]) for s in spans] == kept and session.rebases == 1
+    assert spans[0].position == 0 and all(
+        b.position == a.position + a.meta["chunk"].advance for a, b in itertools.pairwise(spans))
+    assert session.next_position == sum(s.meta["chunk"].advance for s in spans)
+    assert (session.last_logits - plain_forward()).abs().max() < 1e-6  # 7e-8 measured
+
+
+def test_positions_stay_inside_the_model_range_and_bias_survives_rebases(
+        llama: TextBackend) -> None:
+    from stream.engine.session import HEADROOM
+
+    session = _rebasing_session(llama)
+    for turn in range(60):
+        frame, views = scene(turn * 1.0, f"P{turn % 3 + 1}", seed=turn)
+        session.append_frames([frame], [views])
+        report = session.append_utterance(f"P{turn % 3 + 1}", CORPUS[turn % 6])
+        assert report.records, turn
+        assert session.next_position + HEADROOM <= 600, turn
+        positions = [s.position for s in session.ledger.spans]
+        assert positions == sorted(positions)
+    assert session.rebases >= 3 and session.evictions > 0
+    assert session.ask(QUESTION, ["P1", "P2"])
+
+
+def test_a_budget_too_big_for_the_positions_is_a_clear_error(llama: TextBackend) -> None:
+    session = Session(llama, EngineConfig(max_tokens=5000, max_positions=600))
+    session.append_system("Who is the speaker talking to?")
+    with pytest.raises(ContextFull, match=r"600 positions cannot hold .* lower engine\.max_tokens"):
+        for turn in range(60):
+            session.append_utterance("P1", CORPUS[turn % 6], bias=False)
