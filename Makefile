@@ -1,7 +1,9 @@
 # Two commands matter: `make demo` and `make test`. Both set up .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
-# The CPU wheel of torch; a GPU user sets e.g. TORCH="torch==2.13.0 --index-url <their CUDA index>".
+# Installed before the package. Which build pip picks depends on its index: a local CPU wheel
+# on this project's machines, the CUDA build from the public index on Linux. Choose with e.g.
+# TORCH="torch==2.13.0 --index-url <PyTorch's CPU or CUDA wheel index>" (README: Two commands).
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
