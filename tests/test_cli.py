@@ -164,15 +164,3 @@ def test_verbosity_is_taken_before_or_after_the_subcommand() -> None:
     assert parse(["replay", "x.mp4", "-vv"]).verbose == 2
     assert parse(["live", "udp://h:1", "-v"]).verbose == 1
     assert parse(["bench", "replay", "-vv"]).verbose == 2
-
-
-def test_pulse_audio_is_refused_with_the_alsa_way_in() -> None:
-    import pytest
-
-    from pipelines.live import live_inputs
-    from stream.errors import UserError
-
-    with pytest.raises(UserError, match="no PulseAudio input; use alsa:default"):
-        live_inputs("/dev/video0", audio_device="pulse:default")
-    assert [i.url for i in live_inputs("/dev/video0", audio_device="alsa:default")][-1] == \
-        "default"

@@ -121,8 +121,11 @@ def test_input_choices() -> None:
     assert live_inputs("-")[0].reconnect is False
     rtsp = live_inputs("rtsp://0.0.0.0:8554/live", listen=True, options={"timeout": "5"})
     assert rtsp[0].options == {"rtsp_flags": "listen", "listen_timeout": "10", "timeout": "5"}
-    with pytest.raises(UserError, match="alsa:DEVICE or pulse:DEVICE"):
+    with pytest.raises(UserError, match="name a microphone as alsa:DEVICE"):
         live_inputs("/dev/video0", audio_device="mic")
+    # This FFmpeg has no PulseAudio input: say so, and how to get at Pulse anyway.
+    with pytest.raises(UserError, match="no PulseAudio input; use alsa:default"):
+        live_inputs("/dev/video0", audio_device="pulse:default")
     bad = run_cli("live", "udp://127.0.0.1:9", "--option", "novalue")
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
     bad = run_cli("live", "udp://127.0.0.1:9", "--format", "nosuchformat")
