@@ -68,6 +68,19 @@ class Stage(ABC):
         """End of stream on every input: return whatever is still pending."""
         return ()
 
+    def holdback(self) -> float | None:
+        """The earliest media time this stage may still emit at, while it holds something
+        that could still come out whatever arrives next (an open speech segment that ends
+        when its audio does); None otherwise. The stage's progress never passes it, so
+        what it emits later is never behind what it already promised."""
+        return None
+
+    async def advance(self, pts: float) -> Sequence[Item]:
+        """Progress on the merged inputs reached `pts` without an item (a watermark): for a
+        stage whose pending state ends when time passes, e.g. speech whose audio stopped
+        while the video goes on."""
+        return ()
+
     async def stop(self) -> None:
         """Always called once the stage is done, also after an error (close files here)."""
 
@@ -393,7 +406,9 @@ class Pipeline:
                 heads[rank] = None
                 node.current_pts = item.pts
                 if isinstance(item, Watermark):
-                    await self._emit(node, (), item.pts)
+                    before = stage.holdback()
+                    outputs = await self._guard(node, stage.advance(item.pts))
+                    await self._emit(node, outputs, _held(item.pts, before, stage.holdback()))
                 else:
                     await self._process(node, stage, item, item.pts)
                 continue
@@ -406,10 +421,11 @@ class Pipeline:
     async def _process(self, node: _Node, stage: Stage, item: Item, progress: float) -> None:
         node.current_pts = item.pts
         node.metrics.items_in += 1
+        before = stage.holdback()
         began = time.perf_counter()
         outputs = await self._guard(node, stage.process(item))
         node.metrics.latencies.append(time.perf_counter() - began)
-        await self._emit(node, outputs, progress)
+        await self._emit(node, outputs, _held(progress, before, stage.holdback()))
 
     async def _emit(self, node: _Node, outputs: Sequence[Item], consumed_pts: float) -> None:
         floor = max(node.frontier, consumed_pts)
@@ -451,6 +467,12 @@ class Pipeline:
 
     def metrics_table(self) -> Table:
         return metrics_table(self.stage_metrics())
+
+
+def _held(progress: float, *holdbacks: float | None) -> float:
+    """How far a stage has come: what it consumed, but never past its holdback before or
+    after the step (what it emits in the step is checked against this)."""
+    return min([progress, *(h for h in holdbacks if h is not None)])
 
 
 def _merge_key(item: Item | None, rank: int) -> tuple[float, int, int]:

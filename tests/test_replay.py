@@ -107,7 +107,7 @@ class _SlowEngine(Stage):
     name = "engine"
     inputs = (Turn,)
 
-    def __init__(self, config: object) -> None:
+    def __init__(self, config: object, names: object = None) -> None:
         pass
 
     async def process(self, item: Item) -> Sequence[Item]:

@@ -3,6 +3,12 @@
 Start and stop delays are configured in seconds and turned into frame counts.
 Speech is confirmed after `min_speech_s` of voiced frames and closed after
 `hangover_s` of silence; the closed segment ends at its last voiced frame.
+
+Audio may stop while the rest of the media goes on (a file whose audio track is
+shorter, a live feed stopped mid-sentence). Open speech is then closed at the
+audio's own last moment: the stage holds its progress there while speech is
+open, and closes the segment once the media has moved `AUDIO_GONE_S` past the
+last audio it heard.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from stream.frames import (
     VoiceFrame,
 )
 from stream.runtime import Stage
+
+AUDIO_GONE_S = 1.0
+"""Media time without audio after which open speech is closed where the audio stopped."""
 
 
 class VadConfig(BaseModel):
@@ -95,13 +104,27 @@ class VoiceActivity:
         self._buffer_pts += whole / SAMPLE_RATE
         return events
 
+    @property
+    def heard(self) -> float:
+        """Media time up to which audio has been fed."""
+        return self._buffer_pts + len(self._buffer) / SAMPLE_RATE
+
+    @property
+    def speaking(self) -> bool:
+        """A segment is open: it will be emitted, at the latest when the audio ends."""
+        return self.state in (_State.SPEAKING, _State.STOPPING)
+
+    @property
+    def closes_at(self) -> float:
+        """The media time an open segment would be emitted at if the audio ended now."""
+        return max(self.heard, self._last_voiced_end)
+
     def flush(self) -> list[Item]:
         """End of audio: close an open segment at its last voiced frame."""
         events: list[Item] = []
-        if self.state in (_State.SPEAKING, _State.STOPPING):
-            heard = self._buffer_pts + len(self._buffer) / SAMPLE_RATE
-            events.append(SpeechSegment(pts=max(heard, self._last_voiced_end),
-                                        start=self._run_start, end=self._last_voiced_end))
+        if self.speaking:
+            events.append(SpeechSegment(pts=self.closes_at, start=self._run_start,
+                                        end=self._last_voiced_end))
         self.reset()
         return events
 
@@ -148,3 +171,11 @@ class VadStage(Stage):
 
     async def finish(self) -> Sequence[Item]:
         return self.core.flush()
+
+    def holdback(self) -> float | None:
+        return self.core.closes_at if self.core.speaking else None
+
+    async def advance(self, pts: float) -> Sequence[Item]:
+        if self.core.speaking and pts > self.core.heard + AUDIO_GONE_S:
+            return self.core.flush()  # the audio stopped mid-speech; the media goes on
+        return ()
