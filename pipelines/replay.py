@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pipelines.config import ReplayConfig
 from stream.audio.recognizer import RecognizerStage
 from stream.audio.vad import VadStage
 from stream.engine.predict import EngineStage
+from stream.errors import UserError
 from stream.frames import (
     AudioChunk,
     Item,
@@ -106,6 +108,8 @@ def build_replay(media: str, config: ReplayConfig, sinks: Sequence[Stage],
     source = MediaSource(media, pacer=Pacer(src.speed if src.realtime else None),
                          video_fps=src.video_fps, video_size=src.video_size)
     lines = resolve_transcript(media, transcript)
+    refuse_input_as_output(config.output.out, {"the media": media,
+                                               "the transcript": lines and lines.path})
     pipe = Pipeline()
     pipe.add(source)
     if lines is not None:
@@ -185,6 +189,20 @@ async def run_pipeline(pipeline: Pipeline, media_s: float | None,
         await pipeline.run()
     return ReplayReport(wall_s=time.perf_counter() - began, media_s=media_s,
                         interrupted=pipeline.stop_requested, metrics=pipeline.metrics())
+
+
+def refuse_input_as_output(out: Path | None, inputs: dict[str, str | None]) -> None:
+    """An --out that is one of the run's inputs would destroy it while it is read."""
+    if out is None:
+        return
+    for role, given in inputs.items():
+        if given is None or given == "-" or "://" in given:
+            continue
+        path = Path(given)
+        same = out.exists() and path.exists() and os.path.samefile(out, path)
+        if same or out.resolve() == path.resolve():
+            raise UserError(f"--out {out}: is an input of this run ({role}); writing events "
+                            "there would destroy it: choose another file")
 
 
 def session_id(media: str, config: ReplayConfig) -> str:

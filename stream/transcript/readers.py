@@ -60,11 +60,35 @@ class Transcript:
 
 
 def find_sidecar(media: str) -> Path | None:
-    """`demo.srt`, `.vtt` or `.jsonl` beside `demo.mp4`, if there is one."""
+    """`demo.jsonl`, `.vtt` or `.srt` beside `demo.mp4`, if there is one; never our own
+    event output (`--out demo.jsonl` beside the media), which is skipped with a warning."""
     if media == "-" or "://" in media:
         return None
     base = Path(media)
-    return next((base.with_suffix(s) for s in SUFFIXES if base.with_suffix(s).is_file()), None)
+    for suffix in SUFFIXES:
+        path = base.with_suffix(suffix)
+        if not path.is_file():
+            continue
+        schema = event_schema(path)
+        if schema is None:
+            return path
+        log.warning("%s is socialstream's own event output (%s), not a transcript: not used "
+                    "as one", path, schema)
+    return None
+
+
+def event_schema(path: Path) -> str | None:
+    """The `schema` of the first line when the file holds socialstream events, else None."""
+    if path.suffix.lower() != ".jsonl":
+        return None
+    try:
+        with path.open("rb") as file:
+            first = file.readline(1 << 16)
+        record = json.loads(first)
+    except (OSError, ValueError, RecursionError):
+        return None
+    schema = record.get("schema") if isinstance(record, dict) else None
+    return schema if isinstance(schema, str) and schema.startswith("socialstream.") else None
 
 
 def read_transcript(path: str | Path) -> Transcript:
@@ -78,6 +102,9 @@ def read_transcript(path: str | Path) -> Transcript:
     except OSError as exc:
         raise TranscriptError(f"{path}: cannot read transcript ({exc.strerror}); "
                               "check the path") from exc
+    if (schema := event_schema(path)) is not None:
+        raise TranscriptError(f"{path}: this is socialstream's own event output ({schema}), "
+                              "not a transcript; give the SRT, WebVTT or JSONL transcript")
     transcript = Transcript(str(path))
     text = raw.decode("utf-8-sig", errors="replace")
     if "\ufffd" in text:
