@@ -1,16 +1,18 @@
-"""JSON lines to stdout or a file, one event per line, flushed per event.
+"""JSON lines to stdout or a file, one event per line, written through at once.
 
-Flushing per event means whatever was emitted before a crash or Ctrl-C is on
-disk; the file is closed when the stage stops, error or not.
+Each event is one write of a whole line, so whatever was emitted before a crash
+or Ctrl-C is on disk. A write that fails part-way (a full disk, a file size
+limit) is cut back to the last whole line before the error is raised, so the
+file never ends in half an event; the error names the file and the reason.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
 
 from stream.errors import UserError
 from stream.events import dumps, prediction_event, turn_event
@@ -28,15 +30,16 @@ class JsonlSink(Stage):
         self.names = names or {}
         self.path = path
         self.written = 0
-        self._out: TextIO | None = None
+        self._fd: int | None = None
+        self._size = 0
+        """Bytes of whole lines in the file."""
 
     async def start(self) -> None:
         if self.path is None:
-            self._out = sys.stdout
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._out = self.path.open("w", encoding="utf-8")
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except OSError as exc:
             raise UserError(f"{self.path}: cannot write events ({exc.strerror}); "
                             "choose another --out") from exc
@@ -49,23 +52,34 @@ class JsonlSink(Stage):
         return ()
 
     def write(self, event: dict) -> None:
-        assert self._out is not None, "start() opens the output"
+        line = dumps(event) + "\n"
         try:
-            self._out.write(dumps(event) + "\n")
-            self._out.flush()
+            if self.path is None:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            else:
+                self._write_whole(line.encode("utf-8"))
         except OSError as exc:
-            if self._out is not sys.stdout:  # what is buffered cannot be written either
-                with contextlib.suppress(OSError):
-                    self._out.close()
-                self._out = None
             raise self._failed(exc) from exc
         self.written += 1
 
+    def _write_whole(self, data: bytes) -> None:
+        assert self._fd is not None, "start() opens the output"
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(self._fd, data[done:])
+        except OSError:
+            with contextlib.suppress(OSError):  # a device (/dev/full) cannot be cut back
+                os.ftruncate(self._fd, self._size)
+            raise
+        self._size += len(data)
+
     async def stop(self) -> None:
-        out, self._out = self._out, None
-        if out is not None and out is not sys.stdout:
+        fd, self._fd = self._fd, None
+        if fd is not None:
             try:
-                out.close()
+                os.close(fd)
             except OSError as exc:
                 raise self._failed(exc) from exc
 
