@@ -91,8 +91,9 @@ def _view(view: PlayerView) -> dict[str, Any]:
 
 
 def dumps(event: dict[str, Any]) -> str:
-    """Stable serialisation: same event, same bytes."""
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    """Stable serialisation: same event, same bytes. Strict JSON: NaN and Infinity raise
+    (readers reject them first, so this is a last guard)."""
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def turn_schema() -> dict[str, Any]:

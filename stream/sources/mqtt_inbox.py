@@ -26,6 +26,7 @@ import aiomqtt
 from stream.broker import MqttConfig, broker_address, mqtt_client
 from stream.frames import Item, TranscriptLine, Watermark
 from stream.runtime import Source
+from stream.transcript.readers import is_seconds
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,9 @@ def parse_line(text: str, origin: str) -> TranscriptLine | None:
         record: Any = json.loads(text)
         start, end, words = record["start"], record["end"], record["text"]
         speaker = record.get("speaker")
-        if (not isinstance(words, str) or not all(isinstance(v, int | float) for v in (start, end))
+        if (not isinstance(words, str) or not all(is_seconds(v) for v in (start, end))
                 or not 0 <= start <= end or (speaker is not None and not isinstance(speaker, str))):
-            raise ValueError("needs numeric 0 <= start <= end and a string text")
+            raise ValueError("needs finite numbers 0 <= start <= end and a string text")
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         log.warning("skipping transcript message %s: %s", origin, exc)
         return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,6 +58,12 @@ class Transcript:
             return
         self.lines.append(TranscriptLine(pts=end, start=start, end=end, text=text.strip(),
                                          speaker=speaker, origin=f"{self.path}:{line_no}"))
+
+
+def is_seconds(value: object) -> bool:
+    """A time as JSON gives it: an int or float that is finite (`true`, NaN and Infinity,
+    which Python's json accepts, are not times)."""
+    return type(value) in (int, float) and math.isfinite(value)  # type: ignore[arg-type]
 
 
 def find_sidecar(media: str) -> Path | None:
@@ -183,8 +190,8 @@ def _parse_jsonl(text: str, transcript: Transcript) -> None:
             continue
         start, end, words = record.get("start"), record.get("end"), record.get("text")
         speaker = record.get("speaker")
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (start, end)):
-            transcript.skip(number, "needs numeric 'start' and 'end' (seconds)")
+        if not all(is_seconds(v) for v in (start, end)):
+            transcript.skip(number, "needs finite numbers 'start' and 'end' (seconds)")
         elif not isinstance(words, str):
             transcript.skip(number, "needs a string 'text'")
         elif speaker is not None and not isinstance(speaker, str):
