@@ -22,6 +22,7 @@ from pipelines.config import ReplayConfig, load_config
 from pipelines.live import LivePipelineConfig, build_live, live_inputs, run_live
 from pipelines.replay import Replay, ReplayReport, build_replay, run_replay, session_id
 from stream.errors import UserError
+from stream.events import check_session, new_run
 from stream.runtime import PipelineError, Stage
 from stream.sinks.console import ConsoleSink
 from stream.sinks.jsonl import JsonlSink
@@ -172,7 +173,8 @@ def _live(args: argparse.Namespace, stderr: Console) -> int:
         "recognizer": {"enabled": args.asr},
         "engine": {"model": args.model},
     }, model=LivePipelineConfig)
-    session = config.output.session or "live"
+    session = check_session(config.output.session) if config.output.session is not None \
+        else "live"
     inputs = live_inputs(args.target, fmt=args.format, audio_device=args.audio,
                          listen=args.listen, options=options)
     live = build_live(inputs, config, _sinks(args, config, session), session)
@@ -189,13 +191,14 @@ def _live(args: argparse.Namespace, stderr: Console) -> int:
 
 def _sinks(args: argparse.Namespace, config: ReplayConfig, session: str) -> list[Stage]:
     names = config.perception.names
-    stdout: Stage = JsonlSink(session, names=names) if args.json \
+    run = new_run()  # one per run, shared by every sink: ids match across outputs
+    stdout: Stage = JsonlSink(session, names=names, run=run) if args.json \
         else ConsoleSink(Console(soft_wrap=True), names)
     sinks = [stdout]
     if config.output.out is not None:
-        sinks.append(JsonlSink(session, config.output.out, names))
+        sinks.append(JsonlSink(session, config.output.out, names, run))
     if config.mqtt.url is not None:
-        sinks.append(MqttSink(config.mqtt, session, names))
+        sinks.append(MqttSink(config.mqtt, session, names, run))
     return sinks
 
 

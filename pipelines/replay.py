@@ -20,6 +20,7 @@ from stream.audio.recognizer import RecognizerStage
 from stream.audio.vad import VadStage
 from stream.engine.predict import EngineStage
 from stream.errors import UserError
+from stream.events import check_session, safe_session
 from stream.frames import (
     AudioChunk,
     Item,
@@ -206,7 +207,10 @@ def refuse_input_as_output(out: Path | None, inputs: dict[str, str | None]) -> N
 
 
 def session_id(media: str, config: ReplayConfig) -> str:
-    """The configured session id, else the media's stem (`stdin` for a pipe)."""
-    if config.output.session:
-        return config.output.session
-    return "stdin" if media == "-" else Path(media.split("?")[0].rstrip("/")).stem or "session"
+    """The configured session id (checked), else one made from the media's stem (`stdin`
+    for a pipe)."""
+    if config.output.session is not None:
+        return check_session(config.output.session)
+    if media == "-":
+        return "stdin"
+    return safe_session(Path(media.split("?")[0].rstrip("/")).stem)

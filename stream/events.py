@@ -3,29 +3,57 @@
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from importlib import resources
 from typing import Any
 
+from stream.errors import UserError
 from stream.frames import PerceivedFrame, PlayerView, Prediction, Turn
 
-TURN_SCHEMA = "socialstream.turn/2"
+TURN_SCHEMA = "socialstream.turn/3"
 SPEAKER_SCHEMA = "socialstream.speaker/1"
-PREDICTION_SCHEMA = "socialstream.prediction/1"
+PREDICTION_SCHEMA = "socialstream.prediction/2"
+
+
+_NOT_IN_A_SESSION_ID = re.compile(r"[/+#\x00-\x1f\x7f]")
+"""Topic separators and wildcards (MQTT), and control characters."""
+
+
+def check_session(session: str, what: str = "--session") -> str:
+    """A session id is one MQTT topic level: no '/', '+' or '#', not empty."""
+    if not session or _NOT_IN_A_SESSION_ID.search(session):
+        raise UserError(f"{what} {session!r}: a session id must be non-empty and free of '/', "
+                        "'+', '#' and control characters (it is one MQTT topic level)")
+    return session
+
+
+def safe_session(name: str) -> str:
+    """A session id made from a name (a media file's stem): forbidden characters become '_'."""
+    return _NOT_IN_A_SESSION_ID.sub("_", name) or "session"
+
+
+def new_run() -> str:
+    """An id for one run of a session: event ids stay unique across runs of the same
+    session, so a subscriber that drops duplicates by id never drops a later run's events."""
+    return secrets.token_hex(4)
 
 
 def _t(seconds: float) -> float:
     return round(seconds, 3)
 
 
-def turn_event(turn: Turn, session: str, names: dict[str, str] | None = None) -> dict[str, Any]:
+def turn_event(turn: Turn, session: str, names: dict[str, str] | None = None,
+               run: str = "0") -> dict[str, Any]:
     """One turn as a JSON-ready dict; times in seconds on the session clock, to the ms."""
     vote = turn.vote
     speaker = vote.speaker if vote is not None else None
     name = (names or {}).get(speaker) if speaker is not None else None
     return {
         "schema": TURN_SCHEMA,
-        "id": f"{session}/turn/{turn.index}",
+        "id": f"{session}/{run}/turn/{turn.index}",
         "session": session,
+        "run": run,
         "turn": turn.index,
         "start": _t(turn.start),
         "end": _t(turn.end),
@@ -46,10 +74,11 @@ def turn_event(turn: Turn, session: str, names: dict[str, str] | None = None) ->
     }
 
 
-def prediction_event(prediction: Prediction, session: str) -> dict[str, Any]:
+def prediction_event(prediction: Prediction, session: str, run: str = "0") -> dict[str, Any]:
     """The engine's answers about one turn (the MQTT `prediction` topic).
 
-    Deterministic for a given model and input (no wall-clock fields), so replays compare.
+    Deterministic for a given model and input (no wall-clock fields), so replays compare
+    (all but `id` and `run`).
     """
     answers: dict[str, Any] = {"addressee": None, "pronouns": [], "mentioned": None}
     for a in prediction.answers:
@@ -61,8 +90,9 @@ def prediction_event(prediction: Prediction, session: str) -> dict[str, Any]:
             answers[a.task] = entry
     return {
         "schema": PREDICTION_SCHEMA,
-        "id": f"{session}/prediction/{prediction.turn}",
+        "id": f"{session}/{run}/prediction/{prediction.turn}",
         "session": session,
+        "run": run,
         "turn": prediction.turn,
         "start": _t(prediction.start),
         "end": _t(prediction.end),

@@ -85,7 +85,7 @@ def test_collect_keeps_turn_objects_with_frames(demo: Path) -> None:
     assert collect.turns[0].keyframes[0].image.shape == (480, 640, 3)
     assert report.real_time_factor is not None and not report.interrupted
     assert report.metrics["vad"]["items_in"] > 0
-    assert turn_event(collect.turns[0], "s")["id"] == "s/turn/0"
+    assert turn_event(collect.turns[0], "s", run="r1")["id"] == "s/r1/turn/0"
 
 
 def test_offline_recognizer_gives_turns_words(demo: Path, tmp_path: Path) -> None:

@@ -25,8 +25,8 @@ class JsonlSink(Stage):
     inputs = (Turn, Prediction)
 
     def __init__(self, session: str, path: Path | None = None,
-                 names: dict[str, str] | None = None) -> None:
-        self.session = session
+                 names: dict[str, str] | None = None, run: str = "0") -> None:
+        self.session, self.run = session, run
         self.names = names or {}
         self.path = path
         self.written = 0
@@ -46,9 +46,9 @@ class JsonlSink(Stage):
 
     async def process(self, item: Item) -> Sequence[Item]:
         if isinstance(item, Turn):
-            self.write(turn_event(item, self.session, self.names))
+            self.write(turn_event(item, self.session, self.names, self.run))
         elif isinstance(item, Prediction):
-            self.write(prediction_event(item, self.session))
+            self.write(prediction_event(item, self.session, self.run))
         return ()
 
     def write(self, event: dict) -> None:

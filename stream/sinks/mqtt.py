@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 import aiomqtt
 
@@ -37,7 +38,8 @@ class MqttSink(Stage):
     inputs = (Turn, PerceivedFrame, Prediction)
 
     def __init__(self, config: MqttConfig, session: str,
-                 names: dict[str, str] | None = None) -> None:
+                 names: dict[str, str] | None = None, run: str = "0") -> None:
+        self.run = run
         if config.url is None:
             raise ConfigError("mqtt.url is not set")
         self.config, self.session, self.names = config, session, names or {}
@@ -56,8 +58,7 @@ class MqttSink(Stage):
         """Seconds from an event entering the spool to the broker's acknowledgement."""
 
     async def start(self) -> None:
-        folder = self.config.spool_dir or Path.home() / ".cache" / "socialstream" / "spool"
-        self.spool = Spool(folder / f"{_safe(self.session)}.sqlite", self.config.spool_max)
+        self.spool = Spool(spool_path(self.config, self.session), self.config.spool_max)
         if len(self.spool):
             log.info("%d undelivered events from an earlier run go first", len(self.spool))
         self._task = asyncio.create_task(self._publish_forever(), name="mqtt-publisher")
@@ -65,9 +66,9 @@ class MqttSink(Stage):
     async def process(self, item: Item) -> Sequence[Item]:
         assert self.spool is not None, "start() opens the spool"
         if isinstance(item, Turn | Prediction):
-            kind, event = (("turn", turn_event(item, self.session, self.names))
+            kind, event = (("turn", turn_event(item, self.session, self.names, self.run))
                            if isinstance(item, Turn)
-                           else ("prediction", prediction_event(item, self.session)))
+                           else ("prediction", prediction_event(item, self.session, self.run)))
             queued = self.spool.append(f"{self.topic}/{kind}", dumps(event).encode(), qos=1)
             self._queued_at[queued] = time.monotonic()
             self._wakeup.set()
@@ -146,10 +147,13 @@ class MqttSink(Stage):
 
     def _connect(self) -> aiomqtt.Client:
         return mqtt_client(
-            self.config, identifier=f"socialstream-{_safe(self.session)}",
+            self.config, identifier=f"socialstream-{quote(self.session, safe='')}",
             will=aiomqtt.Will(f"{self.topic}/status", b"offline", qos=1, retain=True),
             keepalive=5)
 
 
-def _safe(session: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in session)
+def spool_path(config: MqttConfig, session: str) -> Path:
+    """One spool file per session; the name quotes the id, so two ids never share a file
+    (a_b and a b used to)."""
+    folder = config.spool_dir or Path.home() / ".cache" / "socialstream" / "spool"
+    return folder / f"{quote(session, safe='')}.sqlite"

@@ -61,7 +61,7 @@ def test_predictor_answers_each_task_with_the_best_scored_candidate(
     assert kinds == ["system", "frame", "frame", "utterance", "frame", "frame", "utterance"]
     event = prediction_event(second, "s")
     jsonschema.validate(event, prediction_schema())
-    assert event["pronouns"][0]["pronoun"] == "he" and event["id"] == "s/prediction/1"
+    assert event["pronouns"][0]["pronoun"] == "he" and event["id"] == "s/0/prediction/1"
 
 
 def test_replay_with_a_real_model_writes_a_valid_prediction_after_each_turn(tmp_path) -> None:
@@ -72,8 +72,8 @@ def test_replay_with_a_real_model_writes_a_valid_prediction_after_each_turn(tmp_
         capture_output=True, text=True, timeout=600, check=False, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in out.read_text().splitlines()]
-    turns = [e for e in events if e["schema"] == "socialstream.turn/2"]
-    predictions = [e for e in events if e["schema"] == "socialstream.prediction/1"]
+    turns = [e for e in events if e["schema"] == "socialstream.turn/3"]
+    predictions = [e for e in events if e["schema"] == "socialstream.prediction/2"]
     assert len(events) == 24 and [e["turn"] for e in turns] == list(range(12))
     assert [e["turn"] for e in predictions] == list(range(12))
     # Predictions come when the model is done (turns never wait for it), each after its turn.
@@ -102,7 +102,7 @@ async def test_predictions_are_spooled_for_the_prediction_topic(tmp_path) -> Non
         await asyncio.sleep(0)
         rows = sink.spool.peek()
         assert [r.topic for r in rows] == ["socialstream/demo/prediction"]
-        assert json.loads(rows[0].payload)["schema"] == "socialstream.prediction/1"
+        assert json.loads(rows[0].payload)["schema"] == "socialstream.prediction/2"
     finally:
         await sink.stop()
 
