@@ -186,6 +186,8 @@ def _live(args: argparse.Namespace, stderr: Console) -> int:
     stderr.print(f"{args.target}: {turns} turns in {report.wall_s:.1f}s; "
                  f"{live.source.reconnects} reconnects, {live.source.video_dropped} stale video "
                  "frames dropped at the source", highlight=False)
+    if live.inbox is not None:
+        stderr.print(live.inbox.summary(), highlight=False)
     return EXIT_INTERRUPTED if report.interrupted and not live.stopped_remotely else 0
 
 

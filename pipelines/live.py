@@ -36,6 +36,7 @@ class Live:
     pipeline: Pipeline
     source: LiveSource
     session: str
+    inbox: MqttInbox | None = None
 
     stopped_remotely: bool = False
 
@@ -88,7 +89,7 @@ def build_live(inputs: list[LiveInput], config: LivePipelineConfig, sinks: Seque
         pipe.add(inbox)
     compose(pipe, config, sinks, has_audio=source.has_audio, has_video=source.has_video,
             transcript=inbox.name if inbox else None, video_policy="latest")
-    live = Live(pipe, source, session)
+    live = Live(pipe, source, session, inbox)
     if inbox is not None:
         inbox.on_control = live.control
     return live

@@ -10,6 +10,12 @@ Lines are released in media-time order like a sidecar's; the inbox sends
 watermarks `latency_s` behind the live clock, so the turn stage never waits
 longer than that for words. A line that arrives later than that still counts:
 it is known from the moment it arrived.
+
+A bad message (not JSON, too large, too deeply nested, wrong fields) is one
+warning and is counted; it never ends the inbox. A broker drops messages
+when a client's queue overflows (Mosquitto: `max_queued_messages`, 1000 by
+default), and nothing tells the client: publishers that number their lines
+(`"seq": 1, 2, ...`) let the inbox count what never arrived.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from stream.transcript.readers import is_seconds
 log = logging.getLogger(__name__)
 
 TICK_S = 0.1
+MAX_PAYLOAD = 64 * 1024
+"""Bytes; a transcript line is a sentence, not a document."""
 
 
 class MqttInbox(Source):
@@ -47,6 +55,9 @@ class MqttInbox(Source):
         self.uri = f"{config.url}/{self.topic}"
         self.received = 0
         self.rejected = 0
+        self.missing = 0
+        """Numbered lines (`seq`) that never arrived: gaps in the numbers seen."""
+        self._last_seq: int | None = None
         self._lines: asyncio.Queue[TranscriptLine] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -112,7 +123,12 @@ class MqttInbox(Source):
                                     self.host, self.port, self.topic)
                     outage, delay = False, self.config.reconnect_min_s
                     async for message in client.messages:
-                        self._handle(str(message.topic), _text(message.payload))
+                        try:
+                            self._handle(str(message.topic), _text(message.payload))
+                        except Exception as exc:  # one bad message never ends the inbox
+                            self.rejected += 1
+                            log.warning("MQTT inbox: skipping a message on %s: %s",
+                                        message.topic, exc)
             except aiomqtt.MqttError as exc:
                 if not outage:
                     log.warning("MQTT inbox: broker %s:%d unreachable (%s); transcript lines "
@@ -131,28 +147,57 @@ class MqttInbox(Source):
             else:
                 log.warning("MQTT control: unknown command %r (use stop or reset)", text[:40])
             return
-        line = parse_line(text, f"{topic}#{self.received + self.rejected + 1}")
-        if line is None:
+        origin = f"{topic}#{self.received + self.rejected + 1}"
+        if len(text) > MAX_PAYLOAD:
+            log.warning("skipping transcript message %s: %d bytes, more than %d", origin,
+                        len(text), MAX_PAYLOAD)
             self.rejected += 1
             return
+        parsed = parse_line(text, origin)
+        if parsed is None:
+            self.rejected += 1
+            return
+        line, seq = parsed
         self.received += 1
+        if seq is not None:
+            if self._last_seq is not None and seq > self._last_seq + 1:
+                self.missing += seq - self._last_seq - 1
+            self._last_seq = seq if self._last_seq is None else max(seq, self._last_seq)
         self._lines.put_nowait(line)
 
+    def summary(self) -> str:
+        """What the inbox got, for the end of a session."""
+        text = (f"MQTT inbox: {self.received} transcript lines received, {self.rejected} "
+                "rejected")
+        if self.missing:
+            text += (f"; {self.missing} transcript lines never arrived (gaps in their seq "
+                     "numbers: the broker may have dropped them, see README: MQTT)")
+        return text
 
-def parse_line(text: str, origin: str) -> TranscriptLine | None:
-    """A transcript line from a JSON payload, or None (logged) when it is malformed."""
+
+def parse_line(text: str, origin: str) -> tuple[TranscriptLine, int | None] | None:
+    """A transcript line and its optional `seq` number from a JSON payload, or None (logged)
+    when it is malformed."""
     try:
         record: Any = json.loads(text)
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
         start, end, words = record["start"], record["end"], record["text"]
-        speaker = record.get("speaker")
+        speaker, seq = record.get("speaker"), record.get("seq")
         if (not isinstance(words, str) or not all(is_seconds(v) for v in (start, end))
                 or not 0 <= start <= end or (speaker is not None and not isinstance(speaker, str))):
             raise ValueError("needs finite numbers 0 <= start <= end and a string text")
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        if seq is not None and type(seq) is not int:
+            raise ValueError("'seq' must be an integer when given")
+    except RecursionError:
+        log.warning("skipping transcript message %s: nested too deeply", origin)
+        return None
+    except (KeyError, TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         log.warning("skipping transcript message %s: %s", origin, exc)
         return None
-    return TranscriptLine(pts=float(end), start=float(start), end=float(end), text=words.strip(),
-                          speaker=speaker, origin=origin)
+    line = TranscriptLine(pts=float(end), start=float(start), end=float(end),
+                          text=words.strip(), speaker=speaker, origin=origin)
+    return line, seq
 
 
 def _text(payload: object) -> str:
