@@ -49,6 +49,11 @@ HELP = {
 }
 
 EXIT_USER, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
+FLAGS = {"source.realtime": "--realtime", "source.speed": "--speed",
+         "source.video_fps": "--video-fps", "output.out": "--out", "output.session": "--session",
+         "mqtt.url": "--mqtt", "recognizer.enabled": "--asr", "engine.model": "--model",
+         "live.give_up_s": "--give-up"}
+"""Config keys the flags set: a bad value is reported as the flag the user typed."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -139,7 +144,7 @@ def _replay_config(args: argparse.Namespace) -> ReplayConfig:
         "mqtt": {"url": args.mqtt},
         "recognizer": {"enabled": args.asr},
         "engine": {"model": args.model},
-    })
+    }, flags=FLAGS)
 
 
 def _replay(args: argparse.Namespace, stderr: Console) -> int:
@@ -172,7 +177,7 @@ def _live(args: argparse.Namespace, stderr: Console) -> int:
         "mqtt": {"url": args.mqtt},
         "recognizer": {"enabled": args.asr},
         "engine": {"model": args.model},
-    }, model=LivePipelineConfig)
+    }, model=LivePipelineConfig, flags=FLAGS)
     session = check_session(config.output.session) if config.output.session is not None \
         else "live"
     inputs = live_inputs(args.target, fmt=args.format, audio_device=args.audio,

@@ -7,7 +7,7 @@ An unknown key or a bad value is a `ConfigError` naming the key and the file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,6 +20,8 @@ from stream.errors import ConfigError
 from stream.speaker.perception import PerceptionConfig
 from stream.turns.assembler import TurnConfig
 
+Pixels = Annotated[int, Field(gt=0, le=16384)]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -30,7 +32,7 @@ class SourceConfig(_Strict):
     speed: float = Field(1.0, gt=0, description="pacing speed with realtime (2.0 = twice as fast)")
     video_fps: float | None = Field(
         None, gt=0, description="decimate the vision path to this rate (null: every frame)")
-    video_size: tuple[int, int] | None = Field(
+    video_size: tuple[Pixels, Pixels] | None = Field(
         None, description="resize frames to [width, height] (null: keep the source size)")
 
     @model_validator(mode="after")
@@ -67,21 +69,40 @@ C = TypeVar("C", bound=ReplayConfig)
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None,
-                model: type[C] = ReplayConfig) -> C:  # type: ignore[assignment]
-    """Defaults, then the YAML file, then `overrides` (nested dicts, None values ignored)."""
+                model: type[C] = ReplayConfig,  # type: ignore[assignment]
+                flags: dict[str, str] | None = None) -> C:
+    """Defaults, then the YAML file, then `overrides` (nested dicts, None values ignored).
+
+    `flags` maps dotted keys to the command-line flags that set them, so that a bad value
+    given as a flag is reported as that flag, not as a key of the file or the defaults.
+    """
     data: dict[str, Any] = {}
     origin = "defaults"
     if path is not None:
         origin = str(path)
         data = _read_yaml(path)
+    given = {key for key, value in _flatten(overrides or {}) if value is not None}
     _merge(data, overrides or {})
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {_message(err)}"
-            for err in exc.errors())
-        raise ConfigError(f"{origin}: {problems}") from exc
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            flag = (flags or {}).get(key) if key in given else None
+            problems.append(f"{flag}: {_message(err)}" if flag
+                            else f"{origin}: {key or '(top)'}: {_message(err)}")
+        raise ConfigError("; ".join(problems)) from exc
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    pairs: list[tuple[str, Any]] = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            pairs += _flatten(value, f"{prefix}{key}.")
+        else:
+            pairs.append((f"{prefix}{key}", value))
+    return pairs
 
 
 def _message(err: Any) -> str:
@@ -95,6 +116,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
+                          "save the config as UTF-8") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
