@@ -89,11 +89,22 @@ def test_unusable_transcript_files_raise(tmp_path: Path) -> None:
         read_transcript(tmp_path / "missing.srt")
 
 
-def test_invalid_utf8_is_reported_not_fatal(tmp_path: Path) -> None:
+def test_invalid_utf8_is_noted_on_its_line_and_the_cue_is_used(tmp_path: Path) -> None:
     path = tmp_path / "t.srt"
-    path.write_bytes(b"1\n00:00:01,000 --> 00:00:02,000\ncaf\xe9\n")
+    path.write_bytes(b"1\n00:00:01,000 --> 00:00:02,000\nhello\n\n"
+                     b"2\n00:00:03,000 --> 00:00:04,000\ncaf\xe9\n")
     transcript = read_transcript(path)
-    assert len(transcript.lines) == 1 and "UTF-8" in transcript.problems[0].message
+    assert [line.text for line in transcript.lines] == ["hello", "caf\ufffd"]
+    assert transcript.problems == []  # nothing was skipped
+    assert [str(n).split(": ")[0] for n in transcript.notes] == [f"{path}:7"]
+    assert "byte 0xe9" in transcript.notes[0].message
+
+
+def test_webvtt_entities_and_a_voice_after_a_timestamp_tag(tmp_path: Path) -> None:
+    path = _write(tmp_path, "t.vtt", "WEBVTT\n\n00:01.000 --> 00:02.000\n"
+                  "<00:01.200><v Ann &amp; Bo>Fish &amp; chips &lt;3</v>\n")
+    line = read_transcript(path).lines[0]
+    assert (line.text, line.speaker) == ("Fish & chips <3", "Ann & Bo")
 
 
 def test_sidecar_is_found_beside_the_media(tmp_path: Path) -> None:

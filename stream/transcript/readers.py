@@ -6,6 +6,7 @@ stops the run. Only a file that cannot be read at all raises.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ SUFFIXES = (".jsonl", ".vtt", ".srt")
 """Sidecar endings, in the order they are looked for beside a media file."""
 _TIME = r"(?:(\d+):)?(\d{1,2}):(\d{2})[.,](\d{1,3})"
 _TIMING = re.compile(rf"^\s*{_TIME}\s*-->\s*{_TIME}(?:\s+.*)?$")
-_VOICE = re.compile(r"^<v(?:\.[\w.-]+)?\s+([^>]+)>")
+_VOICE = re.compile(r"<v(?:\.[\w.-]+)?\s+([^>]+)>")
 _TAG = re.compile(r"<[^>]*>")
 
 
@@ -41,6 +42,14 @@ class Transcript:
     path: str
     lines: list[TranscriptLine] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    """Cues or lines that were skipped."""
+    notes: list[Problem] = field(default_factory=list)
+    """Things worth saying about cues that were still used (bytes that were not UTF-8)."""
+
+    def note(self, line_no: int, message: str) -> None:
+        problem = Problem(f"{self.path}:{line_no}", message)
+        self.notes.append(problem)
+        log.warning("%s", problem)
 
     def skip(self, line_no: int, message: str) -> None:
         problem = Problem(f"{self.path}:{line_no}", message)
@@ -114,8 +123,12 @@ def read_transcript(path: str | Path) -> Transcript:
                               "not a transcript; give the SRT, WebVTT or JSONL transcript")
     transcript = Transcript(str(path))
     text = raw.decode("utf-8-sig", errors="replace")
-    if "\ufffd" in text:
-        transcript.skip(1, "not valid UTF-8; undecodable bytes were replaced")
+    try:
+        raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        transcript.note(line, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x}); undecodable "
+                              "bytes were replaced and the cue is used (save it as UTF-8)")
     {".jsonl": _parse_jsonl, ".vtt": _parse_vtt, ".srt": _parse_srt}[suffix](text, transcript)
     transcript.lines.sort(key=lambda line: (line.end, line.start))
     return transcript
@@ -155,9 +168,10 @@ def _cue(block: list[tuple[int, str]], transcript: Transcript,
     start, end = _seconds(*g[:4]), _seconds(*g[4:])
     words = " ".join(line.strip() for _, line in block[timing_at + 1:])
     speaker = None
-    if speaker_tags and (voice := _VOICE.match(words)):
-        speaker = voice.group(1).strip()
-    transcript.add(number, start, end, _TAG.sub("", words), speaker)
+    if speaker_tags and (voice := _VOICE.search(words)):  # may follow a timestamp tag
+        speaker = html.unescape(voice.group(1).strip())
+    text = _TAG.sub("", words)
+    transcript.add(number, start, end, html.unescape(text) if speaker_tags else text, speaker)
 
 
 def _parse_srt(text: str, transcript: Transcript) -> None:
