@@ -236,6 +236,9 @@ def _summary(stderr: Console, media: str, replay: Replay, report: ReplayReport) 
                       f"lines, {len(replay.transcript.problems)} skipped")
     decode = f"; {replay.media.decode_errors} undecodable packets skipped" \
         if replay.media.decode_errors else ""
+    if (short := replay.media.ended_early) is not None and not report.interrupted:
+        decode += (f"; [yellow]the media ended at {short[0]:.1f}s of the {short[1]:.1f}s its "
+                   "container announces (truncated?)[/]")
     stderr.print(f"{state}{media}: {turns} turns in {report.wall_s:.2f}s{speed}"
                  f"{transcript}{decode}", highlight=False)
 

@@ -94,6 +94,7 @@ class MediaSource(Source):
         self.video_size = video_size
         self.want_audio, self.want_video = audio, video
         self.decode_errors = 0
+        self.last_pts: float | None = None
         self._container: av.container.InputContainer | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"decode:{uri}")
         self._inflight: asyncio.Future[list[Item] | None] | None = None
@@ -130,13 +131,28 @@ class MediaSource(Source):
                 ready = merger.drain() if batch is None else merger.push(batch)
                 for item in ready:
                     await self.pacer.wait_until(item.pts)
+                    self.last_pts = item.pts
                     yield replace(item, seq=seq)
                     seq += 1
                 if batch is None:
+                    if (short := self.ended_early) is not None:
+                        log.warning("%s: the media ended at %.1fs, but the container says it "
+                                    "lasts %.1fs: the file may be truncated", self.uri, *short)
                     return
         finally:
             await self._settle()
             await loop.run_in_executor(self._worker, decoded.close)
+
+    @property
+    def ended_early(self) -> tuple[float, float] | None:
+        """(where the media ended, where the container said it would) when decoding stopped
+        more than a second (and 5 %) before the container's duration: a truncated file."""
+        duration = self.info.duration
+        if self.last_pts is None or not duration:
+            return None
+        if duration - self.last_pts > max(1.0, 0.05 * duration):
+            return self.last_pts, duration
+        return None
 
     async def _settle(self) -> None:
         if self._inflight is not None and not self._inflight.done():
@@ -153,6 +169,11 @@ class MediaSource(Source):
         try:
             yield from decoder.batches()
         except av.error.FFmpegError as exc:
+            if self.uri == "-" and "mp4" in container.format.name:
+                raise MediaError(
+                    f"-: decoding failed ({_reason(exc)}): an MP4 keeps its index at its end, "
+                    "which a pipe cannot seek to; pipe a streamable container instead (MPEG-TS "
+                    "or fragmented MP4: ffmpeg -i IN -c copy -f mpegts -)") from exc
             raise MediaError(f"{self.uri}: decoding failed ({_reason(exc)}); "
                              "the file may be truncated or corrupt") from exc
         finally:
