@@ -161,7 +161,7 @@ def _replay(args: argparse.Namespace, stderr: Console) -> int:
     if config.output.metrics:
         stderr.print(replay.pipeline.metrics_table())
     _summary(stderr, args.media, replay, report)
-    return EXIT_INTERRUPTED if report.interrupted else 0
+    return _exit_code(report)
 
 
 def _live(args: argparse.Namespace, stderr: Console) -> int:
@@ -185,6 +185,9 @@ def _live(args: argparse.Namespace, stderr: Console) -> int:
     live = build_live(inputs, config, _sinks(args, config, session), session)
     stderr.log(f"live session {session!r}: reading {live.source.uri} (Ctrl-C to stop)")
     report = asyncio.run(run_live(live))
+    if not live.source.received and not report.interrupted:
+        raise UserError(f"{args.target}: no data before giving up after {config.live.give_up_s}s; "
+                        "check that the camera or stream is there and sending")
     if config.output.metrics:
         stderr.print(live.pipeline.metrics_table())
     turns = live.pipeline.metrics().get("turns", {}).get("items_out", 0)
@@ -193,7 +196,15 @@ def _live(args: argparse.Namespace, stderr: Console) -> int:
                  "frames dropped at the source", highlight=False)
     if live.inbox is not None:
         stderr.print(live.inbox.summary(), highlight=False)
-    return EXIT_INTERRUPTED if report.interrupted and not live.stopped_remotely else 0
+    return 0 if live.stopped_remotely else _exit_code(report)
+
+
+def _exit_code(report: ReplayReport) -> int:
+    """0, or 128 + the signal that stopped the run after draining (130 for Ctrl-C, 143 for
+    SIGTERM, 129 for SIGHUP), as shells report a process that a signal ended."""
+    if report.stopped_by is not None:
+        return 128 + report.stopped_by
+    return EXIT_INTERRUPTED if report.interrupted else 0
 
 
 def _sinks(args: argparse.Namespace, config: ReplayConfig, session: str) -> list[Stage]:

@@ -61,6 +61,8 @@ class ReplayReport:
     wall_s: float
     media_s: float | None
     interrupted: bool
+    stopped_by: int | None = None
+    """The signal that stopped the run (it drained first), if one did."""
     metrics: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
 
     @property
@@ -184,12 +186,13 @@ async def run_pipeline(pipeline: Pipeline, media_s: float | None,
     """Run to the end (or a drained Ctrl-C) and report how it went."""
     began = time.perf_counter()
     if drain_on_sigint:
-        with pipeline.sigint_drains():
+        with pipeline.signals_drain():
             await pipeline.run()
     else:
         await pipeline.run()
     return ReplayReport(wall_s=time.perf_counter() - began, media_s=media_s,
-                        interrupted=pipeline.stop_requested, metrics=pipeline.metrics())
+                        interrupted=pipeline.stop_requested, stopped_by=pipeline.stopped_by,
+                        metrics=pipeline.metrics())
 
 
 def refuse_input_as_output(out: Path | None, inputs: dict[str, str | None]) -> None:

@@ -84,6 +84,10 @@ class Stage(ABC):
     async def stop(self) -> None:
         """Always called once the stage is done, also after an error (close files here)."""
 
+    def hurry(self) -> None:
+        """The user asked again to stop while the pipeline was stopping: cut short what
+        `stop` waits for (the MQTT sink's drain), keeping what is kept anyway."""
+
 
 class Source(ABC):
     """Produces items; shared interface for files, pipes and live feeds."""
@@ -209,6 +213,9 @@ class Pipeline:
         self._nodes: dict[str, _Node] = {}
         self._observers: list[Observer] = []
         self._stop_requested = asyncio.Event()
+        self._shutting_down = False
+        self.stopped_by: int | None = None
+        """The signal that asked the run to stop, if one did."""
 
     # -- building -------------------------------------------------------
     def add(self, runnable: Stage | Source, name: str | None = None) -> str:
@@ -256,24 +263,40 @@ class Pipeline:
     def stop_requested(self) -> bool:
         return self._stop_requested.is_set()
 
+    DRAINING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    """Ctrl-C, and what service managers and closed terminals send."""
+
     @contextlib.contextmanager
-    def sigint_drains(self) -> Iterator[None]:
-        """First SIGINT drains the graph; a second one interrupts at once."""
+    def signals_drain(self) -> Iterator[None]:
+        """The first SIGINT, SIGTERM or SIGHUP drains the graph (during the final stop, it
+        cuts short what the stages still wait for, such as the MQTT drain); the next one
+        interrupts at once, as that signal does by default."""
         loop = asyncio.get_running_loop()
 
-        def on_sigint() -> None:
+        def on_signal(number: int) -> None:
             if self.stop_requested:
-                loop.remove_signal_handler(signal.SIGINT)
-                signal.raise_signal(signal.SIGINT)
+                for each in self.DRAINING_SIGNALS:
+                    loop.remove_signal_handler(each)
+                signal.raise_signal(number)
                 return
-            log.warning("interrupted: draining what is in flight (Ctrl-C again to abort)")
+            self.stopped_by = number
+            if self._shutting_down:
+                log.warning("interrupted while stopping: not waiting any longer (again to "
+                            "abort)")
+                for stage in self.stages:
+                    stage.hurry()
+            else:
+                log.warning("%s: draining what is in flight (again to abort)",
+                            signal.Signals(number).name)
             self.request_stop()
 
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        for number in self.DRAINING_SIGNALS:
+            loop.add_signal_handler(number, on_signal, number)
         try:
             yield
         finally:
-            loop.remove_signal_handler(signal.SIGINT)
+            for number in self.DRAINING_SIGNALS:
+                loop.remove_signal_handler(number)
 
     # -- running --------------------------------------------------------
     async def run(self) -> None:
@@ -301,6 +324,7 @@ class Pipeline:
     async def _shut_down(self, started: list[_Node]) -> list[PipelineError]:
         """Stop every started stage and close every source, whatever fails on the way; each
         failure is logged (the first one is raised by `run` when nothing else failed)."""
+        self._shutting_down = True
         closing = [(node, node.runnable.stop) for node in started] + [
             (node, node.runnable.close) for node in self._nodes.values()
             if isinstance(node.runnable, Source)]

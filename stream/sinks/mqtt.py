@@ -48,6 +48,7 @@ class MqttSink(Stage):
         self.spool: Spool | None = None
         self.published = 0
         self._wakeup = asyncio.Event()
+        self._hurry = asyncio.Event()
         self._closing = False
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
@@ -80,23 +81,36 @@ class MqttSink(Stage):
                 await self._client.publish(f"{self.topic}/speaker", payload, qos=0)
         return ()
 
+    def hurry(self) -> None:
+        self._hurry.set()
+
     async def stop(self) -> None:
         self._closing = True
         self._wakeup.set()
         if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), self.config.drain_timeout_s)
-            except TimeoutError:
-                self._task.cancel()
+            hurried = asyncio.ensure_future(self._hurry.wait())
+            try:  # the drain ends when the spool is empty, at the timeout, or when hurried
+                await asyncio.wait({self._task, hurried}, timeout=self.config.drain_timeout_s,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                hurried.cancel()
+            task, self._task = self._task, None
+            if not task.done():
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-            self._task = None
+                    await task
+            elif not task.cancelled() and task.exception() is not None:
+                self._close_spool()
+                raise task.exception()  # type: ignore[misc]
+        self._close_spool()
+
+    def _close_spool(self) -> None:
         if self.spool is not None:
             left = len(self.spool)
             if left:
-                log.warning("MQTT broker %s:%d unreachable: %d events kept in %s; the next run "
-                            "with session %r delivers them", self.host, self.port, left,
-                            self.spool.path, self.session)
+                log.warning("MQTT broker %s:%d not reached in time: %d events kept in %s; the "
+                            "next run with session %r delivers them", self.host, self.port,
+                            left, self.spool.path, self.session)
             self.spool.close()
             self.spool = None
 

@@ -13,12 +13,14 @@ counted; audio is never dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import av
 import av.error
@@ -48,6 +50,9 @@ class LiveConfig(BaseModel):
         1.0, ge=0, description="how long turns wait for transcript lines from MQTT")
 
 
+STOP_GRACE_S = 0.5
+"""After a stop, how long the session still waits for readers to hand over what they read;
+a reader blocked in an open or a reconnect has nothing and is not waited for."""
 CAMERA = "camera"
 """`LiveInput.format` for a camera read through OpenCV (PyAV's FFmpeg has no v4l2 input)."""
 
@@ -119,6 +124,10 @@ class LiveSource(Source):
         if not inputs:
             raise ValueError("a live source needs at least one input")
         for spec in inputs:
+            if spec.format == CAMERA and spec.url.startswith("/dev/") and \
+                    not Path(spec.url).exists():
+                raise UserError(f"{spec.url}: no such camera (ls /dev/video* lists the cameras "
+                                "of this machine)")
             if spec.format not in (None, CAMERA) and spec.format not in av.formats_available:
                 raise UserError(f"{spec.url}: this FFmpeg build has no {spec.format!r} input "
                                 "(try alsa:DEVICE for a microphone, or --format with another)")
@@ -127,8 +136,11 @@ class LiveSource(Source):
         self.video_fps, self.video_size = video_fps, video_size
         self.reconnects = 0
         self.video_dropped = 0
+        self.received = False
+        """Whether any input ever delivered data."""
         self._clock = _SessionClock()
         self._stop = threading.Event()
+        self._stopped_at: float | None = None
         self._threads: list[threading.Thread] = []
         self._warned: set[int] = set()
         self.on_end: list[Callable[[], None]] = []
@@ -158,7 +170,13 @@ class LiveSource(Source):
         open_inputs, seq = set(range(len(self.inputs))), 0
         try:
             while open_inputs:
-                index, batch = await queue.get()
+                try:
+                    index, batch = await asyncio.wait_for(queue.get(), STOP_GRACE_S)
+                except TimeoutError:
+                    if self._stopped_at is not None and \
+                            time.monotonic() - self._stopped_at > STOP_GRACE_S:
+                        break  # a reader still blocked (opening, reconnecting) has read nothing
+                    continue
                 if batch is None:  # that input gave up: stop waiting for its kinds
                     open_inputs.discard(index)
                     reorder.expected = {kind for i in open_inputs
@@ -200,6 +218,7 @@ class LiveSource(Source):
                 if got:
                     last_data, delay, connected_once = time.monotonic(), \
                         self.config.reconnect_min_s, True
+                    self.received = True
                 silent = time.monotonic() - last_data
                 if self.config.give_up_s is not None and silent >= self.config.give_up_s:
                     log.warning("%s: no data for %.1fs; ending the session", spec.url, silent)
@@ -210,7 +229,7 @@ class LiveSource(Source):
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.config.reconnect_max_s)
         finally:
-            loop.call_soon_threadsafe(queue.put_nowait, (index, None))
+            _hand_over(loop, queue, index, None)
 
     def _connect_and_read(self, index: int, spec: LiveInput, loop: asyncio.AbstractEventLoop,
                           queue: asyncio.Queue[tuple[int, list[Item] | None]]) -> bool:
@@ -233,7 +252,7 @@ class LiveSource(Source):
                               video_size=self.video_size)
             for batch in decoder.batches():
                 got = True
-                loop.call_soon_threadsafe(queue.put_nowait, (index, batch))
+                _hand_over(loop, queue, index, batch)
                 if self._stop.is_set():
                     break
         except (av.error.FFmpegError, OSError) as exc:
@@ -252,7 +271,10 @@ class LiveSource(Source):
         capture = cv2.VideoCapture(device, cv2.CAP_V4L2 if isinstance(device, int)
                                    else cv2.CAP_ANY)
         if not capture.isOpened():
-            log.debug("%s: cannot open the camera", spec.url)
+            level = logging.DEBUG if index in self._warned else logging.WARNING
+            self._warned.add(index)
+            log.log(level, "%s: cannot open the camera (busy, or no permission?); retrying",
+                    spec.url)
             return False
         capture.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.config.stall_timeout_s * 1000)
         got, last_bucket = False, -math.inf
@@ -272,19 +294,28 @@ class LiveSource(Source):
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                 got = True
                 frame = VideoFrame(pts=t, image=rgb, source=spec.url)
-                loop.call_soon_threadsafe(queue.put_nowait, (index, [frame]))
+                _hand_over(loop, queue, index, [frame])
         finally:
             capture.release()
         return got
 
     def stop(self) -> bool:
         self._stop.set()  # readers finish their packet and end; queued batches still flow
+        self._stopped_at = time.monotonic()
         return True
 
     async def close(self) -> None:
         self._stop.set()
-        for thread in self._threads:
-            await asyncio.to_thread(thread.join, self.config.stall_timeout_s + 1)
+        for thread in self._threads:  # a reader blocked in an open ends by itself (daemon)
+            await asyncio.to_thread(thread.join, STOP_GRACE_S)
+
+
+def _hand_over(loop: asyncio.AbstractEventLoop,
+               queue: asyncio.Queue[tuple[int, list[Item] | None]], index: int,
+               batch: list[Item] | None) -> None:
+    """From a reader thread to the session's loop; after a stop the loop may be gone."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(queue.put_nowait, (index, batch))
 
 
 def _kinds(spec: LiveInput) -> set[type]:
