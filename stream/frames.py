@@ -168,6 +168,9 @@ class Turn(DataItem):
     """The speaker, when perception ran."""
     origin: str = "speech"
     """`speech` when voice activity delimited it, `transcript` when only the text did."""
+    known_at: float | None = None
+    """The media time by which the turn was known (the event's `emitted_at`); `pts` may be
+    later: a transcript line read ahead of the media is processed at its own end time."""
 
 
 @dataclass(frozen=True)

@@ -190,6 +190,7 @@ class TurnAssembler:
             views=tuple(f.players if isinstance(f, PerceivedFrame) else () for f in keyframes),
             vote=None if self.speaker is None else vote(
                 [players for t, players in self._seen if start <= t <= end], self.speaker),
+            known_at=min(pts, self._media_now) if math.isfinite(self._media_now) else pts,
         )
         self._index += 1
         return turn
