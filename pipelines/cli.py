@@ -186,8 +186,10 @@ def _live(args: argparse.Namespace, stderr: Console) -> int:
     stderr.log(f"live session {session!r}: reading {live.source.uri} (Ctrl-C to stop)")
     report = asyncio.run(run_live(live))
     if not live.source.received and not report.interrupted:
-        raise UserError(f"{args.target}: no data before giving up after {config.live.give_up_s}s; "
-                        "check that the camera or stream is there and sending")
+        waited = f"giving up after {config.live.give_up_s}s" if config.live.give_up_s \
+            else "the input ended"
+        raise UserError(f"{args.target}: no data before {waited}; check that the camera or "
+                        "stream is there and sending")
     if config.output.metrics:
         stderr.print(live.pipeline.metrics_table())
     turns = live.pipeline.metrics().get("turns", {}).get("items_out", 0)

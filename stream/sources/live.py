@@ -213,12 +213,12 @@ class LiveSource(Source):
             while not self._stop.is_set():
                 reader = self._read_camera if spec.format == CAMERA else self._connect_and_read
                 got = reader(index, spec, loop, queue)
+                self.received = self.received or got
                 if not spec.reconnect:
                     return
                 if got:
                     last_data, delay, connected_once = time.monotonic(), \
                         self.config.reconnect_min_s, True
-                    self.received = True
                 silent = time.monotonic() - last_data
                 if self.config.give_up_s is not None and silent >= self.config.give_up_s:
                     log.warning("%s: no data for %.1fs; ending the session", spec.url, silent)
