@@ -352,5 +352,7 @@ def test_a_second_ctrl_c_aborts_at_once_with_whole_lines(tmp_path: Path) -> None
     time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=20)
-    assert proc.returncode == 130, stderr
+    # 130 when the second one lands inside the run; ended by SIGINT itself when the drain
+    # was already over and the interpreter was on its way out.
+    assert proc.returncode in (130, -signal.SIGINT), stderr
     assert all(json.loads(line)["schema"] for line in out.read_text().splitlines())

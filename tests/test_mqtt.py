@@ -204,18 +204,16 @@ async def test_bench_counts_what_never_arrived_as_lost(broker: Broker, tmp_path:
     assert figures["events_received"] == 30 and figures["lost"] == 10
 
 
-async def test_the_inbox_and_the_sink_reach_a_tls_broker(tmp_path: Path) -> None:
+def _listening(config, session: str):
+    """A live session's inbox, read in a task: it, the lines it released, the control
+    commands it heard, and the task."""
     import asyncio
 
-    from stream.broker import MqttConfig, mqtt_client
-    from stream.frames import TranscriptLine, Turn
-    from stream.sinks.mqtt import MqttSink
+    from stream.frames import TranscriptLine
     from stream.sources.mqtt_inbox import MqttInbox
 
-    broker = Broker(tmp_path, tls=True).start()
-    config = MqttConfig(url=broker.url, ca_file=broker.ca_file, spool_dir=tmp_path / "spool")
     commands: list[str] = []
-    inbox = MqttInbox(config, "tls", clock=lambda: 100.0, latency_s=0.0,
+    inbox = MqttInbox(config, session, clock=lambda: 100.0, latency_s=0.0,
                       on_control=commands.append)
     lines: list[TranscriptLine] = []
 
@@ -224,7 +222,19 @@ async def test_the_inbox_and_the_sink_reach_a_tls_broker(tmp_path: Path) -> None
             if isinstance(item, TranscriptLine):
                 lines.append(item)
 
-    reader = asyncio.create_task(read())
+    return inbox, lines, commands, asyncio.create_task(read())
+
+
+async def test_the_inbox_and_the_sink_reach_a_tls_broker(tmp_path: Path) -> None:
+    import asyncio
+
+    from stream.broker import MqttConfig, mqtt_client
+    from stream.frames import Turn
+    from stream.sinks.mqtt import MqttSink
+
+    broker = Broker(tmp_path, tls=True).start()
+    config = MqttConfig(url=broker.url, ca_file=broker.ca_file, spool_dir=tmp_path / "spool")
+    inbox, lines, commands, reader = _listening(config, "tls")
     sink = MqttSink(config, "tls")
     await sink.start()
     try:
@@ -270,21 +280,9 @@ async def test_hostile_payloads_never_end_the_inbox(broker: Broker, caplog) -> N
     import asyncio
 
     from stream.broker import MqttConfig, mqtt_client
-    from stream.frames import TranscriptLine
-    from stream.sources.mqtt_inbox import MqttInbox
 
     config = MqttConfig(url=broker.url)
-    commands: list[str] = []
-    inbox = MqttInbox(config, "h", clock=lambda: 100.0, latency_s=0.0,
-                      on_control=commands.append)
-    lines: list[TranscriptLine] = []
-
-    async def read() -> None:
-        async for item in inbox.items():
-            if isinstance(item, TranscriptLine):
-                lines.append(item)
-
-    reader = asyncio.create_task(read())
+    inbox, lines, commands, reader = _listening(config, "h")
     try:
         async with mqtt_client(config) as client, asyncio.timeout(15):
             while not (commands and lines and inbox.rejected >= 3):  # all heard and released

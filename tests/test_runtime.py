@@ -234,15 +234,21 @@ class Arrivals(Stage):
         return ()
 
 
-async def test_an_unordered_input_never_holds_back_the_merge() -> None:
+def _beside_a_slow_stage(count: int, ordered: bool) -> tuple[Pipeline, Arrivals]:
+    """A source feeding a sink directly and through a stage that takes 0.2 s an item."""
     pipe = Pipeline()
-    pipe.add(Numbers("src", [i * 0.1 for i in range(20)], delay=0.01))
+    pipe.add(Numbers("src", [i * 0.1 for i in range(count)], delay=0.01))
     pipe.add(Slow(0.2))
     sink = Arrivals()
     pipe.add(sink)
     pipe.connect("src", "slow", Num)
     pipe.connect("src", "arrivals", Num)
-    pipe.connect("slow", "arrivals", Num, ordered=False)
+    pipe.connect("slow", "arrivals", Num, ordered=ordered)
+    return pipe, sink
+
+
+async def test_an_unordered_input_never_holds_back_the_merge() -> None:
+    pipe, sink = _beside_a_slow_stage(20, ordered=False)
     began = asyncio.get_running_loop().time()
     await pipe.run()
     values = [v for v, _ in sink.seen]
@@ -256,14 +262,7 @@ async def test_an_unordered_input_never_holds_back_the_merge() -> None:
 
 async def test_an_ordered_slow_input_does_hold_back_the_merge() -> None:
     # The same graph with the slow input merged by media time: the baseline of the above.
-    pipe = Pipeline()
-    pipe.add(Numbers("src", [i * 0.1 for i in range(5)], delay=0.01))
-    pipe.add(Slow(0.2))
-    sink = Arrivals()
-    pipe.add(sink)
-    pipe.connect("src", "slow", Num)
-    pipe.connect("src", "arrivals", Num)
-    pipe.connect("slow", "arrivals", Num)
+    pipe, sink = _beside_a_slow_stage(5, ordered=True)
     began = asyncio.get_running_loop().time()
     await pipe.run()
     assert max(t for v, t in sink.seen if v < 1000) - began > 0.6
