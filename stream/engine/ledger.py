@@ -17,10 +17,12 @@ class Span:
     position: int = 0
     """The rotary position of the span's first token. Positions never change (see README)."""
     meta: dict[str, Any] = field(default_factory=dict)
-    """Always `ids`. For frames: `t`, `grid` (rows, cols of visual tokens; time, rows, cols
-    for a Qwen2.5-VL video chunk), `patches` (offset of the first visual token inside the
-    span) and `players` (player -> offsets of their tokens). For utterances: `player`,
-    `text`."""
+    """Always `ids`, and in a session `chunk` (the prefilled embeddings and relative
+    positions, kept so that a rebase can re-encode the span). For frames: `t`, `grid` (rows,
+    cols of visual tokens; time, rows, cols for a Qwen2.5-VL video chunk), `patches` (offset
+    of the first visual token inside the span) and `players` (player -> offsets of their
+    tokens). For utterances: `player`, `text`, `biased` (the rows that were biased, or
+    None)."""
 
     def __len__(self) -> int:
         return self.end - self.start
