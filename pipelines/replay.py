@@ -202,9 +202,8 @@ def refuse_input_as_output(out: Path | None, inputs: dict[str, str | None]) -> N
     for role, given in inputs.items():
         if given is None or given == "-" or "://" in given:
             continue
-        path = Path(given)
-        same = out.exists() and path.exists() and os.path.samefile(out, path)
-        if same or out.resolve() == path.resolve():
+        # samefile follows links: a symlink or hard link to an input is that input
+        if out.exists() and Path(given).exists() and os.path.samefile(out, given):
             raise UserError(f"--out {out}: is an input of this run ({role}); writing events "
                             "there would destroy it: choose another file")
 

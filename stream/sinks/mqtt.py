@@ -39,10 +39,9 @@ class MqttSink(Stage):
 
     def __init__(self, config: MqttConfig, session: str,
                  names: dict[str, str] | None = None, run: str = "0") -> None:
-        self.run = run
         if config.url is None:
             raise ConfigError("mqtt.url is not set")
-        self.config, self.session, self.names = config, session, names or {}
+        self.config, self.session, self.names, self.run = config, session, names or {}, run
         self.host, self.port, self.user, self.tls = broker_address(config.url)
         self.topic = f"{config.prefix}/{session}"
         self.spool: Spool | None = None
@@ -87,22 +86,28 @@ class MqttSink(Stage):
     async def stop(self) -> None:
         self._closing = True
         self._wakeup.set()
-        if self._task is not None:
-            hurried = asyncio.ensure_future(self._hurry.wait())
-            try:  # the drain ends when the spool is empty, at the timeout, or when hurried
-                await asyncio.wait({self._task, hurried}, timeout=self.config.drain_timeout_s,
-                                   return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                hurried.cancel()
-            task, self._task = self._task, None
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            elif not task.cancelled() and task.exception() is not None:
-                self._close_spool()
-                raise task.exception()  # type: ignore[misc]
-        self._close_spool()
+        try:
+            if self._task is not None:
+                await self._drain_or_give_up()
+        finally:
+            self._close_spool()
+
+    async def _drain_or_give_up(self) -> None:
+        """The drain ends when the spool is empty, at the timeout, or when hurried."""
+        assert self._task is not None
+        hurried = asyncio.ensure_future(self._hurry.wait())
+        try:
+            await asyncio.wait({self._task, hurried}, timeout=self.config.drain_timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hurried.cancel()
+        task, self._task = self._task, None
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        elif not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
 
     def _close_spool(self) -> None:
         if self.spool is not None:

@@ -53,6 +53,8 @@ class LiveConfig(BaseModel):
 STOP_GRACE_S = 0.5
 """After a stop, how long the session still waits for readers to hand over what they read;
 a reader blocked in an open or a reconnect has nothing and is not waited for."""
+_GRACE_OVER = -1
+"""Queued in place of an input's index once `STOP_GRACE_S` has passed after a stop."""
 CAMERA = "camera"
 """`LiveInput.format` for a camera read through OpenCV (PyAV's FFmpeg has no v4l2 input)."""
 
@@ -140,7 +142,7 @@ class LiveSource(Source):
         """Whether any input ever delivered data."""
         self._clock = _SessionClock()
         self._stop = threading.Event()
-        self._stopped_at: float | None = None
+        self._queue: asyncio.Queue[tuple[int, list[Item] | None]] | None = None
         self._threads: list[threading.Thread] = []
         self._warned: set[int] = set()
         self.on_end: list[Callable[[], None]] = []
@@ -167,16 +169,13 @@ class LiveSource(Source):
                                       daemon=True, name=f"live:{spec.url}")
             thread.start()
             self._threads.append(thread)
+        self._queue = queue
         open_inputs, seq = set(range(len(self.inputs))), 0
         try:
             while open_inputs:
-                try:
-                    index, batch = await asyncio.wait_for(queue.get(), STOP_GRACE_S)
-                except TimeoutError:
-                    if self._stopped_at is not None and \
-                            time.monotonic() - self._stopped_at > STOP_GRACE_S:
-                        break  # a reader still blocked (opening, reconnecting) has read nothing
-                    continue
+                index, batch = await queue.get()
+                if index == _GRACE_OVER:
+                    break  # a reader still blocked (opening, reconnecting) has read nothing
                 if batch is None:  # that input gave up: stop waiting for its kinds
                     open_inputs.discard(index)
                     reorder.expected = {kind for i in open_inputs
@@ -301,7 +300,9 @@ class LiveSource(Source):
 
     def stop(self) -> bool:
         self._stop.set()  # readers finish their packet and end; queued batches still flow
-        self._stopped_at = time.monotonic()
+        if self._queue is not None:  # called on the session's loop (signal, MQTT control)
+            asyncio.get_running_loop().call_later(STOP_GRACE_S, self._queue.put_nowait,
+                                                  (_GRACE_OVER, None))
         return True
 
     async def close(self) -> None:

@@ -93,13 +93,15 @@ def find_sidecar(media: str) -> Path | None:
     return None
 
 
-def event_schema(path: Path) -> str | None:
-    """The `schema` of the first line when the file holds socialstream events, else None."""
+def event_schema(path: Path, first: bytes | None = None) -> str | None:
+    """The `schema` of the first line when the file holds socialstream events, else None;
+    `first` is that line when the caller has already read it."""
     if path.suffix.lower() != ".jsonl":
         return None
     try:
-        with path.open("rb") as file:
-            first = file.readline(1 << 16)
+        if first is None:
+            with path.open("rb") as file:
+                first = file.readline(1 << 16)
         record = json.loads(first)
     except (OSError, ValueError, RecursionError):
         return None
@@ -118,17 +120,17 @@ def read_transcript(path: str | Path) -> Transcript:
     except OSError as exc:
         raise TranscriptError(f"{path}: cannot read transcript ({exc.strerror}); "
                               "check the path") from exc
-    if (schema := event_schema(path)) is not None:
+    if (schema := event_schema(path, raw.split(b"\n", 1)[0])) is not None:
         raise TranscriptError(f"{path}: this is socialstream's own event output ({schema}), "
                               "not a transcript; give the SRT, WebVTT or JSONL transcript")
     transcript = Transcript(str(path))
-    text = raw.decode("utf-8-sig", errors="replace")
     try:
-        raw.decode("utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
         transcript.note(line, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x}); undecodable "
                               "bytes were replaced and the cue is used (save it as UTF-8)")
+        text = raw.decode("utf-8-sig", errors="replace")
     {".jsonl": _parse_jsonl, ".vtt": _parse_vtt, ".srt": _parse_srt}[suffix](text, transcript)
     transcript.lines.sort(key=lambda line: (line.end, line.start))
     return transcript
