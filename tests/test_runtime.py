@@ -67,6 +67,16 @@ class Quiet(Stage):
         return [item] if item.value % 100 == 0 else []
 
 
+def _fan_out(source: Source, *sinks: Stage) -> Pipeline:
+    """One source feeding each of the sinks."""
+    pipe = Pipeline()
+    pipe.add(source)
+    for sink in sinks:
+        pipe.add(sink)
+        pipe.connect(source.name, sink.name, Num)
+    return pipe
+
+
 def _graph(source: Source, sink: Stage, policy: str = "block", maxsize: int = 4) -> Pipeline:
     pipe = Pipeline()
     pipe.add(source)
@@ -147,12 +157,7 @@ async def test_watermarks_keep_a_quiet_branch_from_stalling_the_merge() -> None:
 async def test_a_failing_stage_stops_the_graph_and_is_named() -> None:
     source = Numbers("src", [i * 0.5 for i in range(100)], forever=True)
     upstream, failing = Record("upstream"), Record("failing", fail_at=1.5)
-    pipe = Pipeline()
-    pipe.add(source)
-    pipe.add(upstream)
-    pipe.add(failing)
-    pipe.connect("src", "upstream", Num)
-    pipe.connect("src", "failing", Num)
+    pipe = _fan_out(source, upstream, failing)
     with pytest.raises(PipelineError) as info:
         await asyncio.wait_for(pipe.run(), timeout=10)
     assert info.value.stage == "failing"
@@ -278,12 +283,7 @@ class BadClose(Record):
 
 async def test_a_failed_stop_is_reported_after_everything_else_stopped(caplog) -> None:
     source, bad, good = Numbers("src", [0.0, 1.0]), BadClose("bad"), Record("good")
-    pipe = Pipeline()
-    pipe.add(source)
-    pipe.add(bad)
-    pipe.add(good)
-    pipe.connect("src", "bad", Num)
-    pipe.connect("src", "good", Num)
+    pipe = _fan_out(source, bad, good)
     with pytest.raises(PipelineError, match=r"stage 'bad' failed while stopping: .*No space"):
         await pipe.run()
     assert len(bad.seen) == len(good.seen) == 2
@@ -292,12 +292,8 @@ async def test_a_failed_stop_is_reported_after_everything_else_stopped(caplog) -
 
 
 async def test_a_failed_stop_after_a_failure_is_logged_not_raised(caplog) -> None:
-    pipe = Pipeline()
-    pipe.add(Numbers("src", [0.0, 1.0, 2.0]))
-    pipe.add(BadClose("bad"))
-    pipe.add(Record("failing", fail_at=1.0))
-    pipe.connect("src", "bad", Num)
-    pipe.connect("src", "failing", Num)
+    pipe = _fan_out(Numbers("src", [0.0, 1.0, 2.0]), BadClose("bad"),
+                    Record("failing", fail_at=1.0))
     with pytest.raises(PipelineError, match=r"stage 'failing' failed at media time 1\.000s"):
         await pipe.run()
     assert "stage 'bad' failed while stopping" in caplog.text
