@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pipelines import bench, subscribe
+from pipelines import bench, eval_command, subscribe
 from pipelines.config import ReplayConfig, load_config
 from pipelines.live import LivePipelineConfig, build_live, live_inputs, run_live
 from pipelines.replay import Replay, ReplayReport, build_replay, run_replay, session_id
@@ -44,6 +44,8 @@ HELP = {
     "model": "after every turn, answer who is addressed, referred to and mentioned with this "
              "model: a checkpoint directory, a model id in the local Hugging Face cache, or "
              "smollm2 (README: Engine)",
+    "predictor": "who answers after each turn: fusion (default, no model), cues, engine "
+                 "(needs --model) or none",
     "mqtt": "publish events to this broker: mqtt://[user@]host:port (password from "
             "$SOCIALSTREAM_MQTT_PASSWORD, never the command line)",
 }
@@ -52,7 +54,7 @@ EXIT_USER, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
 FLAGS = {"source.realtime": "--realtime", "source.speed": "--speed",
          "source.video_fps": "--video-fps", "output.out": "--out", "output.session": "--session",
          "mqtt.url": "--mqtt", "recognizer.enabled": "--asr", "engine.model": "--model",
-         "live.give_up_s": "--give-up"}
+         "live.give_up_s": "--give-up", "predictions.predictor": "--predictor"}
 """Config keys the flags set: a bad value is reported as the flag the user typed."""
 
 
@@ -74,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--mqtt", metavar="URL", help=HELP["mqtt"])
     replay.add_argument("--asr", action="store_true", default=None, help=HELP["asr"])
     replay.add_argument("--model", help=HELP["model"])
+    replay.add_argument("--predictor", help=HELP["predictor"])
     replay.set_defaults(func=_replay)
 
     live = commands.add_parser("live", help="watch a webcam or a network stream")
@@ -97,10 +100,12 @@ def _parser() -> argparse.ArgumentParser:
     live.add_argument("--mqtt", metavar="URL", help=HELP["mqtt"])
     live.add_argument("--asr", action="store_true", default=None, help=HELP["asr"])
     live.add_argument("--model", help=HELP["model"])
+    live.add_argument("--predictor", help=HELP["predictor"])
     live.set_defaults(func=_live)
 
     bench.add_parser(commands)
     subscribe.add_parser(commands, HELP)
+    eval_command.add_parsers(commands, HELP)
     for command in commands.choices.values():  # -v also after the subcommand
         command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                              help=HELP["verbose"])
@@ -144,6 +149,7 @@ def _replay_config(args: argparse.Namespace) -> ReplayConfig:
         "mqtt": {"url": args.mqtt},
         "recognizer": {"enabled": args.asr},
         "engine": {"model": args.model},
+        "predictions": {"predictor": args.predictor},
     }, flags=FLAGS)
 
 
@@ -177,6 +183,7 @@ def _live(args: argparse.Namespace, stderr: Console) -> int:
         "mqtt": {"url": args.mqtt},
         "recognizer": {"enabled": args.asr},
         "engine": {"model": args.model},
+        "predictions": {"predictor": args.predictor},
     }, model=LivePipelineConfig, flags=FLAGS)
     session = check_session(config.output.session) if config.output.session is not None \
         else "live"

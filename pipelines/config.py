@@ -7,7 +7,7 @@ An unknown key or a bad value is a `ConfigError` naming the key and the file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -53,6 +53,13 @@ class OutputConfig(_Strict):
     metrics: bool = Field(True, description="stage metrics table at the end of a run")
 
 
+class PredictionsConfig(_Strict):
+    predictor: Literal["fusion", "cues", "engine", "none"] = Field(
+        "fusion", description="who answers after each turn: fusion (learned, no model), cues "
+                              "(fixed rules), engine (the model's answers alone; needs "
+                              "engine.model), none (turns only)")
+
+
 class ReplayConfig(_Strict):
     source: SourceConfig = SourceConfig()
     vad: VadConfig = VadConfig()
@@ -62,6 +69,7 @@ class ReplayConfig(_Strict):
     queues: QueueConfig = QueueConfig()
     output: OutputConfig = OutputConfig()
     mqtt: MqttConfig = MqttConfig()
+    predictions: PredictionsConfig = PredictionsConfig()
     engine: PredictorConfig = PredictorConfig()
 
 

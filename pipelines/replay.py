@@ -38,6 +38,7 @@ from stream.sources.media import MediaInfo, MediaSource
 from stream.sources.pacing import Pacer
 from stream.sources.transcript import TranscriptSource
 from stream.speaker.perception import PerceptionStage
+from stream.tasks.stage import SocialStage
 from stream.transcript.readers import Transcript, find_sidecar, read_transcript
 from stream.turns.assembler import TurnAssembler, TurnStage
 
@@ -75,6 +76,7 @@ class Collect(Stage):
 
     def __init__(self, kinds: tuple[type[Item], ...] = (Turn,), name: str = "collect") -> None:
         self.kinds, self.name = kinds, name
+        self.inputs = kinds
         self.items: list[Item] = []
 
     async def process(self, item: Item) -> Sequence[Item]:
@@ -157,17 +159,22 @@ def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has
         pipe.connect("perception", "turns", PerceivedFrame, maxsize=size)
     else:
         pipe.connect(media, "turns", VideoFrame, policy=video_policy, maxsize=size)
-    engine = config.engine.model is not None
-    if engine:
-        pipe.add(EngineStage(config.engine, config.perception.names))
-        pipe.connect("turns", "engine", Turn, maxsize=size)
+    predict = config.predictions.predictor != "none"
+    if predict:
+        names = config.perception.names
+        engine = EngineStage(config.engine, names) if config.engine.model is not None else None
+        if config.predictions.predictor == "engine" and engine is None:
+            raise UserError("predictions.predictor engine needs a model: add --model (or set "
+                            "engine.model)")
+        pipe.add(SocialStage(config.predictions.predictor, names, engine))
+        pipe.connect("turns", "predict", Turn, maxsize=size)
     for i, sink in enumerate(sinks):
         name = pipe.add(sink, f"{sink.name}-{i}" if i else sink.name)
         pipe.connect("turns", name, Turn, maxsize=size)
-        if engine and Prediction in sink.inputs:
+        if predict and Prediction in sink.inputs:
             # Outside the media-time merge: a slow model delays only predictions, never the
             # turns and per-frame speakers the same sink writes.
-            pipe.connect("engine", name, Prediction, maxsize=size, ordered=False)
+            pipe.connect("predict", name, Prediction, maxsize=size, ordered=False)
         if perceive and PerceivedFrame in sink.inputs:
             pipe.connect("perception", name, PerceivedFrame, policy="latest", maxsize=size)
 

@@ -13,7 +13,7 @@ from stream.frames import PerceivedFrame, PlayerView, Prediction, Turn
 
 TURN_SCHEMA = "socialstream.turn/3"
 SPEAKER_SCHEMA = "socialstream.speaker/1"
-PREDICTION_SCHEMA = "socialstream.prediction/2"
+PREDICTION_SCHEMA = "socialstream.prediction/3"
 
 
 _NOT_IN_A_SESSION_ID = re.compile(r"[/+#\x00-\x1f\x7f]")
@@ -75,19 +75,23 @@ def turn_event(turn: Turn, session: str, names: dict[str, str] | None = None,
 
 
 def prediction_event(prediction: Prediction, session: str, run: str = "0") -> dict[str, Any]:
-    """The engine's answers about one turn (the MQTT `prediction` topic).
+    """The answers about one turn (the MQTT `prediction` topic).
 
-    Deterministic for a given model and input (no wall-clock fields), so replays compare
-    (all but `id` and `run`).
+    Deterministic for a given predictor and input except `latency_s`, the one wall-clock
+    field, so replays compare with it left out (and `id`, `run`).
     """
     answers: dict[str, Any] = {"addressee": None, "pronouns": [], "mentioned": None}
     for a in prediction.answers:
         entry = {"answer": a.answer, "question": a.question,
+                 "probabilities": {k: round(v, 4) for k, v in a.probabilities.items()},
                  "scores": {k: round(v, 4) for k, v in a.scores.items()}}
         if a.task == "pronoun":
             answers["pronouns"].append({"pronoun": a.target, **entry})
+        elif a.task == "mentioned":
+            answers[a.task] = {**entry, "name": a.target}
         else:
             answers[a.task] = entry
+    waited = (prediction.known_at - prediction.end) if prediction.known_at is not None else 0.0
     return {
         "schema": PREDICTION_SCHEMA,
         "id": f"{session}/{run}/prediction/{prediction.turn}",
@@ -97,6 +101,8 @@ def prediction_event(prediction: Prediction, session: str, run: str = "0") -> di
         "start": _t(prediction.start),
         "end": _t(prediction.end),
         "speaker": prediction.speaker,
+        "predictor": prediction.predictor,
+        "latency_s": round(max(0.0, waited) + prediction.latency_s, 4),
         **answers,
     }
 

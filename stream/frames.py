@@ -175,7 +175,7 @@ class Turn(DataItem):
 
 @dataclass(frozen=True)
 class Answer:
-    """The engine's answer to one question about a turn."""
+    """The answer to one question about a turn."""
 
     task: str
     """`addressee` (whom the speaker addresses), `pronoun` (whom a pronoun refers to) or
@@ -183,9 +183,12 @@ class Answer:
     question: str
     answer: str
     scores: dict[str, float]
-    """Each candidate's mean log-probability per token (`Session.ask_many`)."""
+    """The engine's: each candidate's mean log-probability per token (`Session.ask_many`);
+    empty when no engine ran."""
     target: str | None = None
-    """The pronoun, for `pronoun` answers."""
+    """The pronoun, for `pronoun` answers; the name asked about, for `mentioned` ones."""
+    probabilities: dict[str, float] = field(default_factory=dict)
+    """The predictor's probability per candidate (they sum to 1)."""
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -198,7 +201,10 @@ class Prediction(DataItem):
     speaker: str | None
     answers: tuple[Answer, ...]
     latency_s: float
-    """Wall-clock seconds the engine spent on the turn (prefill + questions)."""
+    """Wall-clock seconds spent on the turn (prefill + questions, fusion)."""
+    predictor: str = "engine"
+    known_at: float | None = None
+    """The media time the turn was known at (its event's `emitted_at`)."""
 
 
 @dataclass(frozen=True, kw_only=True)

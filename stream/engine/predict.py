@@ -15,6 +15,7 @@ running while it computes.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -45,6 +46,14 @@ def spread(count: int, wanted: int) -> list[int]:
     if wanted == 0 or wanted >= count:
         return list(range(count))
     return sorted({round(i * (count - 1) / max(wanted - 1, 1)) for i in range(wanted)})
+
+
+def softmax(candidates: Sequence[str], scores: Sequence[float]) -> dict[str, float]:
+    """The candidates' scores as probabilities (what prediction events carry)."""
+    top = max(scores)
+    weights = [math.exp(s - top) for s in scores]
+    total = sum(weights)
+    return {c: w / total for c, w in zip(candidates, weights, strict=True)}
 
 
 class Predictor:
@@ -93,7 +102,7 @@ class Predictor:
         scores = self.session.ask_many([(question, c) for _, question, c, _ in asked])
         answers = tuple(
             Answer(task, question, max(c, key=dict(zip(c, s, strict=True)).__getitem__),
-                   dict(zip(c, s, strict=True)), target)
+                   dict(zip(c, s, strict=True)), target, probabilities=softmax(c, s))
             for (task, question, c, target), s in zip(asked, scores, strict=True))
         return Prediction(pts=turn.pts, turn=turn.index, start=turn.start, end=turn.end,
                           speaker=speaker, answers=answers,

@@ -37,7 +37,9 @@ class ConsoleSink(Stage):
         elif isinstance(item, Prediction):
             said = "; ".join(
                 f"{a.task}{f' {a.target!r}' if a.target else ''} -> {a.answer}"
+                + (f" ({a.probabilities[a.answer]:.0%})" if a.answer in a.probabilities else "")
                 for a in item.answers) or "no players in view"
-            self.console.print(f"[dim]          engine ({item.latency_s:.2f}s):[/] "
-                               f"{escape(said)}", highlight=False)
+            self.console.print(f"[dim]          {escape(item.predictor)} "
+                               f"({item.latency_s * 1000:.1f} ms):[/] {escape(said)}",
+                               highlight=False)
         return ()

@@ -1,0 +1,177 @@
+"""Baselines on hand-made items, the fusion ranker's training, and online answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.eval import cross_validated, evaluate, score, wilson
+from stream.frames import Turn
+from stream.tasks import baselines
+from stream.tasks.dialogue import Dialogue, vocative_names
+from stream.tasks.features import feature_names, features
+from stream.tasks.items import Loaded, item_from_json, read_items
+from stream.tasks.ranker import WeightsError, load_ranker, train
+from stream.tasks.stage import SocialStage
+from tests.tasks.helpers import item, write_jsonl
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "social"
+
+
+def test_baselines_on_hand_made_items() -> None:
+    chat = [("Player2", "Ask [Player1]."), ("Player1", "Me?"), ("Player0", "Yes."),
+            ("Player1+Player3", "Fine.")]
+    it = item_from_json(item(history=chat, players=4))
+    assert baselines.previous_speaker(it) == "Player1"  # joint speakers: the first other
+    assert baselines.mention_then_speaker(it) == "Player1"  # named in the history
+    named_late = item_from_json(item(history=[("Player1", "Hi."), ("Player2", "Ask [Player2]?")]))
+    assert baselines.previous_speaker(named_late) == "Player2"
+    assert baselines.mention_then_speaker(named_late) == "Player2"
+    nobody_named = item_from_json(item(history=[("Player2", "Hi."), ("Player0", "Hm.")]))
+    assert baselines.mention_then_speaker(nobody_named) == "Player2"  # then the speaker
+    empty = item_from_json(item(history=[], players=4))
+    assert baselines.previous_speaker(empty) == "Player1"  # the first candidate
+    assert baselines.chance(empty) == pytest.approx(1 / 3)
+
+
+def test_wilson_interval() -> None:
+    assert wilson(0, 0) == (0.0, 0.0)
+    low, high = wilson(8, 10)  # the textbook example: 0.490 .. 0.943
+    assert (round(low, 3), round(high, 3)) == (0.490, 0.943)
+
+
+def _dataset(n_groups: int = 6) -> list[dict]:
+    """Conversations where the addressee is the last other speaker unless the utterance
+    opens with a name, and the masked name is the one the speaker named before."""
+    rows = []
+    for g in range(n_groups):
+        chat: list[tuple[str, str]] = []
+        for k in range(12):
+            speaker = f"Player{k % 3}"
+            other = f"Player{(k + 1) % 3}"
+            if k % 4 == 3:
+                rows.append(item("STI", chat[-10:], speaker, f"[{other}], did you see it?",
+                                 other, group=f"s0{g}_e0{g}_c01", n=k))
+            elif chat:
+                last = next(s for s, _ in reversed(chat) if s != speaker)
+                rows.append(item("STI", chat[-10:], speaker, "Did you see it?", last,
+                                 group=f"s0{g}_e0{g}_c01", n=k))
+            chat.append((speaker, f"I saw [{other}] at the lake."))
+            rows.append(item("MPP", chat[-10:], speaker, "Then [MASK] went home.", other,
+                             group=f"s0{g}_e0{g}_c01", n=k))
+    return rows
+
+
+def test_training_is_reproducible_and_readable(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", _dataset())
+    loaded = read_items([path])
+    first = train(loaded.items, seed=0, sources=[path])
+    first.save(tmp_path / "a.json")
+    train(read_items([path]).items, seed=0, sources=[path]).save(tmp_path / "b.json")
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    saved = json.loads((tmp_path / "a.json").read_text())
+    assert set(saved["tasks"]) == {"STI", "MPP"}
+    assert set(saved["tasks"]["STI"]["features"]) == set(feature_names())
+    back = load_ranker(tmp_path / "a.json")
+    it = loaded.items[5]
+    x = features(it, it.history)
+    assert np.allclose(back.tasks[it.task].logits(x), first.tasks[it.task].logits(x), atol=1e-4)
+    saved["tasks"]["STI"]["features"]["no_such_cue"] = {"weight": 1, "mean": 0, "scale": 1}
+    (tmp_path / "c.json").write_text(json.dumps(saved))
+    with pytest.raises(WeightsError, match="unknown features no_such_cue"):
+        load_ranker(tmp_path / "c.json")
+
+
+def test_the_ranker_learns_what_the_cues_say(tmp_path: Path) -> None:
+    loaded = read_items([write_jsonl(tmp_path / "d.jsonl", _dataset())])
+    report = score(loaded.items, cross_validated(loaded.items, 3)[0], "cv", loaded)
+    assert report.tasks["STI"].accuracy == 1.0
+    assert report.tasks["MPP"].accuracy == 1.0
+    assert report.tasks["STI"].baselines["previous_speaker"] < 1.0
+
+
+def test_an_unanswerable_item_counts_as_wrong(tmp_path: Path) -> None:
+    loaded = read_items([write_jsonl(tmp_path / "d.jsonl", _dataset(2))])
+    report = score(loaded.items, lambda j, it, context: {}, "silent", loaded)
+    assert all(s.right == 0 and s.n > 0 for s in report.tasks.values())
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"the dev files are not at {SHARED}")
+def test_the_shipped_weights_are_those_train_predictor_makes(tmp_path: Path) -> None:
+    paths = [SHARED / "friends-dev.jsonl", SHARED / "wau-dev.jsonl"]
+    train(read_items(paths).items, seed=0, sources=paths).save(tmp_path / "w.json")
+    shipped = Path(__file__).resolve().parents[2] / "stream" / "tasks" / "fusion.json"
+    assert (tmp_path / "w.json").read_bytes() == shipped.read_bytes()
+
+
+def test_shipped_fusion_beats_the_baselines_on_code_made_items(tmp_path: Path) -> None:
+    loaded = read_items([write_jsonl(tmp_path / "d.jsonl", _dataset(3))])
+    report = evaluate(loaded, "fusion")
+    sti = report.tasks["STI"]
+    assert sti.accuracy > max(sti.baselines.values())
+
+
+def _turn(k: int, speaker: str, text: str) -> Turn:
+    return Turn(pts=k + 1.0, index=k, start=float(k), end=k + 0.9, text=text,
+                speaker_name=speaker)
+
+
+SCRIPT = [("P1", "Ben, did you finish the map?"), ("P2", "Almost. He helped me."),
+          ("P3", "He did most of it."), ("P1", "Thanks, Clara."), ("P2", "Ask her."),
+          ("P3", "Ben, you found it."), ("P1", "Clara, he is right.")]
+
+
+def _predictions(upto: int) -> list[dict]:
+    stage = SocialStage("fusion")
+    out = []
+    for k, (speaker, text) in enumerate(SCRIPT[:upto]):
+        p = stage.predict(_turn(k, speaker, text))
+        out.append({a.task + str(a.target): a.probabilities for a in p.answers})
+    return out
+
+
+def test_predictions_for_a_turn_never_depend_on_later_turns() -> None:
+    full = _predictions(len(SCRIPT))
+    for n in range(1, len(SCRIPT)):
+        assert _predictions(n) == full[:n]
+    assert all(abs(sum(p.values()) - 1) < 1e-3 for turn in full for p in turn.values())
+
+
+def test_names_are_learned_from_vocatives_and_transcripts() -> None:
+    assert vocative_names("Ben, did you?") == ["Ben"]
+    assert vocative_names("Thanks, Clara.") == ["Clara"]
+    assert vocative_names("Clara helped me. Oh, fine.") == []
+    dialogue = Dialogue()
+    for speaker, text in [("P1", "Ben, did you finish?"), ("P2", "Yes."),
+                          ("P1", "Clara, and you?"), ("P3", "Yes.")]:
+        dialogue.learn(speaker, text, None)
+        dialogue.append(speaker, text)
+    assert dialogue.names.known() == {"Ben": "P2", "Clara": "P3"}
+    dialogue.learn("P4", "Hi.", "Dana")  # a transcript's speaker name is strong evidence
+    assert dialogue.names.known()["Dana"] == "P4"
+    assert dialogue.mentioned("Ben and Dana left.") == ["P2", "P4"]
+    assert Dialogue.with_names({"P9": "Zoe"}).names.known() == {"Zoe": "P9"}
+
+
+def test_an_unplaced_vocative_is_asked_as_a_masked_name() -> None:
+    stage = SocialStage("fusion")
+    stage.predict(_turn(0, "P1", "Hello."))
+    stage.predict(_turn(1, "P2", "Hi."))
+    p = stage.predict(_turn(2, "P1", "Eve, are you coming?"))
+    [mentioned] = [a for a in p.answers if a.task == "mentioned"]
+    assert mentioned.target == "Eve" and set(mentioned.probabilities) == {"P2"}
+    assert p.predictor == "fusion"
+
+
+def test_eval_report_json_shape(tmp_path: Path) -> None:
+    loaded = read_items([write_jsonl(tmp_path / "d.jsonl", [*_dataset(2), "{broken"])])
+    out = evaluate(loaded, "cues").to_json()
+    assert set(out) >= {"tasks", "predictor", "latency_ms_p50", "latency_ms_p95"}
+    assert set(out["tasks"]["STI"]) >= {"accuracy", "n", "baselines"}
+    assert set(out["tasks"]["STI"]["baselines"]) == {"chance", "previous_speaker",
+                                                     "mention_then_speaker"}
+    assert out["problems"] == 1
+    assert Loaded().items == []
