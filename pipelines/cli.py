@@ -44,8 +44,8 @@ HELP = {
     "model": "after every turn, answer who is addressed, referred to and mentioned with this "
              "model: a checkpoint directory, a model id in the local Hugging Face cache, or "
              "smollm2 (README: Engine)",
-    "predictor": "who answers after each turn: fusion (default, no model), cues, engine "
-                 "(needs --model) or none",
+    "predictor": "who answers after each turn: fusion (no model), cues, engine (needs "
+                 "--model) or none (default: engine with --model, else none)",
     "mqtt": "publish events to this broker: mqtt://[user@]host:port (password from "
             "$SOCIALSTREAM_MQTT_PASSWORD, never the command line)",
 }

@@ -54,10 +54,16 @@ class OutputConfig(_Strict):
 
 
 class PredictionsConfig(_Strict):
-    predictor: Literal["fusion", "cues", "engine", "none"] = Field(
-        "fusion", description="who answers after each turn: fusion (learned, no model), cues "
-                              "(fixed rules), engine (the model's answers alone; needs "
-                              "engine.model), none (turns only)")
+    predictor: Literal["fusion", "cues", "engine", "none"] | None = Field(
+        None, description="who answers after each turn: fusion (learned, no model), cues "
+                          "(fixed rules), engine (the model's answers alone; needs "
+                          "engine.model), none (turns only); null: engine with a model, else "
+                          "none")
+
+    def chosen(self, model: str | None) -> str:
+        if self.predictor is not None:
+            return self.predictor
+        return "engine" if model is not None else "none"
 
 
 class ReplayConfig(_Strict):

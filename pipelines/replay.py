@@ -159,14 +159,15 @@ def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has
         pipe.connect("perception", "turns", PerceivedFrame, maxsize=size)
     else:
         pipe.connect(media, "turns", VideoFrame, policy=video_policy, maxsize=size)
-    predict = config.predictions.predictor != "none"
+    predictor = config.predictions.chosen(config.engine.model)
+    predict = predictor != "none"
     if predict:
         names = config.perception.names
         engine = EngineStage(config.engine, names) if config.engine.model is not None else None
-        if config.predictions.predictor == "engine" and engine is None:
+        if predictor == "engine" and engine is None:
             raise UserError("predictions.predictor engine needs a model: add --model (or set "
                             "engine.model)")
-        pipe.add(SocialStage(config.predictions.predictor, names, engine))
+        pipe.add(SocialStage(predictor, names, engine))
         pipe.connect("turns", "predict", Turn, maxsize=size)
     for i, sink in enumerate(sinks):
         name = pipe.add(sink, f"{sink.name}-{i}" if i else sink.name)
