@@ -102,7 +102,7 @@ async def test_predictions_are_spooled_for_the_prediction_topic(tmp_path) -> Non
         await asyncio.sleep(0)
         rows = sink.spool.peek()
         assert [r.topic for r in rows] == ["socialstream/demo/prediction"]
-        assert json.loads(rows[0].payload)["schema"] == "socialstream.prediction/2"
+        assert json.loads(rows[0].payload)["schema"] == "socialstream.prediction/3"
     finally:
         await sink.stop()
 
