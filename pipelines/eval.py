@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import log_softmax
 
+from stream.engine.predict import softmax
 from stream.tasks import baselines
 from stream.tasks.features import features
 from stream.tasks.items import TASKS, EvalItem, Loaded, Utterance
 from stream.tasks.memory import Memory
 from stream.tasks.predictors import EnginePredictor, FusionPredictor, Predictor, text_predictor
-from stream.tasks.ranker import Ranker, TaskWeights, _fit_task, load_ranker
+from stream.tasks.ranker import Ranker, fit, load_ranker
 
 Z95 = 1.959963984540054
 
@@ -101,16 +103,20 @@ def score(items: Sequence[EvalItem], answer: Answerer, name: str, loaded: Loaded
             s = table.setdefault(item.task, TaskScore())
             s.n += 1
             s.right += pick is not None and pick == item.answer
-    for table_items, table in [(items, tasks), *[
-            ([i for i in items if source_of(i) == src], t) for src, t in by_source.items()]]:
-        for task, s in table.items():
-            chosen = [i for i in table_items if i.task == task]
-            s.baselines = {"chance": sum(map(baselines.chance, chosen)) / len(chosen)}
-            for base, rule in baselines.BASELINES.items():
-                s.baselines[base] = sum(rule(i) == i.answer for i in chosen) / len(chosen)
+    _add_baselines(tasks, items)
+    for source, table in by_source.items():
+        _add_baselines(table, [i for i in items if source_of(i) == source])
     ordered = {t: tasks[t] for t in TASKS if t in tasks}
     return Report(name, ordered, latencies, [str(p) for p in loaded.problems], loaded.notes,
                   {src: {t: s[t] for t in TASKS if t in s} for src, s in by_source.items()})
+
+
+def _add_baselines(table: dict[str, TaskScore], items: Sequence[EvalItem]) -> None:
+    for task, s in table.items():
+        chosen = [i for i in items if i.task == task]
+        s.baselines = {"chance": sum(map(baselines.chance, chosen)) / len(chosen)}
+        for base, rule in baselines.BASELINES.items():
+            s.baselines[base] = sum(rule(i) == i.answer for i in chosen) / len(chosen)
 
 
 def folds(items: Sequence[EvalItem], k: int, seed: int = 0) -> list[int]:
@@ -121,28 +127,40 @@ def folds(items: Sequence[EvalItem], k: int, seed: int = 0) -> list[int]:
     return [fold_of[item.group] for item in items]
 
 
-def cross_validated(items: Sequence[EvalItem], k: int, seed: int = 0
-                    ) -> tuple[Answerer, list[Ranker]]:
-    """An answerer whose ranker for each item was trained without the item's fold."""
+@dataclass
+class CrossValidation:
+    """Rankers each trained without one fold, and what they were computed from."""
+
+    fold: list[int]
+    rankers: list[Ranker]
+    contexts: list[tuple[Utterance, ...]]
+    rows: list[np.ndarray]
+
+    def __post_init__(self) -> None:
+        self.predictors = [FusionPredictor(ranker) for ranker in self.rankers]
+
+    def answer(self, j: int, item: EvalItem, context: Sequence[Utterance]
+               ) -> dict[str, float]:
+        """The answer of the ranker that never saw the item's fold (features recomputed,
+        so the latency measured is a live item's)."""
+        return self.predictors[self.fold[j]].predict(item, context)
+
+    def logits(self, j: int, item: EvalItem) -> np.ndarray:
+        weights = self.rankers[self.fold[j]].tasks.get(item.task)
+        return np.zeros(0) if weights is None else weights.logits(self.rows[j])
+
+
+def cross_validated(items: Sequence[EvalItem], k: int, seed: int = 0) -> CrossValidation:
     memory = Memory()
-    rows = [features(item, memory.context(item)) for item in items]
+    contexts = [memory.context(item) for item in items]
+    rows = [features(item, context) for item, context in zip(items, contexts, strict=True)]
     fold = folds(items, k, seed)
     rankers = []
     for f in range(k):
-        tasks: dict[str, TaskWeights] = {}
-        for task in TASKS:
-            chosen = [j for j, item in enumerate(items)
-                      if item.task == task and fold[j] != f and item.answer is not None]
-            if chosen:
-                tasks[task] = _fit_task([items[j] for j in chosen], [rows[j] for j in chosen],
-                                        seed)
-        rankers.append(Ranker(tasks, {"fold": f}))
-    predictors = [FusionPredictor(r) for r in rankers]
-
-    def answer(j: int, item: EvalItem, context: Sequence[Utterance]) -> dict[str, float]:
-        return predictors[fold[j]].predict(item, context)
-
-    return answer, rankers
+        train = [j for j in range(len(items)) if fold[j] != f]
+        rankers.append(Ranker(fit([items[j] for j in train], [rows[j] for j in train], seed),
+                              {"fold": f}))
+    return CrossValidation(fold, rankers, contexts, rows)
 
 
 def evaluate(loaded: Loaded, predictor: str = "fusion", cv: int = 0,
@@ -150,9 +168,8 @@ def evaluate(loaded: Loaded, predictor: str = "fusion", cv: int = 0,
              seed: int = 0) -> Report:
     items = loaded.items
     if predictor == "fusion" and cv:
-        answer, _ = cross_validated(items, cv, seed)
-        return score(items, answer, f"fusion (cross-validated, {cv} folds by conversation)",
-                     loaded)
+        return score(items, cross_validated(items, cv, seed).answer,
+                     f"fusion (cross-validated, {cv} folds by conversation)", loaded)
     chosen: Predictor
     if predictor == "engine":
         if engine is None:
@@ -174,22 +191,21 @@ def engine_comparison(loaded: Loaded, engines: Sequence[EnginePredictor], cv: in
     without the engine, and with each engine's scores added at a weight chosen on the
     other folds (log-likelihood of the answers)."""
     items = loaded.items
-    fusion, rankers = cross_validated(items, cv, seed)
-    fold = folds(items, cv, seed)
-    memory = Memory()
-    contexts = [memory.context(item) for item in items]
-    cue_logits = [FusionPredictor(rankers[fold[j]]).logits(item, contexts[j])
-                  for j, item in enumerate(items)]
-    reports = [score(items, fusion, f"fusion, no engine (cross-validated, {cv} folds)", loaded)]
+    cv_run = cross_validated(items, cv, seed)
+    fold = cv_run.fold
+    cue_logits = [cv_run.logits(j, item) for j, item in enumerate(items)]
+    reports = [score(items, cv_run.answer, f"fusion, no engine (cross-validated, {cv} folds)",
+                     loaded)]
     for engine in engines:
-        scores = [engine.log_probabilities(item, contexts[j]) for j, item in enumerate(items)]
+        scores = [engine.log_probabilities(item, context)
+                  for item, context in zip(items, cv_run.contexts, strict=True)]
         reports.append(score(items, lambda j, item, context, s=scores:
-                             _probabilities(item, s[j]), engine.name, loaded))
+                             softmax(item.candidates, s[j]), engine.name, loaded))
         chosen_w = [_engine_weight(items, cue_logits, scores, [g != f for g in fold])
                     for f in range(cv)]
         reports.append(score(
             items, lambda j, item, context, s=scores, w=chosen_w:
-            _probabilities(item, cue_logits[j] + w[fold[j]] * s[j]) if cue_logits[j].size
+            softmax(item.candidates, cue_logits[j] + w[fold[j]] * s[j]) if cue_logits[j].size
             else {}, f"fusion + {engine.name} (weights per fold: {chosen_w})", loaded))
     return reports
 
@@ -205,15 +221,7 @@ def _engine_weight(items: Sequence[EvalItem], cue_logits: Sequence[np.ndarray],
         total = 0.0
         for item, cues, engine, use in zip(items, cue_logits, scores, train, strict=True):
             if use and cues.size and item.answer in item.candidates:
-                z = cues + w * engine
-                top = z.max()
-                total -= z[item.candidates.index(item.answer)] - top \
-                    - np.log(np.exp(z - top).sum())
+                total -= log_softmax(cues + w * engine)[item.candidates.index(item.answer)]
         return total
 
     return min(ENGINE_WEIGHTS, key=loss)
-
-
-def _probabilities(item: EvalItem, logits: np.ndarray) -> dict[str, float]:
-    e = np.exp(logits - logits.max())
-    return {c: float(v) for c, v in zip(item.candidates, e / e.sum(), strict=True)}

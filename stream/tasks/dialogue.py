@@ -56,12 +56,20 @@ class Names:
     fixed: dict[str, str] = field(default_factory=dict)
     """Name -> player known from the configuration (`perception.names`)."""
     evidence: dict[tuple[str, str], float] = field(default_factory=dict)
+    _known: dict[str, str] | None = field(default=None, init=False, repr=False)
+    """The assignment for the evidence so far: a turn reads it several times."""
 
     def add(self, name: str, player: str, weight: float) -> None:
         self.evidence[(name, player)] = self.evidence.get((name, player), 0.0) + weight
+        self._known = None
 
     def known(self) -> dict[str, str]:
         """Name -> player: the configured ones, then the best one-to-one assignment."""
+        if self._known is None:
+            self._known = self._assign()
+        return dict(self._known)
+
+    def _assign(self) -> dict[str, str]:
         result = dict(self.fixed)
         taken = set(result.values())
         pairs = {k: v for k, v in self.evidence.items()

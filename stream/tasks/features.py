@@ -64,6 +64,10 @@ BASE = (
 )
 
 
+INDEX = {name: i for i, name in enumerate(BASE)}
+"""Column of each feature."""
+
+
 def feature_names() -> list[str]:
     return list(BASE)
 
@@ -156,9 +160,8 @@ def features(item: EvalItem, context: Sequence[Utterance] | None = None,
     history = item.history
     long = tuple(context) if context else history
     n = len(history)
-    names = feature_names()
-    index = {name: i for i, name in enumerate(names)}
-    rows = np.zeros((len(item.candidates), len(names)), dtype=np.float64)
+    index = INDEX
+    rows = np.zeros((len(item.candidates), len(BASE)), dtype=np.float64)
 
     spoke_at: dict[str, list[int]] = {}
     named_at: dict[str, list[int]] = {}
@@ -283,7 +286,7 @@ still spoken elsewhere in the utterance (every mention of the answer is masked).
 
 def rule_pick(item: EvalItem, rows: np.ndarray) -> np.ndarray:
     """One-hot over the candidates: the first cue of `RULES` decides, the next break ties."""
-    index = {name: i for i, name in enumerate(BASE)}
+    index = INDEX
     order = RULES.get(item.task, ())
     score = np.zeros(len(item.candidates))
     for rank, name in enumerate(order):

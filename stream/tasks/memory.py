@@ -32,11 +32,9 @@ class Memory:
         if not history:
             self.transcripts[item.group] = []
             return ()
-        merged = _stitch(known, history)
-        if merged is None:
-            merged = history
-        self.transcripts[item.group] = merged[-LONGEST:]
-        return tuple(merged[-LONGEST:])
+        kept = (_stitch(known, history) or history)[-LONGEST:]
+        self.transcripts[item.group] = kept
+        return tuple(kept)
 
 
 def _stitch(known: list[Utterance], history: list[Utterance]) -> list[Utterance] | None:

@@ -3,8 +3,8 @@ uses only the item and what was said before it (`context`).
 
 - `cues`: no model and nothing learned; a fixed order of the strongest cues per task
   (a vocative, then who spoke or was named last, agreeing in gender with the pronoun).
-- `fusion` (default): the learned ranker over every cue feature (`ranker.py`), plus,
-  when a language model runs, its candidate scores weighted as trained.
+- `fusion` (default): the learned ranker over every cue feature (`ranker.py`); how
+  much a language model's scores would add is measured by `eval --model`.
 - `engine`: the KV-cached session's candidate log-likelihoods alone.
 - the baselines of the data README, so `eval --predictor previous_speaker` works too.
 """
@@ -15,9 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+from scipy.special import log_softmax
 
+from stream.engine.predict import softmax
 from stream.tasks import baselines
-from stream.tasks.features import Perceived, feature_names, features
+from stream.tasks.features import INDEX, Perceived, features
 from stream.tasks.items import EvalItem, Utterance
 from stream.tasks.ranker import Ranker, load_ranker
 
@@ -41,9 +43,6 @@ def _one_hot(item: EvalItem, pick: str | None) -> dict[str, float]:
     return {c: float(c == pick) for c in item.candidates}
 
 
-INDEX = {name: i for i, name in enumerate(feature_names())}
-
-
 class CuesPredictor:
     """The cues in a fixed priority (`features.RULES`): what a careful reader checks first."""
 
@@ -58,10 +57,8 @@ class CuesPredictor:
 class FusionPredictor:
     name = "fusion"
 
-    def __init__(self, ranker: Ranker | None = None,
-                 engine: EnginePredictor | None = None, engine_weight: float = 0.0) -> None:
+    def __init__(self, ranker: Ranker | None = None) -> None:
         self.ranker = ranker or load_ranker()
-        self.engine, self.engine_weight = engine, engine_weight
 
     def logits(self, item: EvalItem, context: Sequence[Utterance],
                perceived: Perceived | None = None) -> np.ndarray:
@@ -73,18 +70,7 @@ class FusionPredictor:
     def predict(self, item: EvalItem, context: Sequence[Utterance],
                 perceived: Perceived | None = None) -> dict[str, float]:
         logits = self.logits(item, context, perceived)
-        if logits.size == 0:
-            return {}
-        if self.engine is not None and self.engine_weight:
-            scores = self.engine.log_probabilities(item, context)
-            logits = logits + self.engine_weight * scores
-        return _softmax(item, logits)
-
-
-def _softmax(item: EvalItem, logits: np.ndarray) -> dict[str, float]:
-    e = np.exp(logits - logits.max())
-    p = e / e.sum()
-    return {c: float(v) for c, v in zip(item.candidates, p, strict=True)}
+        return softmax(item.candidates, logits) if logits.size else {}
 
 
 class EnginePredictor:
@@ -114,12 +100,12 @@ class EnginePredictor:
         session.append_utterance(item.speaker, item.text, bias=self.bias)
         question = self.QUESTIONS[item.task].format(
             speaker=item.speaker, word=item.target.word if item.target else "")
-        scores = np.array(session.ask(question, list(item.candidates)), dtype=np.float64)
-        return scores - np.log(np.exp(scores - scores.max()).sum()) - scores.max()
+        return log_softmax(np.array(session.ask(question, list(item.candidates)),
+                                    dtype=np.float64))
 
     def predict(self, item: EvalItem, context: Sequence[Utterance],
                 perceived: Perceived | None = None) -> dict[str, float]:
-        return _softmax(item, self.log_probabilities(item, context))
+        return softmax(item.candidates, self.log_probabilities(item, context))
 
 
 class BaselinePredictor:

@@ -48,11 +48,6 @@ class Ranker:
     tasks: dict[str, TaskWeights]
     meta: dict[str, Any]
 
-    def probabilities(self, task: str, x: np.ndarray) -> np.ndarray:
-        logits = self.tasks[task].logits(x)
-        e = np.exp(logits - logits.max())
-        return e / e.sum()
-
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, **self.meta, "tasks": {
             task: {"items": w.items, "C": w.c, "intercept": round(w.intercept, 6),
@@ -153,17 +148,23 @@ def _choose_c(z: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int) -> fl
     return min(CS, key=loss)
 
 
-def train(items: Sequence[EvalItem], seed: int = 0, sources: Sequence[Path] = ()) -> Ranker:
-    """One ranker per task present among the items (every answered item of that task, all
-    sources together so the weights are not one show's habits)."""
-    usable = [item for item in items if item.answer is not None]
-    rows = matrices(usable)
+def fit(items: Sequence[EvalItem], rows: Sequence[np.ndarray], seed: int
+        ) -> dict[str, TaskWeights]:
+    """One ranker per task present among the answered items (all sources together, so the
+    weights are not one show's habits); `rows` are the items' feature matrices."""
     tasks = {}
     for task in TASKS:
-        chosen = [k for k, item in enumerate(usable) if item.task == task]
+        chosen = [k for k, item in enumerate(items)
+                  if item.task == task and item.answer is not None]
         if chosen:
-            tasks[task] = _fit_task([usable[k] for k in chosen], [rows[k] for k in chosen],
+            tasks[task] = _fit_task([items[k] for k in chosen], [rows[k] for k in chosen],
                                     seed)
+    return tasks
+
+
+def train(items: Sequence[EvalItem], seed: int = 0, sources: Sequence[Path] = ()) -> Ranker:
+    usable = [item for item in items if item.answer is not None]
+    tasks = fit(usable, matrices(usable), seed)
     meta = {"seed": seed, "trained_on": [
         {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
         for path in sources if path.is_file()]}

@@ -14,13 +14,12 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
+from stream.engine.predict import NOBODY
 from stream.frames import Answer, Item, Prediction, Turn
 from stream.runtime import Stage
 from stream.tasks.dialogue import Dialogue
 from stream.tasks.features import Perceived
 from stream.tasks.predictors import Predictor, text_predictor
-
-NOBODY = "nobody"
 
 
 def perceived(turn: Turn, speaker: str | None) -> Perceived | None:

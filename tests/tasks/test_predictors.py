@@ -87,7 +87,7 @@ def test_training_is_reproducible_and_readable(tmp_path: Path) -> None:
 
 def test_the_ranker_learns_what_the_cues_say(tmp_path: Path) -> None:
     loaded = read_items([write_jsonl(tmp_path / "d.jsonl", _dataset())])
-    report = score(loaded.items, cross_validated(loaded.items, 3)[0], "cv", loaded)
+    report = score(loaded.items, cross_validated(loaded.items, 3).answer, "cv", loaded)
     assert report.tasks["STI"].accuracy == 1.0
     assert report.tasks["MPP"].accuracy == 1.0
     assert report.tasks["STI"].baselines["previous_speaker"] < 1.0
