@@ -1,0 +1,125 @@
+"""Light-ASD: the shipped weights, the model written from the paper, streaming, MFCCs,
+and what it decides on a real clip."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from python_speech_features import mfcc
+
+from pipelines.config import load_config
+from pipelines.replay import replay_and_collect
+from stream.speaker.asd import LightAsdScorer, StreamingMfcc, face_crop, weights_path
+from stream.speaker.light_asd import PIXEL_MEAN, PIXEL_STD, LightASD, load_light_asd
+from tests.conftest import ROOT
+
+REAL = ROOT.parent / "shared" / "data" / "real" / "visualvoice_noisy_restaurant.mp4"
+
+
+@pytest.mark.parametrize("name", ["talkset", "ava"])
+def test_released_weights_load_strictly_every_key_and_shape(name: str) -> None:
+    state = torch.load(weights_path(name), map_location="cpu", weights_only=True)
+    model = LightASD()
+    ours = model.state_dict()
+    assert set(ours) == set(state), "no key missing, none left over"
+    assert all(ours[k].shape == state[k].shape for k in state)
+    load_light_asd(weights_path(name))  # strict=True
+    params = sum(p.numel() for p in model.parameters())
+    assert 1.0e6 <= params <= 1.05e6, params  # "1.0 M parameters"
+
+
+def _fixed_input(frames: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.arange(frames, dtype=torch.float32)
+    yy, xx = torch.meshgrid(torch.arange(112.0), torch.arange(112.0), indexing="ij")
+    faces = 127.5 + 100 * torch.sin(xx[None] / 9 + yy[None] / 13 + t[:, None, None] * 0.7)
+    coeffs = 10 * torch.sin(torch.arange(4 * frames)[:, None] / 5 + torch.arange(13.0)[None] / 3)
+    return faces[None], coeffs[None]
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    # Computed once with this model on this input (torch 2.13.0 CPU, float32):
+    # load_light_asd(weights_path(name))(faces, mfcc)[0], rounded to 4 decimals.
+    ("talkset", [-1.0571, -0.982, -0.7615, -0.4105, -0.2711, -0.2342, -0.2047, -0.2391,
+                 -0.0758, 0.3572]),
+    ("ava", [-4.7364, -5.2382, -5.6161, -5.5798, -5.8643, -6.1208, -6.158, -5.7351, -4.8808,
+             -3.722]),
+])
+def test_outputs_on_a_fixed_input(name: str, expected: list[float]) -> None:
+    faces, coeffs = _fixed_input()
+    with torch.inference_mode():
+        logits = load_light_asd(weights_path(name))(faces, coeffs)[0]
+    assert torch.allclose(logits, torch.tensor(expected), atol=1e-4)
+
+
+def test_streaming_visual_embeddings_equal_the_whole_track() -> None:
+    model = load_light_asd(weights_path("talkset"))
+    crops = (torch.rand(2, 30, 112, 112, generator=torch.Generator().manual_seed(0)) * 255).round()
+    scorer = LightAsdScorer(model, window_s=2.0)
+    for tick in range(30):
+        live = {0: crops[0, tick].numpy()}
+        if tick >= 5:  # a second face appears later: its own zero padding, same batch
+            live[1] = crops[1, tick].numpy()
+        scorer.tick(tick, live)
+    with torch.inference_mode():
+        for track, first in ((0, 0), (1, 5)):
+            whole = model.model.visualEncoder(
+                ((crops[track, first:] / 255 - PIXEL_MEAN) / PIXEL_STD)[None, None])[0]
+            kept = scorer.tracks[track].embeddings
+            ticks = [t for t, _ in kept]
+            assert ticks[-1] == 29 - 6, "final six ticks later"
+            streamed = torch.stack([e for _, e in kept])
+            assert (streamed - whole[ticks[0] - first:ticks[-1] - first + 1]).abs().max() < 1e-5
+
+
+def test_streaming_mfcc_equals_python_speech_features_on_the_whole_signal() -> None:
+    rng = np.random.default_rng(1)
+    audio = (rng.normal(0, 3000, 16000 * 2)).astype(np.int16)
+    whole = mfcc(audio, 16000, numcep=13, winlen=0.025, winstep=0.010)
+    stream = StreamingMfcc()
+    at = 0
+    for size in (1, 399, 640, 37, 5000, 9923, 16000 * 2):
+        piece = audio[at:at + size]
+        stream.push(piece, at)
+        at += len(piece)
+    got = stream.window(0, stream.count)
+    # python_speech_features pads a last partial frame; the stream waits for whole frames.
+    assert stream.count == (len(audio) - 400) // 160 + 1
+    assert np.allclose(got, whole[:stream.count], rtol=1e-4, atol=1e-3)
+
+
+def test_the_crop_is_the_lower_middle_of_the_face() -> None:
+    gray = np.zeros((400, 400), np.uint8)
+    gray[200:260, 170:230] = 255  # a bright square just below the box centre
+    crop = face_crop(gray, (150, 100, 250, 300))  # half side 100: x 130..270, y 170..310
+    bright = np.argwhere(crop > 128)
+    assert bright[:, 0].min() == pytest.approx(112 * 30 / 140, abs=1)
+    assert bright[:, 1].min() == pytest.approx(112 * 40 / 140, abs=1)
+
+
+@pytest.mark.skipif(not REAL.exists(), reason="../shared/data/real is not on this machine")
+def test_the_man_in_the_restaurant_is_the_only_speaker() -> None:
+    config = load_config(None, {"predictions": {"predictor": "none"},
+                                "recognizer": {"enabled": False}})
+    frames, turns = replay_and_collect(str(REAL), config)
+    voiced = [f for f in frames if f.voiced]
+    speakers = Counter(f.speaker for f in frames)
+    assert {v.player for f in frames for v in f.players} == {"P1"}
+    assert set(speakers) <= {"P1", None}, "no one else, ever"
+    assert sum(f.speaker == "P1" for f in voiced) >= 0.9 * len(voiced), speakers
+    assert all(t.vote is not None and t.vote.speaker == "P1" for t in turns)
+
+
+def test_without_audio_the_mouth_cue_runs_and_says_so(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+    from tests.media import write_media
+
+    silent = write_media(tmp_path / "silent.mp4", duration=2.0)
+    (tmp_path / "silent.jsonl").write_text('{"start": 0.5, "end": 1.5, "text": "hi"}\n')
+    done = run_cli("replay", str(silent), "--json", "--predictor", "none")
+    assert done.returncode == 0, done.stderr
+    assert "active speaker: mouth motion (the media has no audio for Light-ASD)" in (
+        " ".join(done.stderr.split()))
