@@ -22,6 +22,10 @@ MOUTH = (122.0, 146.0)
 NOSE = (125.0, 127.0)
 JAW_DROP_PX = 9.0
 """How far the jaw drops at full voice, in portrait pixels."""
+LIPS_PART_PX = 4.0
+"""How far each lip moves from the mouth line at full voice (`lips` style)."""
+LIPS_STRETCH = 0.12
+"""Sideways stretch of the mouth corners at full voice, as a share of their offset."""
 YAW_SHIFT_PX = 10.0
 """How far the central face moves sideways at full yaw, in portrait pixels."""
 SUIT_HUES = {1: 105, 2: 60}
@@ -78,29 +82,50 @@ def _person_mask(image: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(person, (5, 5), 0).astype(np.float32) / 255.0
 
 
-def animate(p: Portrait, mouth_open: float, yaw: float) -> np.ndarray:
-    """The portrait with its jaw dropped by `mouth_open` (0..1) and turned by `yaw` (-1..1).
+def animate(p: Portrait, mouth_open: float, yaw: float, style: str = "jaw",
+            nod: float = 0.0) -> np.ndarray:
+    """The portrait with its mouth opened by `mouth_open` (0..1), turned by `yaw` (-1..1)
+    and nodded down by `nod` portrait pixels.
 
-    Positive yaw turns the face towards the right of the picture.
+    `jaw`: the jaw drops. `lips`: only the lips move, parting vertically and stretching
+    sideways around the mouth, with no jaw motion. Positive yaw turns the face towards
+    the right of the picture.
     """
     ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
     mx, my = p.mouth
     nx, ny = p.nose
     turn = yaw * YAW_SHIFT_PX * np.exp(-((xs - nx) / 30.0) ** 2 - ((ys - ny) / 45.0) ** 2)
+    head = nod * np.clip((240.0 - ys) / 60.0, 0.0, 1.0)
+    if style == "lips":
+        near = np.exp(-((xs - mx) / 16.0) ** 2 - ((ys - my) / 7.0) ** 2)
+        part = mouth_open * LIPS_PART_PX * np.tanh((ys - my) / 3.0) * near
+        stretch = mouth_open * LIPS_STRETCH * (xs - mx) * near
+        warped = cv2.remap(p.image, xs - turn - stretch, ys - part - head, cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REFLECT)
+        if mouth_open * LIPS_PART_PX >= 1.0:
+            _paint_mouth(warped, (mx + yaw * YAW_SHIFT_PX * 0.7, my - 1 + head_at(nod, my)),
+                         mouth_open * LIPS_PART_PX * 1.2, width=7)
+        return warped
     drop = mouth_open * JAW_DROP_PX
     below = np.clip((my + 54.0 - ys) / 22.0, 0.0, 1.0) * (ys >= my)
     jaw = drop * np.exp(-((xs - mx) / 28.0) ** 2) * below
-    warped = cv2.remap(p.image, xs - turn, ys - jaw, cv2.INTER_LINEAR,
+    warped = cv2.remap(p.image, xs - turn, ys - jaw - head, cv2.INTER_LINEAR,
                        borderMode=cv2.BORDER_REFLECT)
     if drop >= 1.0:
-        _paint_mouth(warped, (mx + yaw * YAW_SHIFT_PX * 0.7, my), drop)
+        _paint_mouth(warped, (mx + yaw * YAW_SHIFT_PX * 0.7, my + head_at(nod, my)), drop)
     return warped
 
 
-def _paint_mouth(image: np.ndarray, centre: tuple[float, float], drop: float) -> None:
+def head_at(nod: float, y: float) -> float:
+    """How far a nod moved the picture at row `y`."""
+    return nod * float(np.clip((240.0 - y) / 60.0, 0.0, 1.0))
+
+
+def _paint_mouth(image: np.ndarray, centre: tuple[float, float], drop: float,
+                 width: int = 9) -> None:
     overlay = image.copy()
     cx, cy = centre
-    axes = (round(9 + drop * 0.5), max(1, round(drop / 2)))
+    axes = (round(width + drop * 0.5), max(1, round(drop / 2)))
     cv2.ellipse(overlay, (round(cx), round(cy + drop / 2)), axes, 0, 0, 360,
                 (70, 22, 28), -1, lineType=cv2.LINE_AA)
     cv2.addWeighted(overlay, 0.85, image, 0.15, 0, dst=image)

@@ -20,6 +20,7 @@ from stream.frames import SAMPLE_RATE
 
 TABLE_TOP = 400
 YAW_TIME_CONSTANT = 0.25
+LIGHT_PERIOD_S = 7.0
 MOUTH_RELEASE = 0.5
 """Per-frame decay of mouth opening when the voice drops (jaw closes smoothly)."""
 
@@ -82,6 +83,7 @@ class Renderer:
         self.yaw = np.zeros(n)
         self.target = np.zeros(n)
         self.mouth = np.zeros(n)
+        self.nod = np.zeros(n)
         self.voices = [
             envelope(pl.audio, np.arange(0.0, pl.end - pl.start, 1.0 / scene.fps)) for pl in placed
         ]
@@ -90,11 +92,16 @@ class Renderer:
         self._update(t)
         image = self.backdrop.copy()
         for i, p in enumerate(self.portraits):
-            face = pt.animate(p, float(self.mouth[i]), float(self.yaw[i]))
+            player = self.scene.players[i]
+            face = pt.animate(p, float(self.mouth[i]), float(self.yaw[i]), player.mouth,
+                              float(self.nod[i]))
             if any(a.player == self.ids[i] and a.start <= t < a.end for a in self.scene.away):
                 face = pt.back_of_head(p, face)
             self._paste(image, i, face, p)
         image[TABLE_TOP:] = self.backdrop[TABLE_TOP:]
+        if self.scene.light_swing > 0:
+            gain = 1 + self.scene.light_swing * np.sin(2 * np.pi * t / LIGHT_PERIOD_S)
+            image = np.clip(image.astype(np.float32) * gain, 0, 255).astype(np.uint8)
         if self.scene.video_noise > 0:
             rng = np.random.default_rng(round(t * self.scene.fps))
             noisy = image + rng.normal(0, self.scene.video_noise, image.shape)
@@ -114,6 +121,14 @@ class Renderer:
             frame = round((t - line.start) * self.scene.fps)
             if line.start <= t <= line.end and frame < len(self.voices[line.index]):
                 voice[speaker] = self.voices[line.index][frame]
+            for i, player in enumerate(self.scene.players):
+                if player.mumbles and i != speaker and line.start <= t <= line.end:
+                    # Silent lips and a nod while listening: motion that is not speech.
+                    voice[i] = 0.6 * max(0.0, np.sin(2 * np.pi * 3.0 * t))
+                    self.nod[i] = 5.0 * max(0.0, np.sin(2 * np.pi * 0.8 * t))
+        for i, player in enumerate(self.scene.players):
+            if player.turned:
+                self.target[i] = player.turned
         step = 1.0 / self.scene.fps
         self.yaw += (self.target - self.yaw) * (1 - np.exp(-step / YAW_TIME_CONSTANT))
         self.mouth = np.maximum(voice, self.mouth * MOUTH_RELEASE)
@@ -125,8 +140,12 @@ class Renderer:
         return float(np.clip(distance * 1.5, -1.0, 1.0))
 
     def _paste(self, image: np.ndarray, seat: int, face: np.ndarray, p: pt.Portrait) -> None:
-        top = self.scene.top
-        w, h = round(pt.WIDTH * self.scene.scale), round(pt.HEIGHT * self.scene.scale)
+        player = self.scene.players[seat]
+        scale = player.scale or self.scene.scale
+        h = round(pt.HEIGHT * scale)
+        top = self.scene.top + round(pt.HEIGHT * (self.scene.scale - scale) * 0.5)
+        # A head turned by about 45 degrees shows about cos(45) = 0.7 of its width.
+        w = round(pt.WIDTH * scale * (1 - 0.3 * abs(player.turned)))
         face = cv2.resize(face, (w, h), interpolation=cv2.INTER_AREA)
         alpha = cv2.resize(p.alpha, (w, h), interpolation=cv2.INTER_AREA)[..., None]
         x0 = self.centres[seat] - w // 2

@@ -13,6 +13,15 @@ class Player:
     """An espeak-ng voice, e.g. `en-us+f3`."""
     look: int = 0
     """Which appearance variant renders this player (see `portrait.py`)."""
+    mouth: str = "jaw"
+    """How speech moves the face: `jaw` (the jaw drops) or `lips` (the lips part and
+    stretch, the jaw stays)."""
+    scale: float | None = None
+    """This player's portrait size (default: the scene's)."""
+    turned: float = 0.0
+    """Head yaw held while speaking and listening (-1..1, 1 is about 45 degrees)."""
+    mumbles: bool = False
+    """Nods and moves the lips without sound while others speak."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,8 @@ class Scene:
     video_noise: float = 0.0
     """Standard deviation of Gaussian noise added to every pixel, in grey levels."""
     away: tuple[Away, ...] = ()
+    light_swing: float = 0.0
+    """Amplitude of a slow brightness change (0.3: from 70 % to 130 % of the light)."""
 
     def player(self, player_id: str) -> Player:
         return next(p for p in self.players if p.id == player_id)
@@ -141,4 +152,31 @@ QUARTET = Scene(
 )
 """Four people at 640x480; the fourth turns away for a while; light noise."""
 
-SCENES = {"demo": DEMO, "duo": DUO, "quartet": QUARTET}
+VARIED = Scene(
+    players=(
+        Player("P1", "Jon", "en-gb+m1", look=1, mouth="lips", scale=0.5),
+        Player("P2", "Kim", "en-us+f2", look=0, scale=0.95, mumbles=True),
+        Player("P3", "Lea", "en+f3", look=2, mouth="lips", turned=-1.0, scale=0.7),
+    ),
+    lines=(
+        Line("P1", "P2", "Kim, are you coming to the match tonight?", mentions=("P2",)),
+        Line("P2", "P1", "Maybe. Lea has the tickets, I think.", mentions=("P3",)),
+        Line("P3", "P2", "I do. He asked me to keep them.", pronouns=(Pronoun("He", "P1"),)),
+        Line("P1", "P3", "Thank you, Lea. You are a star.", mentions=("P3",)),
+        Line("P2", "P3", "Then I will bring the snacks for us."),
+        Line("P3", "P1", "Jon, do not forget your scarf this time.", mentions=("P1",)),
+        Line("P1", "P3", "I never forget it. She is teasing me.",
+             pronouns=(Pronoun("She", "P3"),)),
+    ),
+    seat_xs=(120, 330, 540),
+    top=140,
+    audio_noise=0.008,
+    video_noise=3.0,
+    light_swing=0.3,
+    gaps=(0.75, 0.9, 0.7),
+)
+"""Harder on purpose: a small face and a large one, lips that part without the jaw
+moving, a speaker turned about 45 degrees the whole time, a listener who nods and moves
+her lips without sound, and light that swells and fades."""
+
+SCENES = {"demo": DEMO, "duo": DUO, "quartet": QUARTET, "varied": VARIED}
