@@ -54,16 +54,11 @@ class OutputConfig(_Strict):
 
 
 class PredictionsConfig(_Strict):
-    predictor: Literal["fusion", "cues", "engine", "none"] | None = Field(
-        None, description="who answers after each turn: fusion (learned, no model), cues "
-                          "(fixed rules), engine (the model's answers alone; needs "
-                          "engine.model), none (turns only); null: engine with a model, else "
-                          "none")
-
-    def chosen(self, model: str | None) -> str:
-        if self.predictor is not None:
-            return self.predictor
-        return "engine" if model is not None else "none"
+    predictor: Literal["fusion", "cues", "engine", "none"] = Field(
+        "fusion", description="who answers after each turn: fusion (learned; the engine's "
+                              "scores ride along when a model runs), cues (fixed rules), "
+                              "engine (the model's answers alone; needs engine.model), none "
+                              "(turns only)")
 
 
 class ReplayConfig(_Strict):

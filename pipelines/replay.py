@@ -124,6 +124,11 @@ def build_replay(media: str, config: ReplayConfig, sinks: Sequence[Stage],
     return Replay(pipe, source, lines, session_id(media, config))
 
 
+LAG_SLACK = 16
+"""Room on the edges beside perception's hold-back: more speech events than VAD can make
+in that time."""
+
+
 def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has_audio: bool,
             has_video: bool, transcript: str | None, media: str = "media",
             video_policy: Policy = "block") -> None:
@@ -133,33 +138,41 @@ def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has
     """
     size = config.queues.size
     perceive = config.perception.enabled and has_video
+    # Light-ASD holds frames until their scores are final (about 0.3 s of media); the
+    # turns stage merges them with what VAD and the recognizer sent meanwhile, which their
+    # edges must be able to hold, or VAD would stop reading audio that perception needs.
+    perception = PerceptionStage(config.perception, has_audio=has_audio) if perceive else None
+    lagging = perception is not None and perception.model == "light_asd"
+    slack = max(size, LAG_SLACK) if lagging else size
     assembler = TurnAssembler(config.turns, has_audio=has_audio,
                               orphan_delay_s=config.vad.hangover_s + config.vad.frame_s,
                               speaker=config.perception.speaker if perceive else None)
     if has_audio:
         pipe.add(VadStage(config.vad, emit_frames=perceive))
         pipe.connect(media, "vad", AudioChunk, maxsize=size)
-    if perceive:
-        pipe.add(PerceptionStage(config.perception))
+    if perception is not None:
+        pipe.add(perception)
         pipe.connect(media, "perception", VideoFrame, policy=video_policy, maxsize=size)
         if has_audio:
-            pipe.connect("vad", "perception", VoiceFrame, maxsize=size)
+            pipe.connect("vad", "perception", VoiceFrame, maxsize=slack)
+        if perception.model == "light_asd":
+            pipe.connect(media, "perception", AudioChunk, maxsize=slack)
     pipe.add(TurnStage(assembler))
     # Lines first: a recognizer's line shares its pts with the segment it transcribes.
     if transcript is None and has_audio and config.recognizer.enabled:
         pipe.add(RecognizerStage(config.recognizer))
         pipe.connect(media, "asr", AudioChunk, maxsize=size)
-        pipe.connect("vad", "asr", SpeechSegment, maxsize=size)
+        pipe.connect("vad", "asr", SpeechSegment, maxsize=slack)
         transcript = "asr"
     if transcript is not None:
-        pipe.connect(transcript, "turns", TranscriptLine, maxsize=size)
+        pipe.connect(transcript, "turns", TranscriptLine, maxsize=slack)
     if has_audio:
-        pipe.connect("vad", "turns", SpeechStarted, SpeechSegment, maxsize=size)
+        pipe.connect("vad", "turns", SpeechStarted, SpeechSegment, maxsize=slack)
     if perceive:
         pipe.connect("perception", "turns", PerceivedFrame, maxsize=size)
     else:
         pipe.connect(media, "turns", VideoFrame, policy=video_policy, maxsize=size)
-    predictor = config.predictions.chosen(config.engine.model)
+    predictor = config.predictions.predictor
     predict = predictor != "none"
     if predict:
         names = config.perception.names

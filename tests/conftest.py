@@ -22,6 +22,22 @@ def truth() -> dict:
     return json.loads((ROOT / "examples" / "demo.truth.json").read_text())
 
 
+TURN = "socialstream.turn/3"
+PREDICTION = "socialstream.prediction/3"
+
+
+def events_of(lines: str | list[str], schema: str | None = None) -> list[dict]:
+    """JSONL events (a text or its lines), only those of `schema` when given: replay and
+    live print each turn followed by its prediction."""
+    rows = lines.splitlines() if isinstance(lines, str) else lines
+    events = [json.loads(line) for line in rows if line.strip()]
+    return [e for e in events if schema is None or e["schema"] == schema]
+
+
+def turn_events(lines: str | list[str]) -> list[dict]:
+    return events_of(lines, TURN)
+
+
 def run_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess[str]:
     """The installed command line, as a user runs it (its own process, pipes, no TTY)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import PREDICTION, ROOT, TURN, run_cli, turn_events
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -27,8 +27,10 @@ def test_json_mode_prints_only_events_on_stdout(demo: Path, tmp_path: Path) -> N
     result = run_cli("replay", str(demo), "--json", "--out", str(out))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 12
-    assert [json.loads(ln)["turn"] for ln in lines] == list(range(12))
+    events = [json.loads(ln) for ln in lines]
+    expected = [(schema, n) for n in range(12) for schema in (TURN, PREDICTION)]
+    assert [(e["schema"], e["turn"]) for e in events] == expected, "each turn, then its answers"
+    assert all(e["predictor"] == "fusion" for e in events[1::2])
     assert out.read_text().splitlines() == lines
     assert "stage metrics" in result.stderr and "12 turns" in result.stderr
 
@@ -53,7 +55,7 @@ def test_malformed_transcript_lines_are_skipped_and_counted(demo: Path, tmp_path
     transcript.write_text("1\n00:00:00,100 -> nonsense\nbroken cue\n\n" + good)
     result = run_cli("replay", str(demo), "--json", "--transcript", str(transcript))
     assert result.returncode == 0, result.stderr
-    assert len(result.stdout.splitlines()) == 12
+    assert len(turn_events(result.stdout)) == 12
     assert "1 malformed transcript line(s) skipped" in result.stderr
     assert f"{transcript}:2" in result.stderr
 
@@ -89,12 +91,13 @@ def test_sigint_drains_and_flushes_what_was_produced(demo: Path, tmp_path: Path)
         [sys.executable, "-m", "pipelines.cli", "replay", str(demo), "--json", "--realtime",
          "--speed", "4", "--out", str(out)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4.0)  # about 12 s of media at 4x after start-up
+    # A few turns in: at 4x, or as fast as Light-ASD allows here (real-time factor ~0.75).
+    time.sleep(8.0)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     printed = stdout.splitlines()
-    assert 1 <= len(printed) < 12
+    assert 1 <= len(turn_events(printed)) < 12
     assert out.read_text().splitlines() == printed
     assert "interrupted" in stderr and "stage metrics" in stderr
 
@@ -150,7 +153,7 @@ def test_media_from_a_pipe(demo: Path, tmp_path: Path) -> None:
         result = run_cli("replay", "-", "--json", "--transcript", str(demo.with_suffix(".srt")),
                          stdin=stdin)
     assert result.returncode == 0, result.stderr
-    events = [json.loads(ln) for ln in result.stdout.splitlines()]
+    events = turn_events(result.stdout)
     assert len(events) == 12 and events[0]["session"] == "stdin"
     assert all(e["origin"] == "speech" and e["text"] for e in events), "pipe timestamps line up"
 

@@ -21,7 +21,7 @@ from pipelines.replay import Collect
 from stream.audio.vad import VadConfig, VadStage
 from stream.frames import AudioChunk, SpeechSegment
 from stream.runtime import Pipeline, Source
-from tests.conftest import DEMO, ROOT, run_cli
+from tests.conftest import DEMO, ROOT, run_cli, turn_events
 from tests.media import RATE, tone_track
 
 SRT = ROOT / "examples" / "demo.srt"
@@ -33,10 +33,6 @@ def _ffmpeg(*args: str) -> None:
         pytest.fail("ffmpeg is needed to cut media (.ci/run installs it)")
     subprocess.run([exe, "-y", "-hide_banner", "-loglevel", "error", *args], check=True,
                    timeout=120)
-
-
-def _events(out: str) -> list[dict]:
-    return [json.loads(line) for line in out.splitlines()]
 
 
 def _one_line(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
@@ -55,7 +51,7 @@ def test_audio_that_ends_during_speech_loses_no_turn(tmp_path: Path) -> None:
     _ffmpeg("-i", str(DEMO), "-c:v", "copy", "-af", "atrim=end=15.5", "-c:a", "aac", str(cut))
     done = run_cli("replay", str(cut), "--transcript", str(SRT), "--json")
     assert done.returncode == 0, done.stderr
-    events = _events(done.stdout)
+    events = turn_events(done.stdout)
     lines = [ln for ln in SRT.read_text().splitlines() if ln and ln[0].isalpha()]
     assert [e["text"] for e in events if e["text"]] == lines  # every word, once, in order
     # The speech cut by the end of the audio closes where the audio ends (its line, which
@@ -74,7 +70,7 @@ def test_an_mpeg_ts_cut_in_half_keeps_what_came_before(tmp_path: Path) -> None:
     half.write_bytes(data[: len(data) // 2 // 188 * 188])
     done = run_cli("replay", str(half), "--transcript", str(SRT), "--json")
     assert done.returncode == 0, done.stderr
-    assert len(_events(done.stdout)) >= 5
+    assert len(turn_events(done.stdout)) >= 5
 
 
 class _Audio(Source):
@@ -130,8 +126,8 @@ def test_our_own_output_beside_the_media_is_not_read_as_its_transcript(tmp_path:
     assert first.returncode == again.returncode == 0, again.stderr
     said = "".join(again.stderr.split())  # the log wraps long lines, even inside a word
     assert "demo.jsonlissocialstream'sowneventoutput" in said and "demo.srt" in said
-    texts = [e["text"] for e in _events(again.stdout)]
-    assert texts == [e["text"] for e in _events(first.stdout)]
+    texts = [e["text"] for e in turn_events(again.stdout)]
+    assert texts == [e["text"] for e in turn_events(first.stdout)]
     bad = run_cli("replay", str(media), "--transcript", str(tmp_path / "demo.jsonl"))
     _one_line(bad, 2, "demo.jsonl", "socialstream's own event output")
 
@@ -194,7 +190,7 @@ def test_sessions_never_share_a_spool(tmp_path: Path) -> None:
 
 
 def test_event_ids_are_unique_across_runs(tmp_path: Path) -> None:
-    runs = [_events(run_cli("replay", str(DEMO), "--json").stdout) for _ in range(2)]
+    runs = [turn_events(run_cli("replay", str(DEMO), "--json").stdout) for _ in range(2)]
     ids = [[e["id"] for e in events] for events in runs]
     assert len(set(ids[0])) == 12 and not set(ids[0]) & set(ids[1])
     assert ids[0][0].startswith("demo/") and ids[0][0].endswith("/turn/0")
@@ -263,7 +259,7 @@ def test_a_truncated_mp4_that_still_decodes_says_so(tmp_path: Path) -> None:
     said = "".join(done.stderr.split())  # the log wraps long lines, even inside a word
     assert "butthecontainersaysitlasts33.7s:thefilemaybetruncated" in said
     assert "themediaendedat19.8softhe33.7sitscontainerannounces" in said
-    assert _events(done.stdout)  # what it held is still used
+    assert turn_events(done.stdout)  # what it held is still used
 
 
 # -- live inputs that are not there ---------------------------------------------------------
@@ -292,12 +288,12 @@ def _cli(*args: str) -> subprocess.Popen[str]:
 def test_sigterm_and_sighup_drain_like_ctrl_c(tmp_path: Path, number: int, code: int) -> None:
     out = tmp_path / "events.jsonl"
     proc = _cli("replay", str(DEMO), "--json", "--speed", "4", "--out", str(out))
-    time.sleep(4.0)  # about 12 s of media at 4x after start-up
+    time.sleep(8.0)  # a few turns in: at 4x, or as fast as Light-ASD allows here
     proc.send_signal(number)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr
     printed = stdout.splitlines()
-    assert 1 <= len(printed) < 12 and out.read_text().splitlines() == printed
+    assert 1 <= len(turn_events(printed)) < 12 and out.read_text().splitlines() == printed
     assert "draining what is in flight" in stderr and "stage metrics" in stderr
 
 
@@ -310,7 +306,7 @@ def test_ctrl_c_cuts_the_mqtt_drain_short(tmp_path: Path) -> None:
                 "--config", str(config))
     lines = []
     assert proc.stdout is not None
-    while len(lines) < 12:  # every turn is out: the run is now waiting for the broker
+    while len(lines) < 24:  # every turn and prediction is out: now waiting for the broker
         lines.append(proc.stdout.readline())
     time.sleep(1.0)
     sent = time.monotonic()
@@ -318,7 +314,7 @@ def test_ctrl_c_cuts_the_mqtt_drain_short(tmp_path: Path) -> None:
     _, stderr = proc.communicate(timeout=30)
     assert time.monotonic() - sent < 5.0
     assert proc.returncode == 130, stderr
-    assert "12eventskeptin" in "".join(stderr.split())
+    assert "24eventskeptin" in "".join(stderr.split())  # 12 turns, 12 predictions
 
 
 def test_a_stop_while_the_input_waits_for_a_sender_is_prompt() -> None:
@@ -340,7 +336,7 @@ def test_emitted_at_never_lies_after_the_media_end(tmp_path: Path) -> None:
     (tmp_path / "short.jsonl").write_text('{"start": 2.5, "end": 40.0, "text": "long"}\n')
     done = run_cli("replay", str(media), "--json")
     assert done.returncode == 0, done.stderr
-    event = _events(done.stdout)[0]
+    event = turn_events(done.stdout)[0]
     assert event["end"] == 40.0 and event["emitted_at"] <= 3.0
 
 

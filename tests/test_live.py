@@ -15,9 +15,9 @@ import pytest
 from pipelines.config import load_config
 from pipelines.live import LivePipelineConfig, build_live, live_inputs
 from stream.errors import UserError
-from stream.frames import AudioChunk, VideoFrame
+from stream.frames import AudioChunk, PerceivedFrame, VideoFrame
 from tests.broker import free_port
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, turn_events
 
 DEMO = ROOT / "examples" / "demo.mp4"
 
@@ -43,16 +43,25 @@ def _live(port: int, tmp_path: Path, give_up: float, stall: float = 3.0,
           url: str | None = None, *extra: str) -> subprocess.Popen[str]:
     config = tmp_path / "live.yaml"
     config.write_text(f"live:\n  stall_timeout_s: {stall}\n  reconnect_min_s: 0.2\n"
-                      "  reconnect_max_s: 0.5\n")
+                      f"  reconnect_max_s: 0.5\n{MOUTH}")
     return subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "live", url or _udp(port), "--json",
          "--give-up", str(give_up), "--config", str(config), *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _assert_same_turns_as_the_file_replay(events: list[dict]) -> None:
-    replayed = [json.loads(line) for line in run_cli("replay", str(DEMO), "--json")
-                .stdout.splitlines()]
+MOUTH = "perception:\n  speaker:\n    model: mouth\n"
+"""These tests check the transport (a live feed gives the file's turns), not the speaker
+model: Light-ASD's real-time factor here (about 0.75 for the demo's 3 faces on 2 cores)
+leaves no headroom beside ffmpeg pushing the stream, and a pipeline behind a live feed
+drops video by design, which changes the speakers. Its cost is in `bench perception`."""
+
+
+def _assert_same_turns_as_the_file_replay(events: list[dict], tmp_path: Path) -> None:
+    config = tmp_path / "replay.yaml"
+    config.write_text(MOUTH)
+    replayed = turn_events(run_cli("replay", str(DEMO), "--json", "--config",
+                                   str(config)).stdout)
     assert len(events) == len(replayed) == 12
     for got, want in zip(events, replayed, strict=True):
         assert abs(got["start"] - want["start"]) <= 0.02, "within one VAD frame"
@@ -67,7 +76,7 @@ def test_udp_live_stream_gives_the_file_replays_turns(tmp_path: Path) -> None:
     _push(port, "-i", str(DEMO))
     out, err = live.communicate(timeout=60)
     assert live.returncode == 0, err
-    _assert_same_turns_as_the_file_replay([json.loads(line) for line in out.splitlines()])
+    _assert_same_turns_as_the_file_replay(turn_events(out), tmp_path)
 
 
 def test_rtsp_listener_gives_the_file_replays_turns(tmp_path: Path) -> None:
@@ -80,7 +89,7 @@ def test_rtsp_listener_gives_the_file_replays_turns(tmp_path: Path) -> None:
                    check=True, timeout=120)
     out, err = live.communicate(timeout=90)
     assert live.returncode == 0, err
-    _assert_same_turns_as_the_file_replay([json.loads(line) for line in out.splitlines()])
+    _assert_same_turns_as_the_file_replay(turn_events(out), tmp_path)
 
 
 def test_a_stalled_stream_is_reconnected_and_the_session_goes_on(tmp_path: Path) -> None:
@@ -94,7 +103,7 @@ def test_a_stalled_stream_is_reconnected_and_the_session_goes_on(tmp_path: Path)
     assert live.returncode == 0, err
     reconnects = re.search(r"(\d+) reconnects", err)
     assert reconnects is not None and int(reconnects.group(1)) >= 1, err
-    events = [json.loads(line) for line in out.splitlines()]
+    events = turn_events(out)
     starts = [e["start"] for e in events]
     assert starts == sorted(starts), "one clock across the reconnect"
     late = [e for e in events if e["start"] > 14 + 4]
@@ -105,10 +114,11 @@ def test_a_stalled_stream_is_reconnected_and_the_session_goes_on(tmp_path: Path)
 def test_video_edges_keep_the_newest_and_audio_loses_nothing() -> None:
     config = load_config(None, {}, model=LivePipelineConfig)
     live = build_live(live_inputs("udp://127.0.0.1:9"), config, [], "s")
-    policies = {(e.src, e.dst): e.policy for e in live.pipeline.edges}
-    assert policies[("media", "perception")] == "latest"
-    assert policies[("media", "vad")] == "block"
-    assert policies[("perception", "turns")] == "block"
+    policies = {(e.src, e.dst, e.types): e.policy for e in live.pipeline.edges}
+    assert policies[("media", "perception", (VideoFrame,))] == "latest"
+    assert policies[("media", "perception", (AudioChunk,))] == "block"  # Light-ASD's audio
+    assert policies[("media", "vad", (AudioChunk,))] == "block"
+    assert policies[("perception", "turns", (PerceivedFrame,))] == "block"
     edge = next(e for e in live.pipeline.edges if e.dst == "vad")
     assert edge.types == (AudioChunk,)
     assert next(e for e in live.pipeline.edges if e.dst == "perception").types == (VideoFrame,)
@@ -140,7 +150,7 @@ def test_transcript_and_stop_arrive_over_mqtt(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "b").start()
     port = free_port()
     config = tmp_path / "live.yaml"
-    config.write_text(f"mqtt:\n  spool_dir: {tmp_path / 'spool'}\n")
+    config.write_text(f"mqtt:\n  spool_dir: {tmp_path / 'spool'}\n{MOUTH}")
     live = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "live", _udp(port), "--json", "--give-up", "20",
          "--mqtt", broker.url, "--session", "room", "--config", str(config)],
@@ -160,7 +170,7 @@ def test_transcript_and_stop_arrive_over_mqtt(tmp_path: Path) -> None:
     finally:
         broker.stop()
     assert live.returncode == 0, err
-    events = [json.loads(line) for line in out.splitlines()]
+    events = turn_events(out)
     assert 6 <= len(events) <= 9, "the turns of the first 20 s, then stopped"
     assert events[0]["text"] == "Ben, did you finish the map for our trip?"
     whole = [e for e in events if e["end"] < 19.5]  # the last one may be cut at 20 s
@@ -189,5 +199,5 @@ def test_a_pipe_is_read_once_to_its_end(tmp_path: Path) -> None:
     with stream.open("rb") as stdin:
         result = run_cli("live", "-", "--json", stdin=stdin, timeout=120)
     assert result.returncode == 0, result.stderr
-    events = [json.loads(line) for line in result.stdout.splitlines()]
+    events = turn_events(result.stdout)
     assert len(events) == 12 and events[0]["start"] == 0.8

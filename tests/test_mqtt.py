@@ -16,7 +16,7 @@ import pytest
 from stream.events import turn_schema
 from stream.sinks.spool import Spool
 from tests.broker import Broker, free_port
-from tests.conftest import ROOT, run_cli
+from tests.conftest import PREDICTION, ROOT, TURN, events_of, run_cli, turn_events
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_every_turn_reaches_a_subscriber_and_status_goes_offline(broker: Broker,
     for event in events:
         jsonschema.validate(event, schema)
     assert [e["turn"] for e in events] == list(range(12))
-    assert [e["id"] for e in events] == [json.loads(s)["id"] for s in stdout.splitlines()]
+    assert [e["id"] for e in events] == [e["id"] for e in turn_events(stdout)]
     assert lines[0] == "socialstream/demo/status online"
     assert lines[-1] == "socialstream/demo/status offline"
     assert broker.retained("socialstream/demo/status") == "offline"
@@ -120,10 +120,11 @@ def test_broker_down_at_start_spools_and_delivers_later(tmp_path: Path) -> None:
     replay = _replay(f"mqtt://127.0.0.1:{port}", tmp_path)
     stdout, stderr = replay.communicate(timeout=120)
     assert replay.returncode == 0
-    assert len(stdout.splitlines()) == 12, "the run itself does not wait for the broker"
-    assert "12eventskeptin" in "".join(stderr.split())  # the log wraps long lines
+    assert len(turn_events(stdout)) == 12, "the run itself does not wait for the broker"
+    # 12 turns and their 12 predictions; the log wraps long lines
+    assert "24eventskeptin" in "".join(stderr.split())
     spool = Spool(tmp_path / "spool" / "demo.sqlite")
-    assert len(spool) == 12
+    assert len(spool) == 24
     spool.close()
     (tmp_path / "b").mkdir()
     broker = Broker(tmp_path / "b", port).start()
@@ -162,15 +163,16 @@ def test_bad_mqtt_urls_are_one_line_errors() -> None:
 def test_subscribe_prints_events(broker: Broker, tmp_path: Path) -> None:
     sub = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "subscribe", "--mqtt", broker.url, "--session",
-         "demo", "--count", "13", "--timeout", "60"],
+         "demo", "--count", "25", "--timeout", "60"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.5)
     _replay(broker.url, tmp_path).communicate(timeout=120)
     out, err = sub.communicate(timeout=90)
     assert sub.returncode == 0, err
-    events = [json.loads(line) for line in out.splitlines()]
+    events = events_of(out)
     assert events[0]["status"] == "online"
-    assert [e["turn"] for e in events[1:]] == list(range(12))
+    assert [e["turn"] for e in events[1:] if e["schema"] == TURN] == list(range(12))
+    assert [e["turn"] for e in events[1:] if e["schema"] == PREDICTION] == list(range(12))
 
 
 def test_load_of_eight_sessions_loses_nothing() -> None:

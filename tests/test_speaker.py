@@ -75,31 +75,46 @@ def test_fusion_says_unknown_when_two_mouths_move_or_none_is_seen() -> None:
 def test_no_face_means_no_speaker_and_no_crash() -> None:
     perception = Perception(PerceptionConfig(), detect=lambda image: [])
     perception.voice(VoiceFrame(pts=0.02, start=0.0, voiced=True))
-    frame = perception.frame(VideoFrame(pts=0.03, image=np.zeros((48, 64, 3), np.uint8)))
+    frame, = perception.frame(VideoFrame(pts=0.03, image=np.zeros((48, 64, 3), np.uint8)))
     assert frame.players == () and frame.speaker is None and frame.voiced
 
 
-def _perceive(media: Path) -> tuple[list[PerceivedFrame], list[Turn]]:
-    return replay_and_collect(str(media), load_config())
+def _perceive(media: Path, model: str = "light_asd") -> tuple[list[PerceivedFrame], list[Turn]]:
+    return replay_and_collect(str(media), load_config(None, {
+        "perception": {"speaker": {"model": model}}, "predictions": {"predictor": "none"}}))
 
 
-@pytest.mark.parametrize(("scene", "seats", "per_frame"), [
+@pytest.mark.parametrize(("scene", "seats", "model", "per_frame"), [
     # The figures the README states; the replay is deterministic, so they must hold exactly.
-    ("demo", 3, 0.982),     # clean
-    ("duo", 2, 0.976),      # two people off-centre, audio hiss, sensor noise
-    ("quartet", 4, 0.967),  # four small faces, one turns away for 3.5 s, noise
+    ("demo", 3, "light_asd", 0.975),     # clean
+    ("duo", 2, "light_asd", 0.976),      # two people off-centre, audio hiss, sensor noise
+    ("quartet", 4, "light_asd", 0.941),  # four small faces, one turns away for 3.5 s, noise
+    ("demo", 3, "mouth", 0.982),
+    ("duo", 2, "mouth", 0.976),
+    ("quartet", 4, "mouth", 0.967),
 ])
-def test_speaker_per_turn_and_per_frame(scene: str, seats: int, per_frame: float) -> None:
+def test_speaker_per_turn_and_per_frame(scene: str, seats: int, model: str,
+                                        per_frame: float) -> None:
     media = ROOT / "examples" / f"{scene}.mp4"
     truth = json.loads(media.with_suffix(".truth.json").read_text())
-    frames, turns = _perceive(media)
+    frames, turns = _perceive(media, model)
     result = score(frames, turns, truth)
-    print(f"{scene}: per-frame {result.frame_accuracy:.3f}, per-turn {result.turn_accuracy:.3f}, "
-          f"onset lag max {max(result.onset_lags):.3f}s")
+    print(f"{scene} {model}: per-frame {result.frame_accuracy:.3f}, per-turn "
+          f"{result.turn_accuracy:.3f}, onset lag max {max(result.onset_lags):.3f}s")
     assert result.turn_accuracy == 1.0
     assert round(result.frame_accuracy, 3) == per_frame
     assert max(len(f.players) for f in frames) == seats
     assert max(result.onset_lags) < 0.5
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12 open: a listener's silent, moving lips are "
+                   "taken for speech by both cues (Light-ASD rates her 0.97); measured 2/7 "
+                   "turns, 42.6 % of speech frames")
+def test_the_varied_scene_meets_the_speaker_goals() -> None:
+    media = ROOT / "examples" / "varied.mp4"
+    frames, turns = _perceive(media)
+    result = score(frames, turns, json.loads(media.with_suffix(".truth.json").read_text()))
+    assert result.turn_accuracy >= 0.95 and result.frame_accuracy >= 0.90
 
 
 def test_someone_turning_away_keeps_their_player_id() -> None:
@@ -124,7 +139,7 @@ def test_video_without_audio_still_votes_on_transcript_turns(demo: Path, tmp_pat
                 packet.stream = video
                 dst.mux(packet)
     (tmp_path / "demo.srt").write_text(demo.with_suffix(".srt").read_text())
-    frames, turns = _perceive(silent)
+    frames, turns = _perceive(silent)  # asks for Light-ASD, which needs audio
     truth = json.loads((ROOT / "examples" / "demo.truth.json").read_text())
     assert all(f.speaker is None for f in frames), "no voice, no per-frame speaker"
     assert [t.origin for t in turns] == ["transcript"] * 12

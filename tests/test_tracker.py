@@ -98,7 +98,7 @@ def test_unseen_time_counts_frames_when_detection_skips_frames() -> None:
     seen = []
     for k in range(60):
         image = np.full((240, 320, 3), min(k, 255), dtype=np.uint8)
-        frame = perception.frame(VideoFrame(pts=k / 30, image=image))
+        frame, = perception.frame(VideoFrame(pts=k / 30, image=image))
         seen.append(bool(frame.players))
     last = max(k for k, present in enumerate(seen) if present)
     # Last detected at frame 18; 15 frames unseen later it is dropped (at the detection

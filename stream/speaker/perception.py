@@ -1,25 +1,47 @@
-"""Perception: faces -> tracks -> players -> mouth motion and head yaw -> active speaker.
+"""Perception: faces -> tracks -> players -> speaking cue and head yaw -> active speaker.
 
-`Perception` is the synchronous core; the face detector is passed in, so tests
-can drive it with hand-made faces. `PerceptionStage` owns a real MediaPipe
-detector (created on start, closed on stop).
+`Perception` is the synchronous core; the face detector (and the Light-ASD
+scorer) are passed in, so tests can drive it with hand-made faces.
+`PerceptionStage` owns a real MediaPipe detector (created on start, closed on
+stop) and, with `speaker.model: light_asd` and audio, the Light-ASD scorer.
+
+With Light-ASD a frame's speaker is known once its 25 fps tick's score is final,
+six ticks (240 ms of media) later: frames wait for it, in order, and come out
+with their own time (the stage's holdback says how far back it still holds).
 """
 
 from __future__ import annotations
 
+import logging
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from stream.frames import Item, PerceivedFrame, PlayerView, VideoFrame, VoiceFrame
+from stream.frames import (
+    SAMPLE_RATE,
+    AudioChunk,
+    Item,
+    PerceivedFrame,
+    PlayerView,
+    VideoFrame,
+    VoiceFrame,
+)
 from stream.runtime import Stage
 from stream.speaker.active import ActiveSpeaker, SpeakerConfig
 from stream.speaker.cues import MouthMotion
 from stream.vision.faces import Face, FaceConfig, FaceDetector
 from stream.vision.players import PlayerRegistry
-from stream.vision.tracker import FaceTracker, TrackerConfig
+from stream.vision.tracker import FaceTracker, Track, TrackerConfig
+
+if TYPE_CHECKING:
+    from stream.speaker.asd import LightAsdScorer
+
+log = logging.getLogger(__name__)
 
 
 class PerceptionConfig(BaseModel):
@@ -32,10 +54,31 @@ class PerceptionConfig(BaseModel):
     names: dict[str, str] = Field(default_factory=dict, description="player id -> name")
 
 
+@dataclass
+class _Held:
+    """A frame waiting for its tick's Light-ASD scores."""
+
+    video: VideoFrame
+    tick: int
+    players: dict[int, str]
+    views: dict[int, tuple[tuple[float, float, float, float], bool, float, float]]
+    """track -> (box, detected, yaw, mouth motion)"""
+
+
 class Perception:
-    def __init__(self, config: PerceptionConfig, detect: Callable[[np.ndarray], list[Face]]):
+    def __init__(self, config: PerceptionConfig, detect: Callable[[np.ndarray], list[Face]],
+                 scorer: LightAsdScorer | None = None):
         self.config = config
         self.detect = detect
+        self.scorer = scorer
+        """Light-ASD when it runs; None: the mouth-motion cue."""
+        self._held: deque[_Held] = deque()
+        self._tick = -1
+        """The last 25 fps tick a frame was taken for."""
+        self._final = -1_000_000
+        """The last tick whose scores are final."""
+        self._scores: dict[int, dict[int, float]] = {}
+        self._last_score: dict[int, float] = {}
         self.tracker = FaceTracker(config.tracker)
         self.players = PlayerRegistry(config.names)
         self.motion = MouthMotion()
@@ -46,9 +89,22 @@ class Perception:
         self._yaw: dict[int, float] = {}
 
     def voice(self, item: VoiceFrame) -> None:
-        self.speaker.voice(item.pts, item.voiced)
+        self.speaker.voice(item.pts, item.voiced, item.start)
 
-    def frame(self, video: VideoFrame) -> PerceivedFrame:
+    @property
+    def model(self) -> str:
+        return "light_asd" if self.scorer is not None else "mouth"
+
+    def audio(self, chunk: AudioChunk) -> None:
+        if self.scorer is not None:
+            self.scorer.audio(chunk.samples, round(chunk.pts * SAMPLE_RATE))
+
+    def holdback(self) -> float | None:
+        return self._held[0].video.pts if self._held else None
+
+    def frame(self, video: VideoFrame) -> list[PerceivedFrame]:
+        """This frame's perception, or (Light-ASD) the held frames whose scores are now
+        final, oldest first."""
         detecting = self._frames % self.config.faces.detect_every == 0
         self._frames += 1
         self._since_detection += 1
@@ -69,6 +125,8 @@ class Perception:
         live = {t.id for t in tracks}
         self.motion.forget(live)
         self._yaw = {t: y for t, y in self._yaw.items() if t in live}
+        if self.scorer is not None:
+            return self._scored(video, gray, tracks, ids, detecting, motion)
         cues, speaker, confidence = self.speaker.frame(video.pts, motion)
         views = tuple(sorted((
             PlayerView(player=ids[t.id], track=t.id, box=tuple(round(v, 1) for v in t.box),
@@ -77,38 +135,128 @@ class Perception:
                        mouth=round(cues[ids[t.id]][0], 5), share=round(cues[ids[t.id]][1], 4),
                        p_speaking=round(cues[ids[t.id]][2], 4))
             for t in tracks), key=lambda v: v.player))
-        return PerceivedFrame(pts=video.pts, source=video.source, seq=video.seq, frame=video,
-                              players=views, voiced=self.speaker.voiced(video.pts),
-                              speaker=speaker, confidence=round(confidence, 4))
+        return [PerceivedFrame(pts=video.pts, source=video.source, seq=video.seq, frame=video,
+                               players=views, voiced=self.speaker.voiced(video.pts),
+                               speaker=speaker, confidence=round(confidence, 4))]
+
+    def _scored(self, video: VideoFrame, gray: np.ndarray, tracks: Sequence[Track],
+                ids: dict[int, str], detecting: bool, motion: dict[str, float]
+                ) -> list[PerceivedFrame]:
+        from stream.speaker.asd import FPS, face_crop
+
+        assert self.scorer is not None
+        tick = int(np.floor(video.pts * FPS + 1e-6))
+        if tick > self._tick:  # each tick takes the first frame at or after it
+            crops = {track.id: face_crop(gray, track.box) for track in tracks}
+        for t in range(self._tick + 1, tick + 1):
+            final = self.scorer.tick(t, crops)
+            self._scores.update(final)
+            self._final = max([self._final, *final])
+        self._tick = max(self._tick, tick)
+        self._held.append(_Held(video, tick, {t.id: ids[t.id] for t in tracks}, {
+            t.id: (t.box, detecting and t.face is not None, self._yaw.get(t.id, 0.0),
+                   motion[ids[t.id]]) for t in tracks}))
+        return self._release(self._final)
+
+    def finish(self) -> list[PerceivedFrame]:
+        """End of the media: what the scorer holds is computed, then the last frames go out
+        with the last scores each track had."""
+        if self.scorer is not None:
+            self._scores.update(self.scorer.flush())
+        return self._release(None)
+
+    def _release(self, final: int | None) -> list[PerceivedFrame]:
+        out = []
+        while self._held and (final is None or self._held[0].tick <= final):
+            held = self._held.popleft()
+            scores = self._scores.get(held.tick, {})
+            for track, p in scores.items():
+                self._last_score[track] = p
+            probability = {held.players[t]: scores.get(t, self._last_score.get(t, 0.0))
+                           for t in held.players}
+            cues, speaker, confidence = self.speaker.probabilities(held.video.pts, probability)
+            views = tuple(sorted((
+                PlayerView(player=player, track=track, box=tuple(round(v, 1) for v in box),
+                           detected=detected, yaw=round(yaw, 3), mouth=round(mouth, 5),
+                           share=round(cues[player][1], 4),
+                           p_speaking=round(cues[player][2], 4))
+                for track, player in held.players.items()
+                for box, detected, yaw, mouth in (held.views[track],)), key=lambda v: v.player))
+            out.append(PerceivedFrame(
+                pts=held.video.pts, source=held.video.source, seq=held.video.seq,
+                frame=held.video, players=views, voiced=self.speaker.voiced(held.video.pts),
+                speaker=speaker, confidence=round(confidence, 4)))
+        for old in [t for t in self._scores if final is None or t <= final]:
+            del self._scores[old]
+        waiting = {t for h in self._held for t in h.players}  # a gone track's id never returns
+        self._last_score = {t: p for t, p in self._last_score.items() if t in waiting}
+        return out
 
 
 class PerceptionStage(Stage):
-    """Video frames and voice decisions in; perceived frames out, one per video frame."""
+    """Video frames, voice decisions and (Light-ASD) audio in; perceived frames out, one
+    per video frame."""
 
     name = "perception"
 
-    def __init__(self, config: PerceptionConfig | None = None) -> None:
+    def __init__(self, config: PerceptionConfig | None = None, has_audio: bool = True) -> None:
         self.config = config or PerceptionConfig()
+        self.has_audio = has_audio
         self._detector: FaceDetector | None = None
         self.core: Perception | None = None
 
+    @property
+    def model(self) -> str:
+        """Which speaking cue runs: Light-ASD needs audio, else mouth motion."""
+        if self.config.speaker.model == "light_asd" and self.has_audio:
+            return "light_asd"
+        return "mouth"
+
     async def start(self) -> None:
         self._detector = FaceDetector(self.config.faces)
-        self.core = Perception(self.config, self._detector.detect)
+        self.core = self._core()
+        speaker = self.config.speaker
+        if self.model == "light_asd":
+            log.info("active speaker: Light-ASD (%s weights, %.1f s window)", speaker.weights,
+                     speaker.window_s)
+        elif speaker.model == "light_asd":
+            log.warning("active speaker: mouth motion (the media has no audio for Light-ASD)")
+        else:
+            log.info("active speaker: mouth motion")
+
+    def _core(self) -> Perception:
+        assert self._detector is not None
+        scorer = None
+        if self.model == "light_asd":
+            from stream.speaker.asd import LightAsdScorer
+
+            speaker = self.config.speaker
+            scorer = LightAsdScorer.load(speaker.weights, speaker.window_s,
+                                         speaker.batch_ticks, speaker.bfloat16)
+        return Perception(self.config, self._detector.detect, scorer)
 
     def reset(self) -> None:
         """Forget players, tracks and cues (people changed seats, a new group sat down)."""
         if self._detector is not None:
-            self.core = Perception(self.config, self._detector.detect)
+            self.core = self._core()
+
+    def holdback(self) -> float | None:
+        return self.core.holdback() if self.core is not None else None
 
     async def process(self, item: Item) -> Sequence[Item]:
         assert self.core is not None, "start() creates the detector"
+        if isinstance(item, AudioChunk):
+            self.core.audio(item)
+            return ()
         if isinstance(item, VoiceFrame):
             self.core.voice(item)
             return ()
         if isinstance(item, VideoFrame):
-            return [self.core.frame(item)]
+            return self.core.frame(item)
         return ()
+
+    async def finish(self) -> Sequence[Item]:
+        return self.core.finish() if self.core is not None else ()
 
     async def stop(self) -> None:
         if self._detector is not None:
