@@ -35,6 +35,11 @@ def add_parsers(commands: argparse._SubParsersAction, help_text: dict[str, str])
                                                  "(default: the packaged ones)")
     ev.add_argument("--model", help="also score a language model's answers, with the "
                                     "attention bias on and off, and fused (needs --cv)")
+    ev.add_argument("--rttm", type=Path, metavar="REF.rttm",
+                    help="DATA are recordings: replay each and score its turns against this "
+                         "who-spoke-when (voice activity, turn purity and coverage, DER)")
+    ev.add_argument("--uem", type=Path, metavar="REF.uem",
+                    help="with --rttm: the scored regions (default: each whole recording)")
     ev.add_argument("--json", action="store_true",
                     help="end stdout with one JSON object (tables go to stderr)")
     ev.add_argument("--out", type=Path, help="also write the JSON report to this file")
@@ -77,6 +82,16 @@ def run_eval(args: argparse.Namespace, stderr: Console) -> int:
     data = [p for p in args.data if p not in scenes]
     out = Console(stderr=True, soft_wrap=True) if args.json else Console(soft_wrap=True)
     result: dict[str, Any] = {}
+    if args.uem is not None and args.rttm is None:
+        raise UserError("--uem restricts an --rttm evaluation: give --rttm REF.rttm too")
+    if args.rttm is not None:
+        if data:
+            raise UserError(f"{data[0]}: --rttm scores recordings (audio or video), not "
+                            "labelled dialogue; run those without --rttm")
+        from pipelines.eval_turns import evaluate_turns
+
+        result = evaluate_turns(scenes, args.rttm, args.uem, out)
+        return _finish(args, result)
     if data:
         loaded = _load(data, stderr)
         reports = _reports(args, loaded, stderr)
@@ -89,6 +104,10 @@ def run_eval(args: argparse.Namespace, stderr: Console) -> int:
 
         result["scenes"] = evaluate_scenes(scenes, args.predictor, args.weights, args.model,
                                            out)
+    return _finish(args, result)
+
+
+def _finish(args: argparse.Namespace, result: dict[str, Any]) -> int:
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     if args.json:
