@@ -109,18 +109,21 @@ class Renderer:
         return image
 
     def _update(self, t: float) -> None:
-        line = next((pl for pl in self.placed if pl.start - 0.3 <= t <= pl.end + 0.3), None)
+        # Every line being spoken moves its speaker's mouth (handovers without a pause and
+        # overlaps animate both people); the line that started last leads everyone's gaze.
+        near = [pl for pl in self.placed if pl.start - 0.3 <= t <= pl.end + 0.3]
         voice = np.zeros(len(self.ids))
-        if line is not None:
-            spoken = self.scene.lines[line.index]
+        if near:
+            spoken = self.scene.lines[max(near, key=lambda pl: pl.start).index]
             speaker = self.ids.index(spoken.speaker)
             addressee = self.ids.index(spoken.addressee)
             for i in range(len(self.ids)):
-                look_at = addressee if i == speaker else speaker
-                self.target[i] = self._facing(i, look_at)
+                self.target[i] = self._facing(i, addressee if i == speaker else speaker)
+        for line in near:
+            speaker = self.ids.index(self.scene.lines[line.index].speaker)
             frame = round((t - line.start) * self.scene.fps)
             if line.start <= t <= line.end and frame < len(self.voices[line.index]):
-                voice[speaker] = self.voices[line.index][frame]
+                voice[speaker] = max(voice[speaker], self.voices[line.index][frame])
             for i, player in enumerate(self.scene.players):
                 if player.mumbles and i != speaker and line.start <= t <= line.end:
                     # Silent lips and a nod while listening: motion that is not speech.

@@ -179,4 +179,31 @@ VARIED = Scene(
 moving, a speaker turned about 45 degrees the whole time, a listener who nods and moves
 her lips without sound, and light that swells and fades."""
 
-SCENES = {"demo": DEMO, "duo": DUO, "quartet": QUARTET, "varied": VARIED}
+HANDOVER = Scene(
+    players=(
+        Player("P1", "Mara", "en-us+f2", look=0),
+        Player("P2", "Omar", "en-gb+m3", look=1),
+        Player("P3", "Ines", "en+f4", look=2),
+    ),
+    lines=(
+        Line("P1", "P2", "Omar, did you book the hall for Friday?", mentions=("P2",)),
+        Line("P2", "P1", "Yes, and I paid the deposit this morning."),
+        Line("P3", "P2", "Did they say how many chairs we get?"),
+        Line("P2", "P3", "Sixty chairs, and two long tables."),
+        Line("P1", "P3", "Ines, can you bring the speakers?", mentions=("P3",)),
+        Line("P3", "P1", "I can, but my car is small."),
+        Line("P1", "P3", "Then Omar will help you carry them.", mentions=("P2",)),
+        Line("P2", "P1", "Fine, I will bring my van too."),
+    ),
+    seat_xs=(110, 320, 530),
+    top=150,
+    audio_noise=0.006,
+    video_noise=3.0,
+    away=(Away("P1", 12.4, 14.0),),
+    gaps=(0.0, 0.05, -0.6, 0.1, -0.5, 0.0, 0.8),
+)
+"""Real handovers: no pause between speakers (twice), a reply that starts while the
+other still talks (twice), and a speaker who turns her back while she talks."""
+
+SCENES = {"demo": DEMO, "duo": DUO, "quartet": QUARTET, "varied": VARIED,
+          "handover": HANDOVER}
