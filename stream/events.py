@@ -11,7 +11,7 @@ from typing import Any
 from stream.errors import UserError
 from stream.frames import PerceivedFrame, PlayerView, Prediction, Turn
 
-TURN_SCHEMA = "socialstream.turn/3"
+TURN_SCHEMA = "socialstream.turn/4"
 SPEAKER_SCHEMA = "socialstream.speaker/1"
 PREDICTION_SCHEMA = "socialstream.prediction/3"
 
@@ -66,6 +66,8 @@ def turn_event(turn: Turn, session: str, names: dict[str, str] | None = None,
         "speaker_scores": dict(vote.scores) if vote is not None else {},
         "players": dict(vote.cues) if vote is not None else {},
         "segments": [{"start": _t(s.start), "end": _t(s.end)} for s in turn.segments],
+        "overlap": [{"start": _t(lo), "end": _t(hi)} for lo, hi in turn.overlap],
+        "closed_by": turn.closed_by,
         "keyframes": [
             {"t": _t(frame.pts), "players": [_view(v) for v in views]}
             for frame, views in zip(turn.keyframes, turn.views or [()] * len(turn.keyframes),

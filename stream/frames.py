@@ -171,6 +171,13 @@ class Turn(DataItem):
     known_at: float | None = None
     """The media time by which the turn was known (the event's `emitted_at`); `pts` may be
     later: a transcript line read ahead of the media is processed at its own end time."""
+    overlap: tuple[tuple[float, float], ...] = ()
+    """Spans inside the turn where someone else spoke too (overlapping transcript lines, or
+    two faces speaking at once), as far as was known when the turn was emitted."""
+    closed_by: str = "silence"
+    """`silence` (voice activity ended), `line` (a transcript line boundary inside speech),
+    `speaker` (the seen speaker changed inside speech) or `transcript` (a line no speech
+    claimed)."""
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,15 @@ import numpy as np
 
 from stream.frames import (
     Item,
+    PerceivedFrame,
+    PlayerView,
     SpeechSegment,
     SpeechStarted,
     TranscriptLine,
     Turn,
     VideoFrame,
 )
+from stream.speaker.active import SpeakerConfig
 from stream.turns.assembler import TurnAssembler, TurnConfig
 
 HANGOVER = 0.4
@@ -122,3 +125,93 @@ def test_a_turn_between_two_key_frames_gets_a_frame_from_inside_it() -> None:
     # Without video inside the turn there is no key frame, not one from before it.
     sparse = [f for f in frames(3.0, fps=30) if not 0.9 < f.pts < 1.45]
     assert run([*sparse, *speech(1.05, 1.32)])[0].keyframes == ()
+
+
+# -- speaker changes inside speech --------------------------------------------------------
+FPS = 20
+
+
+def seen(until: float, speaking: dict[str, list[tuple[float, ...]]],
+         away: dict[str, tuple[float, float]] | None = None) -> list[PerceivedFrame]:
+    """Perceived frames at 20 fps: each player's p_speaking is 0.9 (or a span's third
+    number) inside their spans and 0.02 outside, the frame's speaker the one above 0.5
+    (none for two); `away` hides a player's face for a span."""
+    out = []
+    for n in range(round(until * FPS) + 1):
+        t = n / FPS
+        views = tuple(
+            PlayerView(player=p, track=i, box=(0, 0, 1, 1), detected=True, yaw=0.0, mouth=0.0,
+                       share=(share := next(((*span, 0.9)[2] for span in spans
+                                             if span[0] <= t < span[1]), 0.02)),
+                       p_speaking=share)
+            for i, (p, spans) in enumerate(speaking.items())
+            if not (away and p in away and away[p][0] <= t < away[p][1]))
+        talking = [v.player for v in views if v.p_speaking > 0.5]
+        out.append(PerceivedFrame(
+            pts=t, frame=VideoFrame(pts=t, image=np.zeros((2, 2, 3), np.uint8)), players=views,
+            voiced=True, speaker=talking[0] if len(talking) == 1 else None, confidence=0.9))
+    return out
+
+
+def watch(items: list[Item], **config) -> list[Turn]:
+    core = TurnAssembler(TurnConfig(**config), orphan_delay_s=HANGOVER + 0.02,
+                         speaker=SpeakerConfig())
+    turns: list[Turn] = []
+    for item in sorted(items, key=lambda i: i.pts):
+        turns += core.push(item)
+    return turns + core.flush()
+
+
+def test_a_handover_without_a_pause_is_two_turns_the_first_known_at_once() -> None:
+    turns = watch(seen(5, {"P1": [(1.0, 2.5)], "P2": [(2.5, 4.0)]}) + speech(1.0, 4.0))
+    assert [(t.start, t.end, t.vote.speaker, t.closed_by) for t in turns] == [
+        (1.0, 2.5, "P1", "speaker"), (2.5, 4.0, "P2", "silence")]
+    # Known once the new speaker held 0.2 s, not when the speech ends 1.5 s later.
+    assert turns[0].known_at == 2.7
+    assert [(t.start, t.end) for t in watch(
+        seen(5, {"P1": [(1.0, 2.5)], "P2": [(2.5, 4.0)]}) + speech(1.0, 4.0),
+        split_on_speaker=False)] == [(1.0, 4.0)]
+
+
+def test_the_split_goes_where_the_new_speakers_share_left_the_floor() -> None:
+    # The frame's speaker switches only at 2.8 (a model's reaction), but P2's share rose
+    # from 2.6: the turn is split there.
+    frames = seen(5, {"P1": [(1.0, 2.8)], "P2": [(2.6, 2.8, 0.2), (2.8, 4.0)]})
+    turns = watch(frames + speech(1.0, 4.0))
+    assert [(t.start, t.end) for t in turns] == [(1.0, 2.6), (2.6, 4.0)]
+
+
+def test_a_transcript_line_ending_near_the_change_places_the_split() -> None:
+    lines = [line(1.0, 2.3, "Are you done?"), line(2.35, 4.0, "Almost.")]
+    turns = watch(seen(5, {"P1": [(1.0, 2.6)], "P2": [(2.6, 4.0)]}) + speech(1.0, 4.0) + lines)
+    assert [(t.start, t.end, t.text) for t in turns] == [
+        (1.0, 2.3, "Are you done?"), (2.3, 4.0, "Almost.")]
+
+
+def test_a_short_glimpse_of_another_speaker_does_not_split() -> None:
+    frames = seen(5, {"P1": [(1.0, 2.0), (2.12, 4.0)], "P2": [(2.0, 2.12)]})
+    assert len(watch(frames + speech(1.0, 4.0))) == 1
+
+
+def test_a_speaker_who_turns_away_keeps_her_turn() -> None:
+    # P1 talks 1-4 s but turns her back at 2.0; the model then rates P2 highest.
+    frames = seen(5, {"P1": [(1.0, 4.0)], "P2": [(2.3, 4.0)]}, away={"P1": (2.0, 5.0)})
+    turns = watch(frames + speech(1.0, 4.0))
+    assert [(t.start, t.end, t.vote.speaker) for t in turns] == [(1.0, 4.0, "P1")]
+
+
+def test_overlapping_lines_give_overlapping_turns_that_say_so() -> None:
+    lines = [line(1.0, 3.0, "Did they say how many?"), line(2.4, 4.0, "Sixty.")]
+    turns = watch(seen(5, {"P1": [(1.0, 3.0)], "P2": [(3.0, 4.0)]}) + speech(1.0, 4.0) + lines)
+    assert [(t.start, t.end, t.text) for t in turns] == [
+        (1.0, 3.0, "Did they say how many?"), (2.4, 4.0, "Sixty.")]
+    # The first turn is emitted before the second line has ended (nothing known of it
+    # then); the second knows both.
+    assert turns[0].overlap == () and turns[1].overlap == ((2.4, 3.0),)
+
+
+def test_two_faces_speaking_at_once_are_an_overlap() -> None:
+    frames = seen(5, {"P1": [(1.0, 3.0)], "P2": [(2.5, 4.0)]})
+    turns = watch(frames + speech(1.0, 4.0))
+    assert [(t.start, t.end, t.overlap) for t in turns] == [
+        (1.0, 3.0, ((2.5, 3.0),)), (2.5, 4.0, ((2.5, 3.0),))]

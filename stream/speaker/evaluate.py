@@ -17,6 +17,8 @@ class SpeakerScore:
     """Share of turns whose voted speaker is the true one."""
     onset_lags: tuple[float, ...]
     """Per true turn: media seconds from its start to the first correct per-frame decision."""
+    boundary_errors: tuple[float, ...] = ()
+    """Per true turn start and end: seconds to the nearest emitted turn start (or end)."""
 
 
 def score(frames: Sequence[PerceivedFrame], turns: Sequence[Turn],
@@ -36,4 +38,17 @@ def score(frames: Sequence[PerceivedFrame], turns: Sequence[Turn],
         frame_accuracy=hits / total if total else 0.0,
         turn_accuracy=voted / len(truth["turns"]) if len(turns) == len(truth["turns"]) else 0.0,
         onset_lags=tuple(lags),
+        boundary_errors=boundary_errors(turns, truth),
     )
+
+
+def boundary_errors(turns: Sequence[Turn], truth: dict[str, Any]) -> tuple[float, ...]:
+    """Starts are matched to starts and ends to ends: an overlapping reply has a start
+    inside the previous turn, which one cut between the two could not find."""
+    if not turns:
+        return tuple(float("inf") for _ in range(2 * len(truth["turns"])))
+    starts, ends = [t.start for t in turns], [t.end for t in turns]
+    return tuple(
+        round(min(abs(spoken[key] - t) for t in found), 3)
+        for spoken in truth["turns"]
+        for key, found in (("start", starts), ("end", ends)))
