@@ -40,6 +40,8 @@ def add_parsers(commands: argparse._SubParsersAction, help_text: dict[str, str])
                          "who-spoke-when (voice activity, turn purity and coverage, DER)")
     ev.add_argument("--uem", type=Path, metavar="REF.uem",
                     help="with --rttm: the scored regions (default: each whole recording)")
+    ev.add_argument("--config", type=Path, metavar="FILE",
+                    help="with --rttm: replay with this YAML config (as configs/replay.yaml)")
     ev.add_argument("--json", action="store_true",
                     help="end stdout with one JSON object (tables go to stderr)")
     ev.add_argument("--out", type=Path, help="also write the JSON report to this file")
@@ -82,15 +84,17 @@ def run_eval(args: argparse.Namespace, stderr: Console) -> int:
     data = [p for p in args.data if p not in scenes]
     out = Console(stderr=True, soft_wrap=True) if args.json else Console(soft_wrap=True)
     result: dict[str, Any] = {}
-    if args.uem is not None and args.rttm is None:
-        raise UserError("--uem restricts an --rttm evaluation: give --rttm REF.rttm too")
+    for flag in ("uem", "config"):
+        if getattr(args, flag) is not None and args.rttm is None:
+            raise UserError(f"--{flag} applies to an --rttm evaluation: give --rttm REF.rttm "
+                            "too")
     if args.rttm is not None:
         if data:
             raise UserError(f"{data[0]}: --rttm scores recordings (audio or video), not "
                             "labelled dialogue; run those without --rttm")
         from pipelines.eval_turns import evaluate_turns
 
-        result = evaluate_turns(scenes, args.rttm, args.uem, out)
+        result = evaluate_turns(scenes, args.rttm, args.uem, out, config=args.config)
         return _finish(args, result)
     if data:
         loaded = _load(data, stderr)

@@ -122,15 +122,16 @@ class _Totals:
 
 
 def evaluate_turns(media: list[Path], rttm: Path, uem_path: Path | None,
-                   out: Console, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                   out: Console, overrides: dict[str, Any] | None = None,
+                   config: Path | None = None) -> dict[str, Any]:
     references = read_rttm(rttm)
     regions = read_uem(uem_path) if uem_path is not None else {}
     missing = [m for m in media if m.stem not in references]
     if missing:
         raise UserError(f"{missing[0]}: no speaker in {rttm} has its name "
                         f"({missing[0].stem!r}, the RTTM's second field)")
-    config = load_config(None, {"output": {"progress": False},
-                                "predictions": {"predictor": "none"}, **(overrides or {})})
+    settings = load_config(config, {"output": {"progress": False},
+                                    "predictions": {"predictor": "none"}, **(overrides or {})})
     totals = _Totals()
     table = Table(title=f"turns against {rttm.name}", title_justify="left")
     for column in ("file", "turns", "purity", "coverage", "DER", "VAD miss", "VAD FA",
@@ -140,7 +141,7 @@ def evaluate_turns(media: list[Path], rttm: Path, uem_path: Path | None,
     files: dict[str, Any] = {}
     for path in media:
         sink = Collect((Turn,))
-        replay = build_replay(str(path), config, [sink])
+        replay = build_replay(str(path), settings, [sink])
         report = asyncio.run(run_replay(replay))
         turns = [t for t in sink.items if isinstance(t, Turn)]
         uri = path.stem

@@ -101,8 +101,22 @@ def test_eval_rttm_refuses_what_it_cannot_score(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "demo.mp4: no speaker in" in result.stderr and "Traceback" not in result.stderr
     result = run_cli("eval", demo, "--uem", str(rttm))
-    assert result.returncode != 0 and "--uem restricts an --rttm" in result.stderr
+    assert result.returncode != 0 and "--uem applies to an --rttm evaluation" in result.stderr
     items = tmp_path / "items.jsonl"
     items.write_text("{}\n")
     result = run_cli("eval", str(items), "--rttm", str(rttm))
     assert result.returncode != 0 and "items.jsonl: --rttm scores recordings" in result.stderr
+    result = run_cli("eval", demo, "--config", str(rttm))
+    assert result.returncode != 0 and "--config applies to an --rttm evaluation" in result.stderr
+
+
+def test_eval_rttm_replays_with_the_given_config(tmp_path: Path) -> None:
+    rttm = _duo_rttm(tmp_path / "duo.rttm")
+    config = tmp_path / "quick.yaml"
+    config.write_text("vad:\n  hangover_s: 0.3\n")
+    result = run_cli("eval", str(ROOT / "examples" / "duo.mp4"), "--rttm", str(rttm),
+                     "--config", str(config), "--json")
+    assert result.returncode == 0, result.stderr
+    # Turns now close after 0.3 s of silence instead of the default 0.4 s.
+    assert json.loads(result.stdout.strip().splitlines()[-1])["latency_s"] == pytest.approx(
+        0.3, abs=0.021)
