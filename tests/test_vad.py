@@ -64,15 +64,27 @@ def test_gap_in_the_feed_resyncs_timestamps() -> None:
     assert segments[-1].end > 10.5
 
 
+def test_silero_ignores_a_hum_that_webrtcvad_calls_speech() -> None:
+    """Why the trained model is offered: webrtcvad calls any steady voiced-band
+    energy speech; Silero VAD learned what speech sounds like."""
+    hum = tone_track([(0.5, 2.0)], 3.0)
+    found = {model: [e for e in _feed(VoiceActivity(VadConfig(model=model)), hum)
+                     if isinstance(e, SpeechSegment)] for model in ("webrtc", "silero")}
+    assert len(found["webrtc"]) == 1 and found["silero"] == []
+
+
 @pytest.mark.parametrize("bad", [{"frame_ms": 25}, {"aggressiveness": 4},
-                                 {"hangover_s": 0.005}, {"min_speech": 1}])
+                                 {"hangover_s": 0.005}, {"min_speech": 1},
+                                 {"model": "rnnoise"}, {"threshold": 0.1},
+                                 {"model": "silero", "hangover_s": 0.03}])
 def test_bad_vad_settings_are_rejected(bad: dict) -> None:
     with pytest.raises(ValidationError):
         VadConfig(**bad)
 
 
-def test_demo_segments_match_the_ground_truth(demo: Path, truth: dict) -> None:
-    config = VadConfig()
+@pytest.mark.parametrize("model", ["webrtc", "silero"])
+def test_demo_segments_match_the_ground_truth(demo: Path, truth: dict, model: str) -> None:
+    config = VadConfig(model=model)
 
     async def segments() -> list[SpeechSegment]:
         vad, found = VoiceActivity(config), []

@@ -1,4 +1,9 @@
-"""Voice activity with webrtcvad as a four-state machine (quiet, starting, speaking, stopping).
+"""Voice activity as a four-state machine (quiet, starting, speaking, stopping).
+
+Each audio frame is classified voiced or not by webrtcvad (`model: webrtc`, 10-30 ms
+frames, a GMM on band energies) or by Silero VAD (`model: silero`, 32 ms frames, a
+small trained network shipped with its weights in the `silero-vad` wheel, speech
+when its probability reaches `threshold` and until it falls below `threshold - 0.15`).
 
 Start and stop delays are configured in seconds and turned into frame counts.
 Speech is confirmed after `min_speech_s` of voiced frames and closed after
@@ -39,21 +44,67 @@ AUDIO_GONE_S = 1.0
 class VadConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    frame_ms: Literal[10, 20, 30] = Field(20, description="webrtcvad frame length")
-    aggressiveness: int = Field(2, ge=0, le=3, description="0 keeps most speech, 3 least noise")
+    model: Literal["webrtc", "silero"] = Field(
+        "webrtc", description="frame classifier: webrtc (webrtcvad) or silero (Silero VAD)")
+    frame_ms: Literal[10, 20, 30] = Field(20, description="webrtcvad frame length (silero: 32)")
+    aggressiveness: int = Field(2, ge=0, le=3, description="webrtc: 0 keeps most speech, 3 "
+                                                           "least noise")
+    threshold: float = Field(0.5, gt=0.15, lt=1, description="silero: speech probability "
+                                                              "that starts speech")
     min_speech_s: float = Field(0.12, gt=0, description="voiced time before speech starts")
     hangover_s: float = Field(0.4, gt=0, description="silence before speech stops")
 
     @model_validator(mode="after")
     def _hangover_covers_a_frame(self) -> VadConfig:
-        if self.hangover_s < self.frame_ms / 1000:
+        if self.hangover_s < self.frame_s:
             raise ValueError(f"hangover_s ({self.hangover_s}) must be at least one frame "
-                             f"({self.frame_ms} ms)")
+                             f"({self.frame_s * 1000:g} ms)")
         return self
 
     @property
     def frame_s(self) -> float:
-        return self.frame_ms / 1000
+        return SILERO_FRAME / SAMPLE_RATE if self.model == "silero" else self.frame_ms / 1000
+
+
+SILERO_FRAME = 512
+"""Samples per Silero VAD call at 16 kHz (the model's fixed window)."""
+
+
+class _Webrtc:
+    def __init__(self, config: VadConfig) -> None:
+        self._vad = webrtcvad.Vad(config.aggressiveness)
+
+    def reset(self) -> None:
+        pass
+
+    def voiced(self, frame: np.ndarray) -> bool:
+        return self._vad.is_speech(frame.tobytes(), SAMPLE_RATE)
+
+
+class _Silero:
+    def __init__(self, config: VadConfig) -> None:
+        import warnings
+
+        import torch
+        from silero_vad import load_silero_vad
+
+        self._torch = torch
+        with warnings.catch_warnings():  # its loader's own importlib/jit deprecations
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._model = load_silero_vad()
+        self._on, self._off = config.threshold, config.threshold - 0.15
+        self.reset()
+
+    def reset(self) -> None:
+        self._model.reset_states()
+        self._speaking = False
+
+    def voiced(self, frame: np.ndarray) -> bool:
+        audio = self._torch.from_numpy(frame.astype(np.float32) / 32768.0)
+        with self._torch.inference_mode():
+            probability = float(self._model(audio, SAMPLE_RATE))
+        self._speaking = probability >= (self._off if self._speaking else self._on)
+        return self._speaking
 
 
 class _State(Enum):
@@ -74,11 +125,13 @@ class VoiceActivity:
         frame_s = self.config.frame_s
         self._start_frames = max(1, math.ceil(self.config.min_speech_s / frame_s - 1e-9))
         self._stop_frames = max(1, math.ceil(self.config.hangover_s / frame_s - 1e-9))
-        self._vad = webrtcvad.Vad(self.config.aggressiveness)
+        self._classifier = _Silero(self.config) if self.config.model == "silero" \
+            else _Webrtc(self.config)
         self.reset()
 
     def reset(self) -> None:
         self.state = _State.QUIET
+        self._classifier.reset()
         self._buffer = np.zeros(0, np.int16)
         self._buffer_pts = 0.0
         self._count = 0
@@ -96,7 +149,7 @@ class VoiceActivity:
         for at in range(0, whole, self._frame):
             start = self._buffer_pts + at / SAMPLE_RATE
             end = start + self.config.frame_s
-            voiced = self._vad.is_speech(self._buffer[at: at + self._frame].tobytes(), SAMPLE_RATE)
+            voiced = self._classifier.voiced(self._buffer[at: at + self._frame])
             if self.emit_frames:
                 events.append(VoiceFrame(pts=end, start=start, voiced=voiced))
             events.extend(self._step(voiced, start, end))
