@@ -6,6 +6,7 @@ media second).
 `perception`: decode-only frame rate, face detection per frame, the whole
 perception path as a real-time factor for live 30 fps input, and the wall-clock
 latency from a frame's media time to its speaker decision in a paced replay.
+`view`: the annotated video and the web view with two viewers against a plain replay.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.bench_mqtt import bench_mqtt
+from pipelines.bench_view import bench_view
 from pipelines.config import ReplayConfig, load_config
 from pipelines.replay import Collect, build_replay, replay_and_collect, run_replay
 from stream.errors import UserError
@@ -287,4 +289,4 @@ def bench_engine(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
 
 
 BENCHES = {"replay": bench_replay, "perception": bench_perception, "mqtt": bench_mqtt,
-           "engine": bench_engine}
+           "engine": bench_engine, "view": bench_view}

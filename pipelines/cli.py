@@ -23,10 +23,12 @@ from pipelines.live import LivePipelineConfig, build_live, live_inputs, run_live
 from pipelines.replay import Replay, ReplayReport, build_replay, run_replay, session_id
 from stream.errors import UserError
 from stream.events import check_session, new_run
-from stream.runtime import PipelineError, Stage
+from stream.runtime import Pipeline, PipelineError, Stage
 from stream.sinks.console import ConsoleSink
 from stream.sinks.jsonl import JsonlSink
 from stream.sinks.mqtt import MqttSink
+from stream.view.video import AnnotatedVideo
+from stream.view.web import WebView
 
 HELP = {
     "media": "media file, '-' for a pipe on stdin, or any URL FFmpeg opens",
@@ -46,6 +48,10 @@ HELP = {
              "smollm2 (README: Engine)",
     "predictor": "who answers after each turn: fusion (no model), cues, engine (needs "
                  "--model) or none (default: engine with --model, else none)",
+    "annotate": "also write the video with boxes, speaker, words and predictions drawn on "
+                "it to this .mp4 or .ts (playable even if the run is cut off)",
+    "web": "serve a live web view of the session on [HOST:]PORT (127.0.0.1 unless a host "
+           "is given; set $SOCIALSTREAM_WEB_TOKEN to require ?token=)",
     "mqtt": "publish events to this broker: mqtt://[user@]host:port (password from "
             "$SOCIALSTREAM_MQTT_PASSWORD, never the command line)",
 }
@@ -53,6 +59,7 @@ HELP = {
 EXIT_USER, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
 FLAGS = {"source.realtime": "--realtime", "source.speed": "--speed",
          "source.video_fps": "--video-fps", "output.out": "--out", "output.session": "--session",
+         "output.annotate": "--annotate", "output.web": "--web",
          "mqtt.url": "--mqtt", "recognizer.enabled": "--asr", "engine.model": "--model",
          "live.give_up_s": "--give-up", "predictions.predictor": "--predictor"}
 """Config keys the flags set: a bad value is reported as the flag the user typed."""
@@ -74,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--out", type=Path, help=HELP["out"])
     replay.add_argument("--session", help=HELP["session"])
     replay.add_argument("--mqtt", metavar="URL", help=HELP["mqtt"])
+    replay.add_argument("--annotate", type=Path, metavar="OUT.mp4", help=HELP["annotate"])
+    replay.add_argument("--web", metavar="[HOST:]PORT", help=HELP["web"])
     replay.add_argument("--asr", action="store_true", default=None, help=HELP["asr"])
     replay.add_argument("--model", help=HELP["model"])
     replay.add_argument("--predictor", help=HELP["predictor"])
@@ -98,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     live.add_argument("--out", type=Path, help=HELP["out"])
     live.add_argument("--session", help="session id written into events (default: live)")
     live.add_argument("--mqtt", metavar="URL", help=HELP["mqtt"])
+    live.add_argument("--annotate", type=Path, metavar="OUT.mp4", help=HELP["annotate"])
+    live.add_argument("--web", metavar="[HOST:]PORT", help=HELP["web"])
     live.add_argument("--asr", action="store_true", default=None, help=HELP["asr"])
     live.add_argument("--model", help=HELP["model"])
     live.add_argument("--predictor", help=HELP["predictor"])
@@ -145,7 +156,8 @@ def _replay_config(args: argparse.Namespace) -> ReplayConfig:
     realtime = True if args.speed is not None and args.realtime is None else args.realtime
     return load_config(args.config, {
         "source": {"realtime": realtime, "speed": args.speed, "video_fps": args.video_fps},
-        "output": {"out": args.out, "session": args.session},
+        "output": {"out": args.out, "session": args.session, "annotate": args.annotate,
+                   "web": args.web},
         "mqtt": {"url": args.mqtt},
         "recognizer": {"enabled": args.asr},
         "engine": {"model": args.model},
@@ -155,8 +167,9 @@ def _replay_config(args: argparse.Namespace) -> ReplayConfig:
 
 def _replay(args: argparse.Namespace, stderr: Console) -> int:
     config = _replay_config(args)
-    replay = build_replay(args.media, config, _sinks(args, config, session_id(args.media, config)),
-                          args.transcript)
+    sinks = _sinks(args, config, session_id(args.media, config))
+    replay = build_replay(args.media, config, sinks, args.transcript)
+    _feed_metrics(sinks, replay.pipeline)
     try:
         report = _run_with_progress(replay, config, stderr)
     finally:
@@ -167,6 +180,10 @@ def _replay(args: argparse.Namespace, stderr: Console) -> int:
     if config.output.metrics:
         stderr.print(replay.pipeline.metrics_table())
     _summary(stderr, args.media, replay, report)
+    for sink in sinks:
+        if isinstance(sink, AnnotatedVideo) and sink.frames:
+            stderr.print(f"annotated video: {sink.path} ({sink.frames} frames)",
+                         highlight=False)
     return _exit_code(report)
 
 
@@ -179,7 +196,8 @@ def _live(args: argparse.Namespace, stderr: Console) -> int:
         options[key] = value
     config = load_config(args.config, {
         "live": {"give_up_s": args.give_up},
-        "output": {"out": args.out, "session": args.session},
+        "output": {"out": args.out, "session": args.session, "annotate": args.annotate,
+                   "web": args.web},
         "mqtt": {"url": args.mqtt},
         "recognizer": {"enabled": args.asr},
         "engine": {"model": args.model},
@@ -189,7 +207,9 @@ def _live(args: argparse.Namespace, stderr: Console) -> int:
         else "live"
     inputs = live_inputs(args.target, fmt=args.format, audio_device=args.audio,
                          listen=args.listen, options=options)
-    live = build_live(inputs, config, _sinks(args, config, session), session)
+    sinks = _sinks(args, config, session)
+    live = build_live(inputs, config, sinks, session)
+    _feed_metrics(sinks, live.pipeline)
     stderr.log(f"live session {session!r}: reading {live.source.uri} (Ctrl-C to stop)")
     report = asyncio.run(run_live(live))
     if not live.source.received and not report.interrupted:
@@ -226,7 +246,18 @@ def _sinks(args: argparse.Namespace, config: ReplayConfig, session: str) -> list
         sinks.append(JsonlSink(session, config.output.out, names, run))
     if config.mqtt.url is not None:
         sinks.append(MqttSink(config.mqtt, session, names, run))
+    if config.output.annotate is not None:
+        sinks.append(AnnotatedVideo(config.output.annotate, names))
+    if config.output.web is not None:
+        sinks.append(WebView(config.output.web, session, names, run))
     return sinks
+
+
+def _feed_metrics(sinks: list[Stage], pipeline: Pipeline) -> None:
+    """The web view's stages table."""
+    for sink in sinks:
+        if isinstance(sink, WebView):
+            sink.hub.metrics = pipeline.metrics
 
 
 def _run_with_progress(replay: Replay, config: ReplayConfig, stderr: Console) -> ReplayReport:

@@ -48,6 +48,10 @@ class QueueConfig(_Strict):
 
 class OutputConfig(_Strict):
     out: Path | None = Field(None, description="write JSONL events to this file too")
+    annotate: Path | None = Field(None, description="write the annotated video here (.mp4 "
+                                                    "or .ts)")
+    web: str | None = Field(None, description="serve the live web view on [HOST:]PORT "
+                                              "(host 127.0.0.1 unless given)")
     session: str | None = Field(None, description="session id in events (default: media stem)")
     progress: bool = Field(True, description="progress bar on a terminal (never when piped)")
     metrics: bool = Field(True, description="stage metrics table at the end of a run")

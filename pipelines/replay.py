@@ -113,8 +113,9 @@ def build_replay(media: str, config: ReplayConfig, sinks: Sequence[Stage],
     source = MediaSource(media, pacer=Pacer(src.speed if src.realtime else None),
                          video_fps=src.video_fps, video_size=src.video_size)
     lines = resolve_transcript(media, transcript)
-    refuse_input_as_output(config.output.out, {"the media": media,
-                                               "the transcript": lines and lines.path})
+    inputs = {"the media": media, "the transcript": lines and lines.path}
+    refuse_input_as_output(config.output.out, inputs)
+    refuse_input_as_output(config.output.annotate, inputs, flag="--annotate")
     pipe = Pipeline()
     pipe.add(source)
     if lines is not None:
@@ -189,8 +190,19 @@ def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has
             # Outside the media-time merge: a slow model delays only predictions, never the
             # turns and per-frame speakers the same sink writes.
             pipe.connect("predict", name, Prediction, maxsize=size, ordered=False)
+        # A sink that draws every frame (the annotated video) is fed without dropping,
+        # with the sound; one that shows the present (MQTT, the web view) keeps the latest.
+        every = getattr(sink, "every_frame", False)
         if perceive and PerceivedFrame in sink.inputs:
-            pipe.connect("perception", name, PerceivedFrame, policy="latest", maxsize=size)
+            pipe.connect("perception", name, PerceivedFrame, policy="block" if every
+                         else "latest", maxsize=slack if every else size)
+        elif not perceive and has_video and VideoFrame in sink.inputs:
+            pipe.connect(media, name, VideoFrame, policy="block" if every else "latest",
+                         maxsize=size)
+        if has_audio and AudioChunk in sink.inputs:
+            pipe.connect(media, name, AudioChunk, maxsize=slack)
+        if (bind := getattr(sink, "bind_media", None)) is not None:
+            bind(has_audio=has_audio, has_video=has_video)
 
 
 async def run_replay(replay: Replay, *, drain_on_sigint: bool = False,
@@ -216,8 +228,9 @@ async def run_pipeline(pipeline: Pipeline, media_s: float | None,
                         metrics=pipeline.metrics())
 
 
-def refuse_input_as_output(out: Path | None, inputs: dict[str, str | None]) -> None:
-    """An --out that is one of the run's inputs would destroy it while it is read."""
+def refuse_input_as_output(out: Path | None, inputs: dict[str, str | None],
+                           flag: str = "--out") -> None:
+    """An output that is one of the run's inputs would destroy it while it is read."""
     if out is None:
         return
     for role, given in inputs.items():
@@ -225,7 +238,7 @@ def refuse_input_as_output(out: Path | None, inputs: dict[str, str | None]) -> N
             continue
         # samefile follows links: a symlink or hard link to an input is that input
         if out.exists() and Path(given).exists() and os.path.samefile(out, given):
-            raise UserError(f"--out {out}: is an input of this run ({role}); writing events "
+            raise UserError(f"{flag} {out}: is an input of this run ({role}); writing "
                             "there would destroy it: choose another file")
 
 

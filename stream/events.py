@@ -118,6 +118,8 @@ def speaker_event(frame: PerceivedFrame, session: str) -> dict[str, Any]:
         "speaker": frame.speaker,
         "confidence": frame.confidence,
         "voiced": frame.voiced,
+        "width": frame.frame.width,
+        "height": frame.frame.height,
         "players": [{"id": v.player, "box": [round(b, 1) for b in v.box],
                      "p_speaking": v.p_speaking} for v in frame.players],
     }

@@ -299,3 +299,52 @@ async def test_hostile_payloads_never_end_the_inbox(broker: Broker, caplog) -> N
     finally:
         inbox.finish()
         await asyncio.wait_for(reader, 10)
+
+
+def test_subscribe_serves_the_web_view_from_mqtt(broker: Broker, tmp_path: Path) -> None:
+    import asyncio
+
+    import aiohttp
+
+    from stream.view.web import END
+
+    port = free_port()
+    sub = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "subscribe", "--mqtt", broker.url, "--session",
+         "demo", "--web", str(port), "--count", "25", "--timeout", "120"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    async def watch() -> list[dict]:
+        async with aiohttp.ClientSession() as client:
+            for _ in range(300):
+                try:
+                    socket = await client.ws_connect(f"http://127.0.0.1:{port}/ws")
+                    break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"subscribe --web never listened: {sub.stderr.read()}")
+            replay = _replay(broker.url, tmp_path)
+            events = []
+            async with socket:
+                async for message in socket:
+                    assert message.type == aiohttp.WSMsgType.TEXT, "no pictures over MQTT"
+                    events.append(json.loads(message.data))
+                    if message.data == END:
+                        break
+            await asyncio.to_thread(replay.communicate, timeout=120)
+            return events
+
+    events = asyncio.run(asyncio.wait_for(watch(), 150))
+    sub.communicate(timeout=60)
+    assert sub.returncode == 0
+    assert events[0] == {"type": "hello", "session": "demo", "names": {}, "pictures": False}
+    assert [e["turn"] for e in events if e.get("schema") == TURN] == list(range(12))
+    assert [e["turn"] for e in events if e.get("schema") == PREDICTION] == list(range(12))
+    boxes = [e for e in events if e.get("schema", "").startswith("socialstream.speaker")]
+    assert boxes and len(boxes[-1]["players"]) == 3
+
+
+def test_subscribe_web_needs_one_session() -> None:
+    result = run_cli("subscribe", "--mqtt", "mqtt://127.0.0.1:1", "--web", "0")
+    assert result.returncode == 2 and "--web shows one session" in result.stderr

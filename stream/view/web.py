@@ -1,0 +1,339 @@
+"""The live web view (`--web [HOST:]PORT`): one static page, fed over a WebSocket.
+
+The page gets the same events the JSONL and MQTT outputs carry (turns, predictions,
+per-frame speakers with boxes), a metrics message each second, and, when the process
+has the picture, the latest frame as a JPEG (binary message) right after its speaker
+event, so boxes and picture match. `subscribe --web` feeds the same page from MQTT,
+without pictures.
+
+Nothing a viewer does can slow the pipeline: the pipeline only hands events to a
+`Hub`, which never awaits a viewer. Each viewer has a bounded queue; one that falls
+behind is emptied and sent a fresh snapshot instead. Frames are not queued at all:
+one encoder task takes the newest frame at most `fps` times a second (only while
+someone watches), encodes it off the event loop, and each viewer sends the newest
+JPEG when it is ready for one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import io
+import ipaddress
+import json
+import logging
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import numpy as np
+from aiohttp import WSMsgType, web
+from PIL import Image
+
+from stream.errors import UserError
+from stream.events import dumps, prediction_event, speaker_event, turn_event
+from stream.frames import Item, PerceivedFrame, Prediction, Turn, VideoFrame
+from stream.runtime import Stage
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "SOCIALSTREAM_WEB_TOKEN"
+VIEWER_QUEUE = 256
+"""Events a viewer may lag behind before it is resynced with a snapshot."""
+HISTORY = 1000
+"""Turns and predictions kept for viewers who join late."""
+JPEG_QUALITY = 75
+END = '{"type":"end"}'
+"""The last message of a run: the page shows it ended and does not reconnect."""
+MAX_WIDTH = 960
+"""Frames wider than this are scaled down before encoding."""
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`PORT` or `HOST:PORT` (`[::1]:PORT` for IPv6); the host defaults to 127.0.0.1."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise UserError(f"--web {text}: give a port (0-65535) or HOST:PORT, e.g. 8080 or "
+                        "0.0.0.0:8080")
+    return host, number
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(eq=False)
+class _Viewer:
+    backlog: list[str] = field(default_factory=list)
+    """The snapshot to send first (on joining, and after falling behind)."""
+    queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(VIEWER_QUEUE))
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    behind: bool = False
+    sent_frame: int = -1
+    frames: bool = True
+
+
+class Hub:
+    """The state viewers are fed from; safe to call from the pipeline (never waits)."""
+
+    def __init__(self, session: str, names: dict[str, str] | None = None, fps: float = 10.0,
+                 pictures: bool = True) -> None:
+        self.session, self.names, self.fps, self.pictures = session, names or {}, fps, pictures
+        self.history: deque[str] = deque(maxlen=HISTORY)
+        self.viewers: set[_Viewer] = set()
+        self.metrics: Callable[[], dict[str, Any]] | None = None
+        self.ended = False
+        self.resyncs = 0
+        self._frame: PerceivedFrame | VideoFrame | None = None
+        self._frame_event: str | None = None
+        self._jpeg: tuple[int, str, bytes] | None = None
+        """(number, speaker event, JPEG) of the newest encoded frame."""
+        self._numbered = 0
+        self._new_frame = asyncio.Event()
+
+    def hello(self) -> str:
+        return json.dumps({"type": "hello", "session": self.session, "names": self.names,
+                           "pictures": self.pictures})
+
+    def publish(self, event: dict[str, Any], keep: bool = True) -> None:
+        text = dumps(event)
+        if keep:
+            self.history.append(text)
+        for viewer in self.viewers:
+            self._offer(viewer, text)
+
+    def _offer(self, viewer: _Viewer, text: str) -> None:
+        if viewer.behind:
+            return
+        try:
+            viewer.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            viewer.behind = True  # its sender empties the queue and sends a snapshot
+            self.resyncs += 1
+        viewer.wake.set()
+
+    def frame(self, frame: PerceivedFrame | VideoFrame) -> None:
+        self._frame = frame
+        self._frame_event = dumps(speaker_event(frame, self.session)) \
+            if isinstance(frame, PerceivedFrame) else None
+        if self.viewers:
+            self._new_frame.set()
+
+    def speaker(self, event: dict[str, Any]) -> None:
+        """A speaker event from elsewhere (MQTT): boxes without a picture."""
+        self._frame_event = dumps(event)
+        if self.viewers:
+            self._new_frame.set()
+
+    def end(self) -> None:
+        self.ended = True
+        self.publish(json.loads(END), keep=True)
+
+    def snapshot(self) -> list[str]:
+        return [self.hello(), *self.history]
+
+    async def encode_frames(self) -> None:
+        """At most `fps` times a second, encode the newest frame for whoever watches."""
+        while True:
+            await self._new_frame.wait()
+            self._new_frame.clear()
+            frame, event = self._frame, self._frame_event
+            if (frame is None and event is None) or not self.viewers:
+                continue
+            began = time.perf_counter()
+            if self.pictures and frame is not None:
+                video = frame.frame if isinstance(frame, PerceivedFrame) else frame
+                jpeg = await asyncio.to_thread(_jpeg, video.image)
+                self._numbered += 1
+                self._jpeg = (self._numbered, event or "", jpeg)
+            elif event is not None:
+                self._numbered += 1
+                self._jpeg = (self._numbered, event, b"")
+            for viewer in self.viewers:
+                viewer.wake.set()
+            await asyncio.sleep(max(0.0, 1 / self.fps - (time.perf_counter() - began)))
+
+    def latest_frame(self) -> tuple[int, str, bytes] | None:
+        return self._jpeg
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+    picture = Image.fromarray(image)
+    if picture.width > MAX_WIDTH:
+        picture = picture.resize((MAX_WIDTH, round(picture.height * MAX_WIDTH / picture.width)))
+    out = io.BytesIO()
+    picture.save(out, format="JPEG", quality=JPEG_QUALITY)
+    return out.getvalue()
+
+
+def _page() -> str:
+    return resources.files("stream.view").joinpath("static/index.html").read_text("utf-8")
+
+
+class WebServer:
+    """The aiohttp app in the pipeline's own event loop."""
+
+    def __init__(self, hub: Hub, host: str, port: int, token: str | None = None) -> None:
+        self.hub, self.host, self.port = hub, host, port
+        self.token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.bound: tuple[str, int] | None = None
+
+    async def start(self) -> None:
+        if not _loopback(self.host) and self.token is None:
+            log.warning("--web %s:%s: reachable from other machines without a token; set $%s "
+                        "to require one", self.host, self.port, TOKEN_ENV)
+        app = web.Application()
+        app.router.add_get("/", self._index)
+        app.router.add_get("/ws", self._socket)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise UserError(f"--web {self.host}:{self.port}: cannot listen ({exc.strerror}); "
+                            "choose another port") from exc
+        sockets = site._server.sockets if site._server is not None else ()  # type: ignore[union-attr]
+        address = sockets[0].getsockname() if sockets else (self.host, self.port)
+        self.bound = (str(address[0]), int(address[1]))
+        self._tasks = [asyncio.create_task(self.hub.encode_frames()),
+                       asyncio.create_task(self._metrics())]
+        print(f"web view: {self.url}", file=sys.stderr, flush=True)
+
+    @property
+    def url(self) -> str:
+        assert self.bound is not None, "start() binds"
+        host = f"[{self.bound[0]}]" if ":" in self.bound[0] else self.bound[0]
+        query = f"?token={self.token}" if self.token else ""
+        return f"http://{host}:{self.bound[1]}/{query}"
+
+    async def stop(self) -> None:
+        if self._runner is None:
+            return
+        self.hub.end()
+        await asyncio.sleep(0.2)  # let senders pass the end on
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        runner, self._runner = self._runner, None
+        await runner.cleanup()
+
+    def _allowed(self, request: web.Request) -> bool:
+        if self.token is None:
+            return True
+        return hmac.compare_digest(request.query.get("token", ""), self.token)
+
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        if not self._allowed(request):
+            raise web.HTTPUnauthorized(text=f"add ?token=... (the value of ${TOKEN_ENV})")
+        return web.Response(text=_page(), content_type="text/html")
+
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        if not self._allowed(request):
+            raise web.HTTPUnauthorized(text="bad or missing token")
+        socket = web.WebSocketResponse(heartbeat=20)
+        await socket.prepare(request)
+        viewer = _Viewer(backlog=self.hub.snapshot(),
+                         frames=request.query.get("frames", "1") != "0")
+        self.hub.viewers.add(viewer)
+        reader = asyncio.create_task(self._drain(socket))
+        try:
+            await self._send(socket, viewer, reader)
+        except (ConnectionError, RuntimeError):
+            pass  # the viewer left mid-send
+        finally:
+            self.hub.viewers.discard(viewer)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        return socket
+
+    async def _send(self, socket: web.WebSocketResponse, viewer: _Viewer,
+                    reader: asyncio.Task[None]) -> None:
+        while not socket.closed and not reader.done():
+            viewer.wake.clear()  # before looking: whatever comes during a send wakes it again
+            if viewer.behind:
+                while not viewer.queue.empty():
+                    viewer.queue.get_nowait()
+                viewer.behind, viewer.backlog = False, self.hub.snapshot()
+            while viewer.backlog or not viewer.queue.empty():
+                text = viewer.backlog.pop(0) if viewer.backlog else viewer.queue.get_nowait()
+                await socket.send_str(text)
+                if text == END:
+                    await socket.close()
+                    return
+            latest = self.hub.latest_frame()
+            if viewer.frames and latest is not None and latest[0] != viewer.sent_frame:
+                number, event, jpeg = latest
+                viewer.sent_frame = number
+                if event:
+                    await socket.send_str(event)
+                if jpeg:
+                    await socket.send_bytes(jpeg)
+            if viewer.queue.empty() and not viewer.behind:
+                await viewer.wake.wait()
+
+    async def _drain(self, socket: web.WebSocketResponse) -> None:
+        """Read until the viewer goes: a closed socket ends its sender."""
+        async for message in socket:
+            if message.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+                break
+
+    async def _metrics(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self.hub.metrics is not None and self.hub.viewers:
+                self.hub.publish({"type": "metrics", "stages": self.hub.metrics()}, keep=False)
+
+
+class WebView(Stage):
+    """The pipeline's side of the web view: hands turns, predictions and frames to the hub
+    and serves the page while the run lasts."""
+
+    name = "web"
+    inputs = (PerceivedFrame, VideoFrame, Turn, Prediction)
+
+    def __init__(self, address: str, session: str, names: dict[str, str] | None = None,
+                 run: str = "0", fps: float = 10.0) -> None:
+        host, port = parse_address(address)
+        self.session, self.names, self.run = session, names or {}, run
+        self.hub = Hub(session, self.names, fps)
+        self.server = WebServer(self.hub, host, port)
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        if isinstance(item, Turn):
+            self.hub.publish(turn_event(item, self.session, self.names, self.run))
+        elif isinstance(item, Prediction):
+            self.hub.publish(prediction_event(item, self.session, self.run))
+        elif isinstance(item, PerceivedFrame | VideoFrame):
+            self.hub.frame(item)
+        return ()
+
+    async def stop(self) -> None:
+        await self.server.stop()
