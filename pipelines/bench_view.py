@@ -37,8 +37,9 @@ def _free_port() -> int:
         return int(probe_socket.getsockname()[1])
 
 
-def _watch(port: int, viewers: int, counts: Any, ready: Any) -> None:
-    """Another process: `viewers` WebSocket clients that read until the run ends."""
+def _watch(port: int, viewers: int, pictures: Any, ready: Any) -> None:
+    """Another process: `viewers` WebSocket clients that read until the run ends, each
+    counting the pictures it got."""
     import aiohttp
 
     ready.set()  # started and imported: its start-up is not the replay's cost
@@ -56,11 +57,9 @@ def _watch(port: int, viewers: int, counts: Any, ready: Any) -> None:
             async with socket_:
                 async for message in socket_:
                     if message.type == aiohttp.WSMsgType.BINARY:
-                        counts[index * 2] += 1
-                    elif message.type == aiohttp.WSMsgType.TEXT:
-                        counts[index * 2 + 1] += 1
-                        if message.data == END:
-                            break
+                        pictures[index] += 1
+                    elif message.data == END:
+                        break
 
     async def all_viewers() -> None:
         await asyncio.gather(*(one(i) for i in range(viewers)))
@@ -85,13 +84,12 @@ def bench_view(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
             for kind in kinds[round_ % 3:] + kinds[: round_ % 3]:
                 sinks: list[Stage] = []
                 watcher = None
-                counts = SPAWN.Array("i", 2 * VIEWERS)
                 if kind == "annotate":
                     sinks = [AnnotatedVideo(Path(folder) / "bench.mp4")]
                 elif kind == "web":
                     port = _free_port()
                     sinks = [WebView(f"127.0.0.1:{port}", "bench")]
-                    ready = SPAWN.Event()
+                    ready, counts = SPAWN.Event(), SPAWN.Array("i", VIEWERS)
                     watcher = SPAWN.Process(target=_watch, args=(port, VIEWERS, counts, ready))
                     watcher.start()
                     ready.wait(60)
@@ -99,7 +97,7 @@ def bench_view(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
                 if watcher is not None:
                     watcher.join(30)
                     if round_:
-                        pictures.append(min(counts[0], counts[2]))
+                        pictures.append(min(counts))
                 if round_:
                     walls[kind].append(wall)
                 stderr.log(f"{kind}: round {round_ + 1}/{args.repeat + 1} {wall:.3f}s"

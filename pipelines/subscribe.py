@@ -42,15 +42,14 @@ def run(args: argparse.Namespace, stderr: Console) -> int:
     config = MqttConfig(url=args.mqtt, prefix=args.prefix)
     broker_address(args.mqtt)  # a bad URL is a one-line error before anything starts
     names = [t.strip() for t in args.topics.split(",")]
-    hub, server = None, None
+    server = None
     if args.web is not None:
         if args.session == "+":
             raise UserError("--web shows one session: give --session ID (the session the "
                             "events are published under)")
         host, port = parse_address(args.web)
-        hub = Hub(args.session, pictures=False)
-        server = WebServer(hub, host, port)
-    listened = names if hub is None else sorted({*names, "turn", "prediction", "speaker"})
+        server = WebServer(Hub(args.session, pictures=False), host, port)
+    listened = names if server is None else sorted({*names, "turn", "prediction", "speaker"})
     topics = [f"{args.prefix}/{args.session}/{t}" for t in listened]
     printed = set(names)
     try:
@@ -100,7 +99,7 @@ async def _follow(config: MqttConfig, topics: list[str], count: int | None,
 
 def _relay(hub: Hub, topic: str, event: dict[str, Any]) -> None:
     if topic == "speaker" and "players" in event:
-        hub.speaker(event)
+        hub.frame(event)
     elif topic in ("turn", "prediction") and "schema" in event:
         hub.publish(event)
 

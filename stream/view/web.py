@@ -82,7 +82,7 @@ def _loopback(host: str) -> bool:
 
 @dataclass(eq=False)
 class _Viewer:
-    backlog: list[str] = field(default_factory=list)
+    backlog: deque[str] = field(default_factory=deque)
     """The snapshot to send first (on joining, and after falling behind)."""
     queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(VIEWER_QUEUE))
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -100,10 +100,10 @@ class Hub:
         self.history: deque[str] = deque(maxlen=HISTORY)
         self.viewers: set[_Viewer] = set()
         self.metrics: Callable[[], dict[str, Any]] | None = None
-        self.ended = False
         self.resyncs = 0
-        self._frame: PerceivedFrame | VideoFrame | None = None
-        self._frame_event: str | None = None
+        self._frame: PerceivedFrame | VideoFrame | dict[str, Any] | None = None
+        """The newest frame, or speaker event from elsewhere; turned into JSON and JPEG
+        only when the encoder takes it, not for every frame the pipeline passes."""
         self._jpeg: tuple[int, str, bytes] | None = None
         """(number, speaker event, JPEG) of the newest encoded frame."""
         self._numbered = 0
@@ -130,21 +130,13 @@ class Hub:
             self.resyncs += 1
         viewer.wake.set()
 
-    def frame(self, frame: PerceivedFrame | VideoFrame) -> None:
+    def frame(self, frame: PerceivedFrame | VideoFrame | dict[str, Any]) -> None:
+        """The newest picture, or a speaker event from elsewhere (MQTT: boxes, no picture)."""
         self._frame = frame
-        self._frame_event = dumps(speaker_event(frame, self.session)) \
-            if isinstance(frame, PerceivedFrame) else None
-        if self.viewers:
-            self._new_frame.set()
-
-    def speaker(self, event: dict[str, Any]) -> None:
-        """A speaker event from elsewhere (MQTT): boxes without a picture."""
-        self._frame_event = dumps(event)
         if self.viewers:
             self._new_frame.set()
 
     def end(self) -> None:
-        self.ended = True
         self.publish(json.loads(END), keep=True)
 
     def snapshot(self) -> list[str]:
@@ -155,18 +147,20 @@ class Hub:
         while True:
             await self._new_frame.wait()
             self._new_frame.clear()
-            frame, event = self._frame, self._frame_event
-            if (frame is None and event is None) or not self.viewers:
+            frame = self._frame
+            if frame is None or not self.viewers:
                 continue
             began = time.perf_counter()
-            if self.pictures and frame is not None:
-                video = frame.frame if isinstance(frame, PerceivedFrame) else frame
-                jpeg = await asyncio.to_thread(_jpeg, video.image)
-                self._numbered += 1
-                self._jpeg = (self._numbered, event or "", jpeg)
-            elif event is not None:
-                self._numbered += 1
-                self._jpeg = (self._numbered, event, b"")
+            if isinstance(frame, dict):
+                event, video = dumps(frame), None
+            elif isinstance(frame, PerceivedFrame):
+                event, video = dumps(speaker_event(frame, self.session)), frame.frame
+            else:
+                event, video = "", frame
+            jpeg = await asyncio.to_thread(_jpeg, video.image) \
+                if self.pictures and video is not None else b""
+            self._numbered += 1
+            self._jpeg = (self._numbered, event, jpeg)
             for viewer in self.viewers:
                 viewer.wake.set()
             await asyncio.sleep(max(0.0, 1 / self.fps - (time.perf_counter() - began)))
@@ -256,7 +250,7 @@ class WebServer:
             raise web.HTTPUnauthorized(text="bad or missing token")
         socket = web.WebSocketResponse(heartbeat=20)
         await socket.prepare(request)
-        viewer = _Viewer(backlog=self.hub.snapshot(),
+        viewer = _Viewer(backlog=deque(self.hub.snapshot()),
                          frames=request.query.get("frames", "1") != "0")
         self.hub.viewers.add(viewer)
         reader = asyncio.create_task(self._drain(socket))
@@ -278,9 +272,9 @@ class WebServer:
             if viewer.behind:
                 while not viewer.queue.empty():
                     viewer.queue.get_nowait()
-                viewer.behind, viewer.backlog = False, self.hub.snapshot()
+                viewer.behind, viewer.backlog = False, deque(self.hub.snapshot())
             while viewer.backlog or not viewer.queue.empty():
-                text = viewer.backlog.pop(0) if viewer.backlog else viewer.queue.get_nowait()
+                text = viewer.backlog.popleft() if viewer.backlog else viewer.queue.get_nowait()
                 await socket.send_str(text)
                 if text == END:
                     await socket.close()
