@@ -52,6 +52,10 @@ class OutputConfig(_Strict):
                                                     "or .ts)")
     web: str | None = Field(None, description="serve the live web view on [HOST:]PORT "
                                               "(host 127.0.0.1 unless given)")
+    attention: bool = Field(False, description="on the annotated video, the engine's biased "
+                                               "heads' attention over the picture as a heat "
+                                               "map (needs annotate and a vision-language "
+                                               "engine.model)")
     session: str | None = Field(None, description="session id in events (default: media stem)")
     progress: bool = Field(True, description="progress bar on a terminal (never when piped)")
     metrics: bool = Field(True, description="stage metrics table at the end of a run")

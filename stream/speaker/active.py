@@ -50,6 +50,15 @@ class SpeakerConfig(BaseModel):
         0.05, gt=0, description="time constant of smoothing Light-ASD's probabilities (its "
                                 "GRU already smooths; mouth motion uses smoothing_s)")
 
+    sync: bool = Field(
+        True, description="Light-ASD: when two or more faces look like they are talking, "
+                          "prefer the one whose mouth moves with the sound (stream/speaker/"
+                          "sync.py)")
+    sync_window_s: float = Field(1.0, gt=0, le=10,
+                                 description="look-back of the audio-visual correlation")
+    sync_strength: float = Field(
+        10.0, ge=0, description="a contested face's odds of speaking are divided by "
+                                "exp(sync_strength x how far its correlation trails the best)")
     smoothing_s: float = Field(0.2, gt=0, description="time constant of mouth-motion smoothing")
     voice_hold_s: float = Field(0.25, ge=0, description="voice counts as active this long after")
     min_motion: float = Field(0.002, gt=0, description="motion floor: below it no one is moving")

@@ -13,6 +13,7 @@ with their own time (the stage's holdback says how far back it still holds).
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from stream.frames import (
 from stream.runtime import Stage
 from stream.speaker.active import ActiveSpeaker, SpeakerConfig
 from stream.speaker.cues import MouthMotion
+from stream.speaker.sync import Synchrony
 from stream.vision.faces import Face, FaceConfig, FaceDetector
 from stream.vision.players import PlayerRegistry
 from stream.vision.tracker import FaceTracker, Track, TrackerConfig
@@ -83,6 +85,9 @@ class Perception:
         self.players = PlayerRegistry(config.names)
         self.motion = MouthMotion()
         self.speaker = ActiveSpeaker(config.speaker)
+        self.sync = Synchrony(config.speaker.sync_window_s, config.speaker.min_motion) \
+            if scorer is not None and config.speaker.sync else None
+        """Light-ASD's tie-break between faces that all look like they talk."""
         self._frames = 0
         self._since_detection = 0
         """Frames since the last detection pass: what the tracker counts in."""
@@ -96,8 +101,11 @@ class Perception:
         return "light_asd" if self.scorer is not None else "mouth"
 
     def audio(self, chunk: AudioChunk) -> None:
+        at = round(chunk.pts * SAMPLE_RATE)
         if self.scorer is not None:
-            self.scorer.audio(chunk.samples, round(chunk.pts * SAMPLE_RATE))
+            self.scorer.audio(chunk.samples, at)
+        if self.sync is not None:
+            self.sync.audio(chunk.samples, at)
 
     def holdback(self) -> float | None:
         return self._held[0].video.pts if self._held else None
@@ -124,6 +132,10 @@ class Perception:
                 track.id, gray, track.box, seen.mouth if seen is not None else None)
         live = {t.id for t in tracks}
         self.motion.forget(live)
+        if self.sync is not None:
+            for track in tracks:
+                self.sync.motion(track.id, video.pts, motion[ids[track.id]])
+            self.sync.forget(live)
         self._yaw = {t: y for t, y in self._yaw.items() if t in live}
         if self.scorer is not None:
             return self._scored(video, gray, tracks, ids, detecting, motion)
@@ -172,8 +184,9 @@ class Perception:
             scores = self._scores.get(held.tick, {})
             for track, p in scores.items():
                 self._last_score[track] = p
-            probability = {held.players[t]: scores.get(t, self._last_score.get(t, 0.0))
-                           for t in held.players}
+            probability = self._synchronised(held, {
+                held.players[t]: scores.get(t, self._last_score.get(t, 0.0))
+                for t in held.players})
             cues, speaker, confidence = self.speaker.probabilities(held.video.pts, probability)
             views = tuple(sorted((
                 PlayerView(player=player, track=track, box=tuple(round(v, 1) for v in box),
@@ -191,6 +204,30 @@ class Perception:
         waiting = {t for h in self._held for t in h.players}  # a gone track's id never returns
         self._last_score = {t: p for t, p in self._last_score.items() if t in waiting}
         return out
+
+    def _synchronised(self, held: _Held, probability: dict[str, float]) -> dict[str, float]:
+        """When two or more faces look like they talk (Light-ASD >= 0.5), each one's odds
+        are divided by exp(sync_strength x how far its mouth's synchrony with the sound
+        trails the best of them); one face alone, or no synchrony yet (a mouth that
+        hardly moved has none), is left as it is."""
+        if self.sync is None:
+            return probability
+        contested = [t for t, player in held.players.items() if probability[player] >= 0.5]
+        if len(contested) < 2:
+            return probability
+        known = {t: c for t in contested
+                 if (c := self.sync.score(t, held.video.pts)) is not None}
+        if len(known) < 2:
+            return probability
+        best = max(known.values())
+        strength = self.config.speaker.sync_strength
+        adjusted = dict(probability)
+        for track, correlation in known.items():
+            player = held.players[track]
+            p = min(max(probability[player], 1e-4), 1 - 1e-4)
+            odds = p / (1 - p) * math.exp(-strength * (best - correlation))
+            adjusted[player] = odds / (1 + odds)
+        return adjusted
 
 
 class PerceptionStage(Stage):
