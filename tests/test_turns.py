@@ -215,3 +215,17 @@ def test_two_faces_speaking_at_once_are_an_overlap() -> None:
     turns = watch(frames + speech(1.0, 4.0))
     assert [(t.start, t.end, t.overlap) for t in turns] == [
         (1.0, 3.0, ((2.5, 3.0),)), (2.5, 4.0, ((2.5, 3.0),))]
+
+
+def test_a_listener_who_wins_the_last_moments_of_speech_gets_no_turn() -> None:
+    # P1's line ends at 3.0 and her voice trails off to 3.2; P2's face wins from 2.9 (lips
+    # still moving): the split at the line's end leaves 0.2 s without words, no turn.
+    tail = seen(5, {"P1": [(1.0, 2.9)], "P2": [(2.9, 3.3)]})
+    turns = watch(tail + speech(1.0, 3.2) + [line(1.0, 3.0, "Are you done?")])
+    assert [(t.start, t.end, t.vote.speaker, t.text) for t in turns] == [
+        (1.0, 3.0, "P1", "Are you done?")]
+    # Longer than min_turn_s, the rest is a turn of its own, words or not.
+    longer = seen(5, {"P1": [(1.0, 2.9)], "P2": [(2.9, 3.6)]})
+    turns = watch(longer + speech(1.0, 3.5) + [line(1.0, 3.0, "Are you done?")])
+    assert [(t.start, t.end, t.vote.speaker) for t in turns] == [
+        (1.0, 3.0, "P1"), (3.0, 3.5, "P2")]

@@ -68,7 +68,8 @@ class TurnConfig(BaseModel):
         0.2, ge=0, le=2, description="how long a new speaker must hold to close the turn")
     min_turn_s: float = Field(
         0.3, gt=0, description="shortest turn a speaker change closes (a shorter start joins "
-                               "the new speaker's turn)")
+                               "the new speaker's turn) or leaves (a shorter rest without "
+                               "words is no turn)")
     snap_s: float = Field(
         0.6, ge=0, le=2, description="a transcript line ending this long before a seen "
                                       "speaker change places the split at its end")
@@ -143,10 +144,9 @@ class TurnAssembler:
         elif isinstance(item, SpeechSegment):
             start = item.start if self._open_start is None else max(item.start, self._open_start)
             holder, self._open_start, self._holder, self._rival = self._holder, None, None, None
-            if item.end > start:
-                turns.extend(self._close_segment(
-                    SpeechSegment(pts=item.pts, start=start, end=item.end), "silence", holder,
-                    self._reach_back))
+            rest = SpeechSegment(pts=item.pts, start=start, end=item.end)
+            if item.end > start and not self._short_rest(rest):
+                turns.extend(self._close_segment(rest, "silence", holder, self._reach_back))
             self._reach_back = None
         turns.extend(self._orphans(final=False))
         return turns
@@ -224,6 +224,14 @@ class TurnAssembler:
                                     holder, self._reach_back)
         self._reach_back = start
         return turns
+
+    def _short_rest(self, rest: SpeechSegment) -> bool:
+        """What is left of speech after a speaker change, shorter than `min_turn_s` and
+        without words: the tail of the last speaker's speech (the voice hangover) that a
+        listener's face happened to win, not a turn of the listener's."""
+        return (self._reach_back is not None
+                and rest.end - rest.start < self.config.min_turn_s
+                and not any(self._belongs(line, rest) for line in self._lines))
 
     def _split_point(self, since: float, now: float, rival: str) -> tuple[float, bool]:
         """Where the change began: at a transcript line's end near it, else where the new
