@@ -3,7 +3,10 @@
 Three replays of the same clip take turns (plain, `--annotate`, `--web` with two viewers
 reading everything in another process, as browsers would), in an order that rotates each
 round, `--repeat` rounds after a warm-up round: the median real-time factor of each, and
-the median over rounds of each one's wall time over the plain replay's in that round.
+the median over rounds of each one's wall time over the plain replay's in that round
+(each round's ratio is listed too: this shared machine varies by about 10 % between
+runs). The CPU time the replaying process spent (all its threads, not the viewers') is
+compared the same way: it varies less than wall time.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import multiprocessing
 import socket
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,15 +71,20 @@ def _watch(port: int, viewers: int, pictures: Any, ready: Any) -> None:
     asyncio.run(all_viewers())
 
 
-def _replay(media: str, sinks: list[Stage]) -> float:
+def _replay(media: str, sinks: list[Stage]) -> tuple[float, float]:
+    """Wall seconds of one replay, and the CPU seconds this process spent on it (all its
+    threads; not the viewers')."""
     config = load_config(None, {"output": {"progress": False}})
     replay = build_replay(media, config, [Collect(), *sinks])
-    return asyncio.run(run_replay(replay)).wall_s
+    began = time.process_time()
+    wall = asyncio.run(run_replay(replay)).wall_s
+    return wall, time.process_time() - began
 
 
 def bench_view(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
     duration = probe(args.media).duration or 0.0
     walls: dict[str, list[float]] = {"plain": [], "annotate": [], "web": []}
+    cpu: dict[str, list[float]] = {kind: [] for kind in walls}
     pictures: list[int] = []
     with tempfile.TemporaryDirectory() as folder:
         for round_ in range(args.repeat + 1):  # round 0 warms caches and is not counted
@@ -93,20 +102,24 @@ def bench_view(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
                     watcher = SPAWN.Process(target=_watch, args=(port, VIEWERS, counts, ready))
                     watcher.start()
                     ready.wait(60)
-                wall = _replay(args.media, sinks)
+                wall, spent = _replay(args.media, sinks)
                 if watcher is not None:
                     watcher.join(30)
                     if round_:
                         pictures.append(min(counts))
                 if round_:
                     walls[kind].append(wall)
+                    cpu[kind].append(spent)
                 stderr.log(f"{kind}: round {round_ + 1}/{args.repeat + 1} {wall:.3f}s"
                            f"{' (warm-up)' if round_ == 0 else ''}")
     median = {kind: statistics.median(values) for kind, values in walls.items()}
     # Paired within each round, so that drift of the machine between rounds cancels.
-    ratio = {kind: statistics.median(w / p for w, p in zip(walls[kind], walls["plain"],
-                                                            strict=True))
-             for kind in ("annotate", "web")}
+    rounds = {kind: [w / p for w, p in zip(walls[kind], walls["plain"], strict=True)]
+              for kind in ("annotate", "web")}
+    ratio = {kind: statistics.median(values) for kind, values in rounds.items()}
+    cpu_ratio = {kind: statistics.median(c / p for c, p in zip(cpu[kind], cpu["plain"],
+                                                                strict=True))
+                 for kind in ("annotate", "web")}
     return {
         "media": args.media,
         "media_s": round(duration, 3),
@@ -116,5 +129,9 @@ def bench_view(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
         "web_rtf": round(median["web"] / duration, 4),
         "annotate_over_plain": round(ratio["annotate"], 3),
         "web_over_plain": round(ratio["web"], 3),
+        "web_over_plain_rounds": [round(r, 3) for r in rounds["web"]],
+        "plain_cpu_s": round(statistics.median(cpu["plain"]), 3),
+        "annotate_cpu_over_plain": round(cpu_ratio["annotate"], 3),
+        "web_cpu_over_plain": round(cpu_ratio["web"], 3),
         "pictures_per_viewer": min(pictures) if pictures else 0,
     }

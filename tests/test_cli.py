@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import PREDICTION, ROOT, TURN, run_cli, turn_events
 
 
@@ -109,6 +111,22 @@ def test_bench_replay_reports_ratios_as_json(demo: Path) -> None:
     assert figures["turns"] == 12
     assert figures["replay_rtf"] > 0 and figures["decode_rtf"] > 0
     assert abs(figures["replay_over_decode"] - figures["replay_s"] / figures["decode_s"]) < 0.01
+
+
+@pytest.mark.slow
+def test_bench_view_pairs_each_view_with_a_plain_replay_per_round() -> None:
+    media = ROOT / "examples" / "duo.mp4"
+    result = run_cli("bench", "view", "--media", str(media), "--repeat", "2", "--json",
+                     timeout=400)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    rounds = figures["web_over_plain_rounds"]
+    assert len(rounds) == 2
+    assert figures["web_over_plain"] == pytest.approx(sum(rounds) / 2, abs=0.001)
+    assert figures["pictures_per_viewer"] > 0, "both viewers were sent pictures"
+    for kind in ("annotate", "web"):
+        assert figures[f"{kind}_rtf"] > 0 and figures[f"{kind}_cpu_over_plain"] > 0
+    assert figures["plain_cpu_s"] > 0
 
 
 def test_progress_bar_on_a_terminal_only(demo: Path) -> None:

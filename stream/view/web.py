@@ -51,6 +51,8 @@ HISTORY = 1000
 JPEG_QUALITY = 75
 END = '{"type":"end"}'
 """The last message of a run: the page shows it ended and does not reconnect."""
+END_WAIT_S = 0.5
+"""At the end of a run, how long the viewers get to receive the end."""
 MAX_WIDTH = 960
 """Frames wider than this are scaled down before encoding."""
 
@@ -89,6 +91,8 @@ class _Viewer:
     behind: bool = False
     sent_frame: int = -1
     frames: bool = True
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when its socket is done with (after the end was sent, or the viewer left)."""
 
 
 class Hub:
@@ -226,7 +230,10 @@ class WebServer:
         if self._runner is None:
             return
         self.hub.end()
-        await asyncio.sleep(0.2)  # let senders pass the end on
+        # Let the senders pass the end on, but never wait on a viewer for long.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(v.gone.wait() for v in self.hub.viewers)),
+                                   END_WAIT_S)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -259,6 +266,7 @@ class WebServer:
         except (ConnectionError, RuntimeError):
             pass  # the viewer left mid-send
         finally:
+            viewer.gone.set()
             self.hub.viewers.discard(viewer)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
