@@ -50,6 +50,8 @@ HELP = {
                  "--model) or none (default: engine with --model, else none)",
     "annotate": "also write the video with boxes, speaker, words and predictions drawn on "
                 "it to this .mp4 or .ts (playable even if the run is cut off)",
+    "attention": "with --annotate and a vision-language --model: draw where the model's "
+                 "speaker-biased heads looked while reading each turn's words, as a heat map",
     "web": "serve a live web view of the session on [HOST:]PORT (127.0.0.1 unless a host "
            "is given; set $SOCIALSTREAM_WEB_TOKEN to require ?token=)",
     "mqtt": "publish events to this broker: mqtt://[user@]host:port (password from "
@@ -60,6 +62,7 @@ EXIT_USER, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
 FLAGS = {"source.realtime": "--realtime", "source.speed": "--speed",
          "source.video_fps": "--video-fps", "output.out": "--out", "output.session": "--session",
          "output.annotate": "--annotate", "output.web": "--web",
+         "output.attention": "--attention",
          "mqtt.url": "--mqtt", "recognizer.enabled": "--asr", "engine.model": "--model",
          "live.give_up_s": "--give-up", "predictions.predictor": "--predictor"}
 """Config keys the flags set: a bad value is reported as the flag the user typed."""
@@ -82,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--session", help=HELP["session"])
     replay.add_argument("--mqtt", metavar="URL", help=HELP["mqtt"])
     replay.add_argument("--annotate", type=Path, metavar="OUT.mp4", help=HELP["annotate"])
+    replay.add_argument("--attention", action="store_true", default=None,
+                        help=HELP["attention"])
     replay.add_argument("--web", metavar="[HOST:]PORT", help=HELP["web"])
     replay.add_argument("--asr", action="store_true", default=None, help=HELP["asr"])
     replay.add_argument("--model", help=HELP["model"])
@@ -108,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     live.add_argument("--session", help="session id written into events (default: live)")
     live.add_argument("--mqtt", metavar="URL", help=HELP["mqtt"])
     live.add_argument("--annotate", type=Path, metavar="OUT.mp4", help=HELP["annotate"])
+    live.add_argument("--attention", action="store_true", default=None,
+                        help=HELP["attention"])
     live.add_argument("--web", metavar="[HOST:]PORT", help=HELP["web"])
     live.add_argument("--asr", action="store_true", default=None, help=HELP["asr"])
     live.add_argument("--model", help=HELP["model"])
@@ -157,7 +164,7 @@ def _replay_config(args: argparse.Namespace) -> ReplayConfig:
     return load_config(args.config, {
         "source": {"realtime": realtime, "speed": args.speed, "video_fps": args.video_fps},
         "output": {"out": args.out, "session": args.session, "annotate": args.annotate,
-                   "web": args.web},
+                   "attention": args.attention, "web": args.web},
         "mqtt": {"url": args.mqtt},
         "recognizer": {"enabled": args.asr},
         "engine": {"model": args.model},
@@ -197,7 +204,7 @@ def _live(args: argparse.Namespace, stderr: Console) -> int:
     config = load_config(args.config, {
         "live": {"give_up_s": args.give_up},
         "output": {"out": args.out, "session": args.session, "annotate": args.annotate,
-                   "web": args.web},
+                   "attention": args.attention, "web": args.web},
         "mqtt": {"url": args.mqtt},
         "recognizer": {"enabled": args.asr},
         "engine": {"model": args.model},

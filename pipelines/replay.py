@@ -175,9 +175,16 @@ def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has
         pipe.connect(media, "turns", VideoFrame, policy=video_policy, maxsize=size)
     predictor = config.predictions.predictor
     predict = predictor != "none"
+    attention = config.output.attention
+    if attention and (config.output.annotate is None or config.engine.model is None
+                      or not predict):
+        raise UserError("--attention draws the engine's attention over the annotated video: it "
+                        "needs --annotate OUT.mp4 and --model (a vision-language model), and "
+                        "predictions (not --predictor none)")
     if predict:
         names = config.perception.names
-        engine = EngineStage(config.engine, names) if config.engine.model is not None else None
+        engine = EngineStage(config.engine, names, attention=attention) \
+            if config.engine.model is not None else None
         if predictor == "engine" and engine is None:
             raise UserError("predictions.predictor engine needs a model: add --model (or set "
                             "engine.model)")

@@ -198,6 +198,20 @@ class Answer:
     """The predictor's probability per candidate (they sum to 1)."""
 
 
+@dataclass(frozen=True, eq=False)
+class AttentionMap:
+    """Where the engine's biased heads looked in a turn's last key frame while its words
+    were prefilled (README: Engine), for drawing over the picture."""
+
+    grid: np.ndarray
+    """(rows, cols) over the frame as the model saw it: attention from the utterance's
+    tokens to each patch, averaged over the biased layers' active heads and the tokens,
+    over the frame's mean cell (1: the cell's fair share; 4: four times that)."""
+    heads: int
+    """How many (layer, head) pairs it averages."""
+    frame_pts: float | None = None
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Prediction(DataItem):
     """What the engine made of one turn; `pts` is the turn's."""
@@ -212,6 +226,8 @@ class Prediction(DataItem):
     predictor: str = "engine"
     known_at: float | None = None
     """The media time the turn was known at (its event's `emitted_at`)."""
+    attention: AttentionMap | None = None
+    """With `--attention` and an engine model; never in the events (drawn only)."""
 
 
 @dataclass(frozen=True, kw_only=True)

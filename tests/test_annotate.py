@@ -15,7 +15,8 @@ import pytest
 
 from pipelines.config import load_config
 from pipelines.replay import build_replay
-from stream.view.overlay import SPEAKER
+from stream.engine.synthetic import random_qwen, word_tokenizer
+from stream.view.overlay import HEAT_TAG, SPEAKER
 from stream.view.video import AnnotatedVideo
 from stream.view.web import WebView
 from tests.conftest import ROOT, run_cli
@@ -86,6 +87,46 @@ def test_an_interrupted_annotation_is_still_playable(tmp_path: Path) -> None:
     pictures = _pictures(out)
     assert len(pictures) >= 25, "the fragments written before the kill play"
     assert pictures[0][0] == 0.0
+
+
+@pytest.mark.slow
+def test_attention_is_drawn_while_each_turn_is_shown(tmp_path: Path) -> None:
+    """A tiny random Qwen2.5-VL saved as a checkpoint and run as a user would: each turn's
+    map (labelled with its head count) lies under the picture while the turn is shown."""
+    model = tmp_path / "qwen"
+    tokenizer = word_tokenizer()
+    random_qwen("tiny", len(tokenizer)).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    out, events = tmp_path / "attention.mp4", tmp_path / "events.jsonl"
+    result = run_cli("replay", str(ROOT / "examples" / "demo.mp4"), "--model", str(model),
+                     "--annotate", str(out), "--attention", "--out", str(events), timeout=400)
+    assert result.returncode == 0, result.stderr
+    known = [e["emitted_at"] for e in map(json.loads, events.read_text().splitlines())
+             if e["schema"].startswith("socialstream.turn/")]
+    assert len(known) == 12
+
+    def labelled(image: np.ndarray) -> bool:
+        corner = image[4:30, 4:160].astype(int)
+        return int(np.all(np.abs(corner - HEAT_TAG) < 50, axis=-1).sum()) > 200
+
+    pictures = _pictures(out)
+    tagged = [t for t, image in pictures if labelled(image)]
+    assert tagged and min(tagged) >= known[0], "nothing before the first turn is known"
+    # Each turn's map appears while the turn is shown (the model answers in its own time:
+    # a turn known in the video's last second may end before its answer comes).
+    for at in known:
+        if at < pictures[-1][0] - 1.0:
+            assert any(at <= t <= at + 4.0 for t in tagged), f"no map for the turn at {at}"
+    assert all(any(at <= t <= at + 4.04 for at in known) for t in tagged)
+
+
+def test_attention_without_what_it_draws_on_is_refused(tmp_path: Path) -> None:
+    demo = str(ROOT / "examples" / "demo.mp4")
+    for extra in (["--annotate", str(tmp_path / "out.mp4")], ["--model", "smollm2"]):
+        result = run_cli("replay", demo, "--attention", *extra)
+        assert result.returncode == 2, result.stderr
+        assert "--attention draws the engine's attention over the annotated video: it needs " \
+            "--annotate OUT.mp4 and --model" in " ".join(result.stderr.split())
 
 
 def test_annotate_refuses_what_it_cannot_write(tmp_path: Path) -> None:

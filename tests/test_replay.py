@@ -112,7 +112,7 @@ class _SlowEngine(Stage):
     name = "engine"
     inputs = (Turn,)
 
-    def __init__(self, config: object, names: object = None) -> None:
+    def __init__(self, config: object, names: object = None, *, attention: bool = False) -> None:
         pass
 
     async def process(self, item: Item) -> Sequence[Item]:

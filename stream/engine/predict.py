@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from stream.engine.config import PredictorConfig
+from stream.errors import ModelError
 from stream.frames import Answer, Item, Prediction, Turn
 from stream.runtime import Stage
 
@@ -60,11 +61,17 @@ class Predictor:
     """A session plus the questions asked after each turn."""
 
     def __init__(self, backend: Backend, config: PredictorConfig,
-                 names: dict[str, str] | None = None) -> None:
+                 names: dict[str, str] | None = None, *, attention: bool = False) -> None:
         # Imported here, not at the top: torch and transformers take seconds to import and
         # the command line (replay without --model, subscribe) must start at once.
         from stream.engine.session import Session
 
+        if attention and not backend.sees_pictures:
+            raise ModelError(f"--attention: model {config.model!r} reads no pictures (frames "
+                             "reach it as text), so there is no attention over the frame to "
+                             "draw; use a vision-language model such as Qwen2.5-VL")
+        self.attention = attention
+        """Export the biased heads' maps of every utterance (`Prediction.attention`)."""
         self.session = Session(backend, config)
         self.session.append_system(config.system)
         self.frames_per_turn = config.frames_per_turn
@@ -86,7 +93,8 @@ class Predictor:
         if chosen:
             self.session.append_frames([turn.keyframes[i] for i in chosen],
                                        [turn.views[i] for i in chosen])
-        self.session.append_utterance(speaker, turn.text or "(no words)")
+        report = self.session.append_utterance(speaker, turn.text or "(no words)",
+                                               export=self.attention)
         seen = sorted({v.player for views in turn.views for v in views})
         others = [p for p in seen if p != speaker]
         who = speaker or "the speaker"
@@ -106,15 +114,17 @@ class Predictor:
             for (task, question, c, target), s in zip(asked, scores, strict=True))
         return Prediction(pts=turn.pts, turn=turn.index, start=turn.start, end=turn.end,
                           speaker=speaker, answers=answers,
-                          latency_s=time.perf_counter() - began)
+                          latency_s=time.perf_counter() - began,
+                          attention=report.heat_map() if self.attention else None)
 
 
 class EngineStage(Stage):
     name = "engine"
     inputs = (Turn,)
 
-    def __init__(self, config: PredictorConfig, names: dict[str, str] | None = None) -> None:
-        self.config, self.names = config, names
+    def __init__(self, config: PredictorConfig, names: dict[str, str] | None = None, *,
+                 attention: bool = False) -> None:
+        self.config, self.names, self.attention = config, names, attention
         self.predictor: Predictor | None = None
 
     async def start(self) -> None:
@@ -124,7 +134,8 @@ class EngineStage(Stage):
         backend = await asyncio.to_thread(
             load_backend, self.config.model, device=self.config.device,
             pixels=self.config.pixels, prompting=self.config.prompting, video=self.config.video)
-        self.predictor = await asyncio.to_thread(Predictor, backend, self.config, self.names)
+        self.predictor = await asyncio.to_thread(Predictor, backend, self.config, self.names,
+                                                 attention=self.attention)
 
     async def process(self, item: Item) -> Sequence[Item]:
         if not isinstance(item, Turn):

@@ -26,7 +26,7 @@ from stream.engine.cache import GrowingLayer, growing_cache
 from stream.engine.config import EngineConfig
 from stream.engine.ledger import Ledger, Span, SpanKind
 from stream.errors import ModelError
-from stream.frames import PlayerView, VideoFrame
+from stream.frames import AttentionMap, PlayerView, VideoFrame
 
 
 class ContextFull(RuntimeError):
@@ -67,6 +67,28 @@ class UtteranceReport:
             maps[layer] = arrays
         return maps
 
+    def heat_map(self) -> AttentionMap | None:
+        """The last frame's maps as one picture-sized grid: what `--attention` draws.
+
+        Every active head of every biased layer counts once and every utterance token
+        once; a video chunk's time slices are averaged (they are the turn's frames). None
+        when no head was active or the turn had no frames.
+        """
+        last = [frames[-1] for frames in self.attention_maps().values() if frames]
+        last = [a for a in last if a.shape[0]]
+        if not last:
+            return None
+        grid = np.concatenate(last).mean(axis=(0, 1))
+        if grid.ndim == 3:
+            grid = grid.mean(axis=0)
+        mean = float(grid.mean())
+        if not mean > 0:
+            return None
+        t = self.frames[-1].meta.get("t")
+        return AttentionMap(grid=(grid / mean).astype(np.float32),
+                            heads=sum(a.shape[0] for a in last),
+                            frame_pts=None if t is None else float(t))
+
     def save(self, path: str) -> None:
         """Attention maps as .npz: `L{layer}_F{frame}` -> (heads, tokens, *grid), plus
         `L{layer}_heads` (which heads) and `frame_times`."""
@@ -100,7 +122,7 @@ class Session:
 
     def _implementations(self, name: str) -> str | dict[str, str]:
         # Only the text decoder is biased; a vision tower keeps sdpa.
-        if getattr(self.backend.model.config, "vision_config", None) is not None:
+        if self.backend.sees_pictures:
             return {"text_config": name, "vision_config": "sdpa"}
         return name
 

@@ -114,7 +114,8 @@ class SocialStage(Stage):
         return Prediction(pts=turn.pts, turn=turn.index, start=turn.start, end=turn.end,
                           speaker=speaker, answers=tuple(answers), latency_s=compute,
                           predictor=self.predictor.name + ("+engine" if engine else ""),
-                          known_at=turn.known_at)
+                          known_at=turn.known_at,
+                          attention=engine.attention if engine else None)
 
 
 def _question(task: str, speaker: str | None, target: str | None) -> str:

@@ -7,7 +7,8 @@ ahead of time. Per frame: every person's box, coloured from grey (silent) to gre
 their speaking probability, labelled with id, name and probability; the frame's
 speaker in a thick yellow box. From the latest turn: its words as a subtitle (until
 the next turn, at most `subtitle_s`), an arrow from its speaker to the predicted
-addressee and a mark on each mentioned player.
+addressee and a mark on each mentioned player; with `--attention`, under all of it, where
+the engine's speaker-biased heads looked while reading those words, as a heat map.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from stream.frames import Box, PerceivedFrame, PlayerView, Prediction, Turn, VideoFrame
+from stream.frames import (
+    AttentionMap,
+    Box,
+    PerceivedFrame,
+    PlayerView,
+    Prediction,
+    Turn,
+    VideoFrame,
+)
 
 SILENT = (150, 150, 150)
 SPEAKING = (40, 220, 90)
@@ -27,6 +36,12 @@ ADDRESSEE = (0, 190, 255)
 MENTIONED = (235, 60, 200)
 TEXT = (255, 255, 255)
 SUBTITLE_BAND = (0, 0, 0, 150)
+HEAT_TAG = (255, 150, 0)
+HEAT_ALPHA = 0.6
+HEAT_FULL = 4.0
+"""A cell with this many times its fair share of attention is drawn at full heat
+(`HEAT_ALPHA`, yellow); one with its share or less is not drawn: a model that looks
+everywhere alike leaves the picture as it is."""
 
 
 def ramp(p: float) -> tuple[int, int, int]:
@@ -37,7 +52,7 @@ def ramp(p: float) -> tuple[int, int, int]:
 
 @dataclass
 class Scene:
-    """What is drawn over one frame (also what the web view sends as JSON)."""
+    """What is drawn over one frame."""
 
     pts: float
     players: tuple[PlayerView, ...]
@@ -46,6 +61,7 @@ class Scene:
     addressee: str | None
     mentioned: tuple[str, ...]
     turn_speaker: str | None
+    attention: AttentionMap | None = None
 
 
 class Overlay:
@@ -57,6 +73,9 @@ class Overlay:
         self.turn: Turn | None = None
         self.prediction: Prediction | None = None
         self._fonts: dict[int, ImageFont.FreeTypeFont | ImageFont.ImageFont] = {}
+        self._heat: tuple[AttentionMap, tuple[int, int], np.ndarray, np.ndarray] | None = None
+        """The last heat map at the last picture size: what to keep of the picture and
+        what to add (the blend is the same for every frame it is drawn on)."""
 
     def add(self, item: Turn | Prediction) -> None:
         if isinstance(item, Turn):
@@ -75,6 +94,7 @@ class Overlay:
         speaker = frame.speaker if isinstance(frame, PerceivedFrame) else None
         subtitle = addressee = turn_speaker = None
         mentioned: tuple[str, ...] = ()
+        attention = None
         turn = self.turn
         shown_from = turn.known_at if turn is not None and turn.known_at is not None \
             else turn.pts if turn is not None else None
@@ -85,21 +105,29 @@ class Overlay:
             subtitle = f"{who or 'unknown'}: {turn.text.strip() or '(no words)'}"
             # Answers are player ids, or "nobody": only ids in view are drawn.
             if self.prediction is not None:
+                attention = self.prediction.attention
                 for answer in self.prediction.answers:
                     if answer.task == "addressee":
                         addressee = answer.answer
                     elif answer.task == "mentioned":
                         mentioned += (answer.answer,)
-        return Scene(frame.pts, players, speaker, subtitle, addressee, mentioned, turn_speaker)
+        return Scene(frame.pts, players, speaker, subtitle, addressee, mentioned, turn_speaker,
+                     attention)
 
     def draw(self, frame: PerceivedFrame | VideoFrame) -> np.ndarray:
         """The frame's picture with the overlay, as a new RGB array."""
         video = frame.frame if isinstance(frame, PerceivedFrame) else frame
         scene = self.scene(frame)
-        picture = Image.fromarray(video.image)
+        image = video.image
+        if scene.attention is not None:
+            image = self._blend(image, scene.attention)
+        picture = Image.fromarray(image)
         draw = ImageDraw.Draw(picture, "RGBA")
         size = max(12, video.height // 32)
         font = self._font(size)
+        if scene.attention is not None:
+            _tag(draw, (4, 4), f"attention, {scene.attention.heads} heads",
+                 font, HEAT_TAG, below=True)
         thin = max(2, video.height // 240)
         boxes = {view.player: view.box for view in scene.players}
         for view in scene.players:
@@ -117,6 +145,22 @@ class Overlay:
         if scene.subtitle:
             _subtitle(draw, picture.size, scene.subtitle, self._font(size + 2))
         return np.asarray(picture)
+
+    def _blend(self, image: np.ndarray, attention: AttentionMap) -> np.ndarray:
+        """The picture under the heat map: the map's cells stretched over the whole frame
+        (the model saw the whole frame, resized), from transparent to red to yellow."""
+        size = (image.shape[1], image.shape[0])
+        if self._heat is None or self._heat[0] is not attention or self._heat[1] != size:
+            heat = np.clip((attention.grid - 1) / (HEAT_FULL - 1), 0, 1)
+            cells = Image.fromarray((heat * 255).round().astype(np.uint8))
+            level = np.asarray(cells.resize(size, Image.Resampling.BILINEAR),
+                               np.float32)[..., None] / 255
+            colour = np.concatenate([np.full_like(level, 255), 255 * level,
+                                     np.zeros_like(level)], axis=-1)
+            alpha = HEAT_ALPHA * level
+            self._heat = (attention, size, 1 - alpha, colour * alpha)
+        _, _, keep, add = self._heat
+        return (image.astype(np.float32) * keep + add).round().astype(np.uint8)
 
     def _font(self, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         if size not in self._fonts:

@@ -72,6 +72,11 @@ class Backend(ABC):
     def text_config(self) -> Any:
         return self.decoder.config
 
+    @property
+    def sees_pictures(self) -> bool:
+        """Whether frames reach the model as pixels (a vision tower), not as words."""
+        return getattr(self.model.config, "vision_config", None) is not None
+
     def embed(self, ids: list[int]) -> torch.Tensor:
         with torch.no_grad():
             table = self.decoder.get_input_embeddings()
