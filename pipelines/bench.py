@@ -7,6 +7,8 @@ media second).
 perception path as a real-time factor for live 30 fps input, and the wall-clock
 latency from a frame's media time to its speaker decision in a paced replay.
 `view`: the annotated video and the web view with two viewers against a plain replay.
+`sessions`: how many conversations one model keeps under p95 1 s at real-time pace
+(`bench_sessions.py`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.bench_mqtt import bench_mqtt
+from pipelines.bench_sessions import bench_sessions
 from pipelines.bench_view import bench_view
 from pipelines.config import ReplayConfig, load_config
 from pipelines.replay import Collect, build_replay, replay_and_collect, run_replay
@@ -67,6 +70,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         "(default 448x448 on a GPU, 112x112 on a CPU)")
     engine.add_argument("--baseline-every", type=int, default=10,
                         help="engine: re-encode at every Nth turn (plus turn 3 and the last)")
+    sessions = bench.add_argument_group("sessions")
+    sessions.add_argument("--model", default="smollm2",
+                          help="sessions: the model every session shares (default smollm2)")
+    sessions.add_argument("--every", type=float, default=3.0,
+                          help="sessions: seconds between one session's turns")
+    sessions.add_argument("--session-turns", type=int, default=6,
+                          help="sessions: turns per session")
+    sessions.add_argument("--budget-mb", type=float, default=512.0,
+                          help="sessions: memory budget of all sessions' caches")
+    sessions.add_argument("--max-sessions", type=int, default=64,
+                          help="sessions: the most sessions tried")
     bench.set_defaults(func=run)
 
 
@@ -289,4 +303,4 @@ def bench_engine(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
 
 
 BENCHES = {"replay": bench_replay, "perception": bench_perception, "mqtt": bench_mqtt,
-           "engine": bench_engine, "view": bench_view}
+           "engine": bench_engine, "view": bench_view, "sessions": bench_sessions}

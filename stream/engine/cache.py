@@ -87,3 +87,17 @@ def growing_cache(config: PretrainedConfig) -> DynamicCache:
     cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer
                     for layer in cache.layers]
     return cache
+
+
+def cache_bytes(cache: DynamicCache) -> int:
+    """Memory the cache holds, spare room included (what a budget must count)."""
+    total = 0
+    for layer in cache.layers:
+        if not layer.is_initialized:
+            continue
+        if isinstance(layer, GrowingLayer) and layer.key_room is not None:
+            tensors = (layer.key_room, layer.value_room)
+        else:
+            tensors = (layer.keys, layer.values)
+        total += sum(t.numel() * t.element_size() for t in tensors if t is not None)
+    return total

@@ -28,6 +28,7 @@ from stream.runtime import Stage
 
 if TYPE_CHECKING:
     from stream.engine.backends import Backend
+    from stream.engine.session import UtteranceReport
 
 PRONOUNS = ("you", "your", "he", "him", "his", "she", "her", "they", "them", "their")
 NOBODY = "nobody"
@@ -88,6 +89,12 @@ class Predictor:
 
     def turn(self, turn: Turn) -> Prediction:
         began = time.perf_counter()
+        speaker, report = self.take(turn)
+        return self.answer(turn, speaker, report, began)
+
+    def take(self, turn: Turn) -> tuple[str | None, UtteranceReport]:
+        """The turn's key frames and utterance into the session, no questions: all a
+        session rebuilt from its turns needs (questions leave the cache as it was)."""
         speaker = self.speaker(turn)
         chosen = spread(len(turn.keyframes), self.frames_per_turn)
         if chosen:
@@ -95,6 +102,11 @@ class Predictor:
                                        [turn.views[i] for i in chosen])
         report = self.session.append_utterance(speaker, turn.text or "(no words)",
                                                export=self.attention)
+        return speaker, report
+
+    def answer(self, turn: Turn, speaker: str | None, report: UtteranceReport,
+               began: float) -> Prediction:
+        """The turn's questions, asked of the session that has just taken it."""
         seen = sorted({v.player for views in turn.views for v in views})
         others = [p for p in seen if p != speaker]
         who = speaker or "the speaker"

@@ -1,0 +1,141 @@
+"""Many conversations on one warm model: a session per conversation, all caches under one
+memory budget.
+
+A site with many cameras should load its model once. The pool keeps one `Predictor`
+(a KV-cached session) per conversation id and, after each turn, evicts whole sessions,
+least recently used first, until the caches fit `budget_bytes` again. What it never
+drops is a conversation's turns: a session that comes back is rebuilt by taking its
+turns again, in order, without their questions. The engine is deterministic and the
+questions leave a session's cache as it was (`Session.ask_many`), so the rebuilt cache
+is bit-identical to that of a session that never left (a test checks it), and so are
+its later answers.
+
+With a `TurnLog` the turns are on disk instead of in memory, and a new pool over the
+same folder (another process, after a crash) continues every conversation where it
+stopped, with the answers an uninterrupted run gives (a test checks it). Either way
+only the key frames the engine takes are kept.
+
+The session being served is never evicted, so the budget holds whenever more than one
+session is in memory; a single session larger than the budget stays alone (its own
+context budget, `engine.max_tokens`, bounds it). The pool is not thread-safe: one
+caller at a time, as the engine stage and a service's request loop are.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from stream.engine.cache import cache_bytes
+from stream.engine.config import PredictorConfig
+from stream.engine.predict import Predictor, spread
+from stream.engine.turnlog import TurnLog
+from stream.frames import Prediction, Turn
+
+if TYPE_CHECKING:
+    from stream.engine.backends import Backend
+
+
+@dataclass
+class _Conversation:
+    turns: list[Turn] = field(default_factory=list)
+    """Every turn taken, in order, with the key frames the engine took: what a rebuild
+    replays (empty when the pool has a turn log)."""
+    predictor: Predictor | None = None
+    """None while evicted."""
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    sessions: int
+    resident: int
+    cached_bytes: int
+    evictions: int
+    rebuilds: int
+    rebuilt_turns: int
+
+
+class SessionPool:
+    def __init__(self, backend: Backend, config: PredictorConfig, budget_bytes: int,
+                 names: dict[str, str] | None = None, log: TurnLog | None = None) -> None:
+        if budget_bytes <= 0:
+            raise ValueError(f"budget_bytes must be positive, got {budget_bytes}")
+        self.backend, self.config, self.budget = backend, config, budget_bytes
+        self.names, self.log = names, log
+        self._conversations: dict[str, _Conversation] = {}
+        self._resident: OrderedDict[str, Predictor] = OrderedDict()
+        """Sessions in memory, least recently used first."""
+        self.evictions = self.rebuilds = self.rebuilt_turns = 0
+
+    def turn(self, session: str, turn: Turn) -> Prediction:
+        """Take the turn into the conversation's session (rebuilt first if it was evicted)
+        and answer its questions; then evict other sessions until the budget holds."""
+        began = time.perf_counter()
+        predictor = self._predictor(session)
+        try:
+            speaker, report = predictor.take(turn)
+            self._keep(session, turn)
+        except BaseException:
+            # Half a turn may be in the cache, or a turn the log does not have: drop the
+            # session, the next turn rebuilds it from what was kept.
+            del self._resident[session]
+            raise
+        prediction = predictor.answer(turn, speaker, report, began)
+        self._fit(keep=session)
+        return prediction
+
+    def forget(self, session: str) -> None:
+        """The conversation is over: its cache and turns go."""
+        self._conversations.pop(session, None)
+        self._resident.pop(session, None)
+        if self.log is not None:
+            self.log.forget(session)
+
+    def cached_bytes(self) -> int:
+        return sum(cache_bytes(p.session.cache) for p in self._resident.values())
+
+    def resident(self) -> list[str]:
+        """Sessions in memory, least recently used first."""
+        return list(self._resident)
+
+    def predictor(self, session: str) -> Predictor | None:
+        """The session's predictor while it is in memory."""
+        return self._resident.get(session)
+
+    def stats(self) -> PoolStats:
+        return PoolStats(sessions=len(self._conversations), resident=len(self._resident),
+                         cached_bytes=self.cached_bytes(), evictions=self.evictions,
+                         rebuilds=self.rebuilds, rebuilt_turns=self.rebuilt_turns)
+
+    def _predictor(self, session: str) -> Predictor:
+        conversation = self._conversations.setdefault(session, _Conversation())
+        predictor = self._resident.get(session)
+        if predictor is None:
+            predictor = Predictor(self.backend, self.config, self.names)
+            history = conversation.turns if self.log is None else self.log.turns(session)
+            if history:
+                self.rebuilds += 1
+                self.rebuilt_turns += len(history)
+                for old in history:
+                    predictor.take(old)
+            self._resident[session] = predictor
+        self._resident.move_to_end(session)
+        return predictor
+
+    def _keep(self, session: str, turn: Turn) -> None:
+        chosen = spread(len(turn.keyframes), self.config.frames_per_turn)
+        taken = replace(turn, keyframes=tuple(turn.keyframes[i] for i in chosen),
+                        views=tuple(turn.views[i] for i in chosen))
+        if self.log is not None:
+            self.log.append(session, taken)
+        else:
+            self._conversations[session].turns.append(taken)
+
+    def _fit(self, keep: str) -> None:
+        total = self.cached_bytes()
+        while total > self.budget and len(self._resident) > 1:
+            oldest = next(s for s in self._resident if s != keep)
+            total -= cache_bytes(self._resident.pop(oldest).session.cache)
+            self.evictions += 1
