@@ -11,16 +11,22 @@ sessions costs the compute of its turns, not N x 3 s of sleeping. The largest N 
 p95 stays under 1 s is `max_sessions_realtime` (found by doubling, then bisecting).
 
 Baseline in the same run: the same turns on one plain `Predictor` (no pool), per-turn
-compute; `pool_overhead_ms` is the pool's extra per turn with everything resident.
-`serve_overhead_ms` is null: there is no separate engine service yet (issue 15).
+compute; `pool_overhead_ms` is the pool's extra per turn with everything resident, and
+`serve_overhead_ms` that of sending the turns one by one over HTTP to a local Ray
+Serve deployment of one replica with the whole machine (`socialstream serve`): JSON
+and PNG both ways, routing, and the replica's fsynced turn log. Null when Ray Serve is
+not installed (the `serve` extra).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
 import statistics
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +116,7 @@ def bench_sessions(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
         middle = (good + bad) // 2
         good, bad = (middle, bad) if ok(middle) else (good, middle)
     plain_ms = statistics.mean(plain_s) * 1e3
+    serve_ms = _served_ms(args, turns, budget, stderr)
     return {
         "model": args.model, "turn_every_s": args.every, "turns_per_session": len(turns),
         "budget_mb": args.budget_mb,
@@ -117,6 +124,52 @@ def bench_sessions(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
         "p95_s": runs[good]["p95_s"] if good else None,
         "inprocess_ms_per_turn": round(plain_ms, 1),
         "pool_overhead_ms": round(runs[1]["compute_ms_per_turn"] - plain_ms, 1),
-        "serve_overhead_ms": None,
+        "serve_ms_per_turn": None if serve_ms is None else round(serve_ms, 1),
+        "serve_overhead_ms": None if serve_ms is None else round(serve_ms - plain_ms, 1),
         "runs": [runs[k] for k in sorted(runs)],
     }
+
+
+def _served_ms(args: argparse.Namespace, turns: list[Turn], budget: int,
+               stderr: Console) -> float | None:
+    """Mean wall time per turn of one session sent to a local Ray Serve replica."""
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        stderr.log("Ray Serve is not installed (extra [serve]): no serve_overhead_ms")
+        return None
+    from stream.engine.service import APP, HEADER, deployment
+    from stream.engine.turnlog import turn_to_json
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    def post(session: str, turn: Turn) -> None:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/", data=json.dumps(turn_to_json(turn)).encode(),
+            headers={HEADER: session, "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=600) as response:
+            response.read()
+
+    stderr.log("starting a local Ray Serve replica ...")
+    with tempfile.TemporaryDirectory() as log_dir:
+        ray.init(include_dashboard=False, log_to_driver=False)
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            cpus = float(ray.available_resources().get("CPU", 1.0))
+            serve.run(deployment({"model": args.model, "device": args.device}, budget, log_dir,
+                                 cpus_per_replica=cpus), name=APP, route_prefix="/")
+            post("warm-up", turns[0])
+            spent = []
+            for turn in turns:
+                began = time.perf_counter()
+                post("bench", turn)
+                spent.append(time.perf_counter() - began)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    served = statistics.mean(spent) * 1e3
+    stderr.log(f"Ray Serve: {served:.1f} ms per turn")
+    return served

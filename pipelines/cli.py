@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pipelines import bench, eval_command, subscribe
+from pipelines import bench, eval_command, serve, subscribe
 from pipelines.config import ReplayConfig, load_config
 from pipelines.live import LivePipelineConfig, build_live, live_inputs, run_live
 from pipelines.replay import Replay, ReplayReport, build_replay, run_replay, session_id
@@ -123,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
 
     bench.add_parser(commands)
     subscribe.add_parser(commands, HELP)
+    serve.add_parser(commands, HELP)
     eval_command.add_parsers(commands, HELP)
     for command in commands.choices.values():  # -v also after the subcommand
         command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,

@@ -12,7 +12,10 @@ its later answers.
 
 With a `TurnLog` the turns are on disk instead of in memory, and a new pool over the
 same folder (another process, after a crash) continues every conversation where it
-stopped, with the answers an uninterrupted run gives (a test checks it). Either way
+stopped, with the answers an uninterrupted run gives (a test checks it). Pools may
+share a log: one that finds a session's log grown since it last served it (another
+replica took turns) rebuilds that session before taking the next turn. A session's
+turns must still come one at a time (each after the answer to the one before). Either way
 only the key frames the engine takes are kept.
 
 The session being served is never evicted, so the budget holds whenever more than one
@@ -43,8 +46,8 @@ class _Conversation:
     turns: list[Turn] = field(default_factory=list)
     """Every turn taken, in order, with the key frames the engine took: what a rebuild
     replays (empty when the pool has a turn log)."""
-    predictor: Predictor | None = None
-    """None while evicted."""
+    logged: int = 0
+    """With a turn log: its size when the resident session last matched it."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,12 @@ class SessionPool:
     def _predictor(self, session: str) -> Predictor:
         conversation = self._conversations.setdefault(session, _Conversation())
         predictor = self._resident.get(session)
+        if predictor is not None and self.log is not None \
+                and self.log.size(session) != conversation.logged:
+            # Another process sharing the log took turns of this session since: ours is
+            # behind, so it is rebuilt from the log.
+            del self._resident[session]
+            predictor = None
         if predictor is None:
             predictor = Predictor(self.backend, self.config, self.names)
             history = conversation.turns if self.log is None else self.log.turns(session)
@@ -120,6 +129,8 @@ class SessionPool:
                 self.rebuilt_turns += len(history)
                 for old in history:
                     predictor.take(old)
+            if self.log is not None:
+                conversation.logged = self.log.size(session)
             self._resident[session] = predictor
         self._resident.move_to_end(session)
         return predictor
@@ -130,6 +141,7 @@ class SessionPool:
                         views=tuple(turn.views[i] for i in chosen))
         if self.log is not None:
             self.log.append(session, taken)
+            self._conversations[session].logged = self.log.size(session)
         else:
             self._conversations[session].turns.append(taken)
 

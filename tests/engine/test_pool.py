@@ -139,13 +139,13 @@ def test_a_turn_cut_short_by_a_crash_is_left_out(tmp_path: Path,
     log = TurnLog(tmp_path)
     log.append("a", _turn(0, "P1", LINES[0]))
     log.append("a", _turn(1, "P2", LINES[1]))
-    path = tmp_path / "a" / "turns.jsonl"
+    path = tmp_path / "a.jsonl"
     whole = path.read_text()
     path.write_text(whole[:-40])  # the second line lost its end
     assert [t.text for t in log.turns("a")] == [LINES[0]]
     assert "a turn cut short, left out" in caplog.text
     path.write_text("{broken\n" + whole)  # damage that is not a cut-short last line
-    with pytest.raises(TurnLogError, match=r"turns.jsonl:1: not a logged turn"):
+    with pytest.raises(TurnLogError, match=r"a.jsonl:1: not a logged turn"):
         log.turns("a")
     assert log.turns("never") == []
 
@@ -154,3 +154,17 @@ def test_a_turn_log_where_nothing_can_be_written_is_one_clear_error(tmp_path: Pa
     (tmp_path / "file").write_text("")
     with pytest.raises(TurnLogError, match="cannot keep the turn log there"):
         TurnLog(tmp_path / "file" / "log")
+
+
+def test_pools_sharing_a_log_rebuild_a_session_another_one_moved_on(
+        llama: TextBackend, tmp_path: Path) -> None:
+    """Two replicas over one log, a session's turns alternating between them (routing is
+    not strict): each notices the log grew under it and rebuilds before answering."""
+    config = PredictorConfig(model="tiny")
+    pools = [SessionPool(llama, config, budget_bytes=1 << 30, log=TurnLog(tmp_path))
+             for _ in range(2)]
+    alone = Predictor(llama, config)
+    for k in range(len(LINES)):
+        turn = _turn(k, SPEAKERS[k], LINES[k])
+        assert _scores(pools[k % 2].turn("a", turn)) == _scores(alone.turn(turn)), k
+    assert [p.stats().rebuilds for p in pools] == [1, 2]  # turn 2; turns 1 and 3
