@@ -46,8 +46,11 @@ HELP = {
     "model": "after every turn, answer who is addressed, referred to and mentioned with this "
              "model: a checkpoint directory, a model id in the local Hugging Face cache, or "
              "smollm2 (README: Engine)",
-    "predictor": "who answers after each turn: fusion (no model), cues, engine (needs "
-                 "--model) or none (default: engine with --model, else none)",
+    "predictor": "who answers after each turn: fusion (the default; with --model or "
+                 "--engine the model's scores ride along), cues, engine (the model's answers; "
+                 "needs --model or --engine) or none",
+    "engine": "send each turn to an engine service (socialstream serve) at this URL "
+              "(http://HOST:PORT/) instead of loading a model here",
     "annotate": "also write the video with boxes, speaker, words and predictions drawn on "
                 "it to this .mp4 or .ts (playable even if the run is cut off)",
     "attention": "with --annotate and a vision-language --model: draw where the model's "
@@ -64,6 +67,7 @@ FLAGS = {"source.realtime": "--realtime", "source.speed": "--speed",
          "output.annotate": "--annotate", "output.web": "--web",
          "output.attention": "--attention",
          "mqtt.url": "--mqtt", "recognizer.enabled": "--asr", "engine.model": "--model",
+         "engine.url": "--engine",
          "live.give_up_s": "--give-up", "predictions.predictor": "--predictor"}
 """Config keys the flags set: a bad value is reported as the flag the user typed."""
 
@@ -90,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--web", metavar="[HOST:]PORT", help=HELP["web"])
     replay.add_argument("--asr", action="store_true", default=None, help=HELP["asr"])
     replay.add_argument("--model", help=HELP["model"])
+    replay.add_argument("--engine", metavar="URL", help=HELP["engine"])
     replay.add_argument("--predictor", help=HELP["predictor"])
     replay.set_defaults(func=_replay)
 
@@ -118,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     live.add_argument("--web", metavar="[HOST:]PORT", help=HELP["web"])
     live.add_argument("--asr", action="store_true", default=None, help=HELP["asr"])
     live.add_argument("--model", help=HELP["model"])
+    live.add_argument("--engine", metavar="URL", help=HELP["engine"])
     live.add_argument("--predictor", help=HELP["predictor"])
     live.set_defaults(func=_live)
 
@@ -168,7 +174,7 @@ def _replay_config(args: argparse.Namespace) -> ReplayConfig:
                    "attention": args.attention, "web": args.web},
         "mqtt": {"url": args.mqtt},
         "recognizer": {"enabled": args.asr},
-        "engine": {"model": args.model},
+        "engine": {"model": args.model, "url": args.engine},
         "predictions": {"predictor": args.predictor},
     }, flags=FLAGS)
 
@@ -208,7 +214,7 @@ def _live(args: argparse.Namespace, stderr: Console) -> int:
                    "attention": args.attention, "web": args.web},
         "mqtt": {"url": args.mqtt},
         "recognizer": {"enabled": args.asr},
-        "engine": {"model": args.model},
+        "engine": {"model": args.model, "url": args.engine},
         "predictions": {"predictor": args.predictor},
     }, model=LivePipelineConfig, flags=FLAGS)
     session = check_session(config.output.session) if config.output.session is not None \

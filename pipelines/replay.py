@@ -19,6 +19,7 @@ from pipelines.config import ReplayConfig
 from stream.audio.recognizer import RecognizerStage
 from stream.audio.vad import VadStage
 from stream.engine.predict import EngineStage
+from stream.engine.remote import RemoteEngineStage
 from stream.errors import UserError
 from stream.events import check_session, safe_session
 from stream.frames import (
@@ -120,9 +121,11 @@ def build_replay(media: str, config: ReplayConfig, sinks: Sequence[Stage],
     pipe.add(source)
     if lines is not None:
         pipe.add(TranscriptSource(lines))
+    session = session_id(media, config)
     compose(pipe, config, sinks, has_audio=source.info.has_audio,
-            has_video=source.info.has_video, transcript="transcript" if lines else None)
-    return Replay(pipe, source, lines, session_id(media, config))
+            has_video=source.info.has_video, transcript="transcript" if lines else None,
+            session=session)
+    return Replay(pipe, source, lines, session)
 
 
 LAG_SLACK = 16
@@ -132,7 +135,7 @@ in that time."""
 
 def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has_audio: bool,
             has_video: bool, transcript: str | None, media: str = "media",
-            video_policy: Policy = "block") -> None:
+            video_policy: Policy = "block", session: str = "media") -> None:
     """The stages after the sources: VAD, perception, turns, sinks.
 
     `video_policy="latest"` lets a live feed drop stale frames before perception.
@@ -183,11 +186,17 @@ def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has
                         "predictions (not --predictor none)")
     if predict:
         names = config.perception.names
-        engine = EngineStage(config.engine, names, attention=attention) \
-            if config.engine.model is not None else None
+        engine: EngineStage | RemoteEngineStage | None = None
+        if config.engine.url is not None:
+            if config.engine.model is not None:
+                raise UserError("--engine sends turns to a service that has its own model: "
+                                "give --engine URL or --model NAME, not both")
+            engine = RemoteEngineStage(config.engine, session)
+        elif config.engine.model is not None:
+            engine = EngineStage(config.engine, names, attention=attention)
         if predictor == "engine" and engine is None:
             raise UserError("predictions.predictor engine needs a model: add --model (or set "
-                            "engine.model)")
+                            "engine.model) or --engine URL")
         pipe.add(SocialStage(predictor, names, engine))
         pipe.connect("turns", "predict", Turn, maxsize=size)
     for i, sink in enumerate(sinks):

@@ -38,9 +38,13 @@ def _post(port: int, session: str | None, body: bytes) -> tuple[int, dict[str, A
     request = urllib.request.Request(f"http://127.0.0.1:{port}/", data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
+            status, text = response.status, response.read()
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        status, text = e.code, e.read()
+    try:
+        return status, json.loads(text)
+    except json.JSONDecodeError:  # Serve's own answers while it deploys are plain text
+        return status, {"text": text.decode(errors="replace")}
 
 
 def _send(port: int, session: str, turn: Turn, deadline_s: float = 60) -> dict[str, Any]:
@@ -63,25 +67,60 @@ def _answers(event: dict[str, Any]) -> dict[str, Any]:
     return {k: event[k] for k in ("addressee", "pronouns", "mentioned", "turn", "speaker")}
 
 
-def test_a_killed_replica_loses_no_prediction(tmp_path: Path) -> None:
+def _tiny_model(folder: Path) -> Path:
     tokenizer = word_tokenizer()
-    model = tmp_path / "model"
-    random_llama(len(tokenizer)).save_pretrained(model)
-    tokenizer.save_pretrained(model)
+    random_llama(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
+        return sock.getsockname()[1]
+
+
+def _serve(model: Path, port: int, log_dir: Path, replicas: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "serve", "--model", str(model),
-         "--replicas", "2", "--cpus-per-replica", "0.5", "--http", f"127.0.0.1:{port}",
-         "--log-dir", str(tmp_path / "log")],
+         "--replicas", str(replicas), "--cpus-per-replica", "0.5", "--http",
+         f"127.0.0.1:{port}", "--log-dir", str(log_dir)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _stop(server: subprocess.Popen[str]) -> str:
+    server.send_signal(signal.SIGINT)
+    try:
+        output, _ = server.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        output, _ = server.communicate()
+    assert server.returncode == 0, output[-3000:]
+    return output
+
+
+def _ready(port: int, deadline_s: float = 180) -> None:
+    until = time.monotonic() + deadline_s
+    while True:
+        try:
+            if _post(port, None, b"{}")[0] == 400:
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        assert time.monotonic() < until, "socialstream serve did not come up"
+        time.sleep(0.5)
+
+
+def test_a_killed_replica_loses_no_prediction(tmp_path: Path) -> None:
+    model = _tiny_model(tmp_path / "model")
+    port = _free_port()
+    server = _serve(model, port, tmp_path / "log", replicas=2)
     try:
         reference = Predictor(load_backend(str(model)), PredictorConfig(model=str(model)))
         expected = [_answers(prediction_event(reference.turn(
             _turn(k, SPEAKERS[k], LINES[k])), "a")) for k in range(len(LINES))]
-        served = [_send(port, "a", _turn(k, SPEAKERS[k], LINES[k]), deadline_s=180)
-                  for k in range(2)]
+        _ready(port)
+        served = [_send(port, "a", _turn(k, SPEAKERS[k], LINES[k])) for k in range(2)]
         os.kill(served[-1]["pid"], signal.SIGKILL)  # the replica that holds the session
         served += [_send(port, "a", _turn(k, SPEAKERS[k], LINES[k])) for k in range(2, 4)]
         assert [_answers(e) for e in served] == expected
@@ -92,14 +131,54 @@ def test_a_killed_replica_loses_no_prediction(tmp_path: Path) -> None:
         status, answer = _post(port, "b", b'{"index": 0}')
         assert status == 400 and "not a turn" in answer["error"]
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            output, _ = server.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            output, _ = server.communicate()
-    assert server.returncode == 0, output[-3000:]
+        output = _stop(server)
     assert f"serving {model}" in output
+
+
+def _predictions(path: Path) -> list[dict[str, Any]]:
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in e.items() if k not in ("latency_s", "id", "run")}
+            for e in events if e["schema"].startswith("socialstream.prediction/")]
+
+
+def test_replay_with_engine_url_gives_the_predictions_of_the_model_in_process(
+        tmp_path: Path) -> None:
+    """The demo replayed against `socialstream serve`: the same prediction events as with
+    the same model loaded in the replay (the model's scores ride along in both)."""
+    model = _tiny_model(tmp_path / "model")
+    demo = str(ROOT / "examples" / "demo.mp4")
+    here = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "replay", demo, "--model", str(model),
+         "--out", str(tmp_path / "here.jsonl")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert here.returncode == 0, here.stderr[-3000:]
+    port = _free_port()
+    server = _serve(model, port, tmp_path / "log", replicas=1)
+    try:
+        _ready(port)
+        remote = subprocess.run(
+            [sys.executable, "-m", "pipelines.cli", "replay", demo, "--engine",
+             f"http://127.0.0.1:{port}/", "--out", str(tmp_path / "remote.jsonl")],
+            cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    finally:
+        _stop(server)
+    assert remote.returncode == 0, remote.stderr[-3000:]
+    expected, got = _predictions(tmp_path / "here.jsonl"), _predictions(tmp_path / "remote.jsonl")
+    assert len(got) == len(expected) == 12
+    assert all(e["predictor"] == "fusion+engine" for e in got)
+    assert all(e["addressee"]["scores"] for e in got), "the engine's scores ride along"
+    assert got == expected
+
+
+def test_replay_with_no_service_at_engine_url_is_one_clear_error(tmp_path: Path) -> None:
+    port = _free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "replay", str(ROOT / "examples" / "demo.mp4"),
+         "--engine", f"http://127.0.0.1:{port}/", "--out", str(tmp_path / "o.jsonl")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert f"--engine http://127.0.0.1:{port}/: no engine service answers there" in done.stderr
+    assert "start one with socialstream serve" in done.stderr
 
 
 def test_serve_without_a_model_is_one_clear_error() -> None:

@@ -1,0 +1,114 @@
+"""The engine as a remote service: each turn goes to `socialstream serve` over HTTP.
+
+Edge machines then run perception and turns only, and one model serves many of
+them (`stream/engine/service.py`). The stage stands where `EngineStage` stands and
+yields the same `Prediction`s, rebuilt from the service's prediction events. A turn
+is sent with the key frames the engine takes, the session id in the
+`serve_multiplexed_model_id` header, one at a time (the next after the answer).
+
+The service must answer when the stage starts (else a one-line error says where it
+was looked for). Later, a turn that fails (a replica that died, a restart) is retried
+until `url_timeout_s`, then its engine answers are given up with a warning: the
+fusion predictor still answers that turn, and the service's turn log keeps the
+conversation whole for the turns after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+
+from stream.engine.config import PredictorConfig
+from stream.engine.predict import spread
+from stream.engine.service import HEADER
+from stream.engine.turnlog import turn_to_json
+from stream.errors import UserError
+from stream.frames import Answer, Item, Prediction, Turn
+from stream.runtime import Stage
+
+log = logging.getLogger(__name__)
+RETRY_S = 0.5
+
+
+class RemoteEngineStage(Stage):
+    name = "engine"
+    inputs = (Turn,)
+
+    def __init__(self, config: PredictorConfig, session: str) -> None:
+        assert config.url is not None, "the remote engine needs engine.url"
+        self.config, self.session, self.url = config, session, config.url
+        self.http: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
+            total=self.config.url_timeout_s))
+        try:  # anything but a refused connection says a service is there
+            async with self.http.post(self.url, data=b"{}") as response:
+                await response.read()
+        except (TimeoutError, aiohttp.ClientError) as e:
+            await self.http.close()
+            raise UserError(f"--engine {self.url}: no engine service answers there ({e}); "
+                            "start one with socialstream serve") from None
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        if not isinstance(item, Turn):
+            return ()
+        assert self.http is not None, "start() opens the connection"
+        chosen = spread(len(item.keyframes), self.config.frames_per_turn)
+        taken = replace(item, keyframes=tuple(item.keyframes[i] for i in chosen),
+                        views=tuple(item.views[i] for i in chosen))
+        body = json.dumps(turn_to_json(taken)).encode()
+        began = time.perf_counter()
+        until = time.monotonic() + self.config.url_timeout_s
+        while True:
+            problem = await self._post(body)
+            if isinstance(problem, dict):
+                return (prediction_from_event(problem, item, time.perf_counter() - began),)
+            if time.monotonic() + RETRY_S > until:
+                log.warning("engine service %s: turn %d got no answer in %.0f s (%s); the "
+                            "turn goes on without the engine's scores", self.url, item.index,
+                            self.config.url_timeout_s, problem)
+                return ()
+            await asyncio.sleep(RETRY_S)
+
+    async def _post(self, body: bytes) -> dict[str, Any] | str:
+        """The prediction event, or what went wrong."""
+        assert self.http is not None
+        try:
+            async with self.http.post(self.url, data=body, headers={
+                    HEADER: self.session, "Content-Type": "application/json"}) as response:
+                if response.status == 200:
+                    return await response.json()
+                return f"HTTP {response.status}: {(await response.text())[:200]}"
+        except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError) as e:
+            return str(e) or type(e).__name__
+
+
+def prediction_from_event(event: dict[str, Any], turn: Turn, latency_s: float) -> Prediction:
+    """The `Prediction` a prediction event was made from (its probabilities and scores as
+    rounded in the event)."""
+    def answer(task: str, entry: dict[str, Any], target: str | None) -> Answer:
+        return Answer(task, entry["question"], entry["answer"], entry["scores"], target,
+                      probabilities=entry["probabilities"])
+
+    answers = []
+    if event.get("addressee"):
+        answers.append(answer("addressee", event["addressee"], None))
+    answers += [answer("pronoun", p, p["pronoun"]) for p in event.get("pronouns", [])]
+    if event.get("mentioned"):
+        answers.append(answer("mentioned", event["mentioned"], event["mentioned"].get("name")))
+    return Prediction(pts=turn.pts, turn=turn.index, start=turn.start, end=turn.end,
+                      speaker=event.get("speaker"), answers=tuple(answers),
+                      latency_s=latency_s, predictor=event.get("predictor", "engine"),
+                      known_at=turn.known_at)
