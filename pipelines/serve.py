@@ -45,6 +45,7 @@ def run(args: argparse.Namespace, stderr: Console) -> int:
     except ImportError:
         raise UserError("serve needs Ray Serve: pip install 'socialstream[serve]'") from None
     from stream.engine.service import APP, deployment
+    from stream.engine.turnlog import TurnLog, TurnLogError
 
     if args.replicas < 1 or args.budget_mb <= 0 or args.cpus_per_replica <= 0:
         raise UserError("--replicas, --budget-mb and --cpus-per-replica must be positive")
@@ -53,10 +54,9 @@ def run(args: argparse.Namespace, stderr: Console) -> int:
         raise UserError("serve needs a model: --model NAME or engine.model in --config")
     host, port = parse_address(args.http)
     try:
-        args.log_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{args.log_dir}: cannot keep the turn log there ({e.strerror})"
-                        ) from None
+        TurnLog(args.log_dir)  # the replicas' folder: a bad one is an error here, once
+    except TurnLogError as e:
+        raise UserError(str(e)) from None
     options: dict[str, Any] = {"address": args.address} if args.address else {}
     ray.init(include_dashboard=False, log_to_driver=False, **options)
     stop = threading.Event()

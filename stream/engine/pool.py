@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from stream.engine.cache import cache_bytes
 from stream.engine.config import PredictorConfig
-from stream.engine.predict import Predictor, spread
+from stream.engine.predict import Predictor, key_frames
 from stream.engine.turnlog import TurnLog
 from stream.frames import Prediction, Turn
 
@@ -136,9 +136,7 @@ class SessionPool:
         return predictor
 
     def _keep(self, session: str, turn: Turn) -> None:
-        chosen = spread(len(turn.keyframes), self.config.frames_per_turn)
-        taken = replace(turn, keyframes=tuple(turn.keyframes[i] for i in chosen),
-                        views=tuple(turn.views[i] for i in chosen))
+        taken = key_frames(turn, self.config.frames_per_turn)
         if self.log is not None:
             self.log.append(session, taken)
             self._conversations[session].logged = self.log.size(session)

@@ -19,6 +19,7 @@ import math
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from stream.engine.config import PredictorConfig
@@ -48,6 +49,14 @@ def spread(count: int, wanted: int) -> list[int]:
     if wanted == 0 or wanted >= count:
         return list(range(count))
     return sorted({round(i * (count - 1) / max(wanted - 1, 1)) for i in range(wanted)})
+
+
+def key_frames(turn: Turn, wanted: int) -> Turn:
+    """The turn with only the key frames (and their players) the engine takes: what a
+    session is rebuilt from and what a remote engine is sent."""
+    chosen = spread(len(turn.keyframes), wanted)
+    return replace(turn, keyframes=tuple(turn.keyframes[i] for i in chosen),
+                   views=tuple(turn.views[i] for i in chosen))
 
 
 def softmax(candidates: Sequence[str], scores: Sequence[float]) -> dict[str, float]:
@@ -96,10 +105,9 @@ class Predictor:
         """The turn's key frames and utterance into the session, no questions: all a
         session rebuilt from its turns needs (questions leave the cache as it was)."""
         speaker = self.speaker(turn)
-        chosen = spread(len(turn.keyframes), self.frames_per_turn)
-        if chosen:
-            self.session.append_frames([turn.keyframes[i] for i in chosen],
-                                       [turn.views[i] for i in chosen])
+        taken = key_frames(turn, self.frames_per_turn)
+        if taken.keyframes:
+            self.session.append_frames(taken.keyframes, taken.views)
         report = self.session.append_utterance(speaker, turn.text or "(no words)",
                                                export=self.attention)
         return speaker, report

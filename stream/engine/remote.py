@@ -20,13 +20,12 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import aiohttp
 
 from stream.engine.config import PredictorConfig
-from stream.engine.predict import spread
+from stream.engine.predict import key_frames
 from stream.engine.service import HEADER
 from stream.engine.turnlog import turn_to_json
 from stream.errors import UserError
@@ -65,9 +64,7 @@ class RemoteEngineStage(Stage):
         if not isinstance(item, Turn):
             return ()
         assert self.http is not None, "start() opens the connection"
-        chosen = spread(len(item.keyframes), self.config.frames_per_turn)
-        taken = replace(item, keyframes=tuple(item.keyframes[i] for i in chosen),
-                        views=tuple(item.views[i] for i in chosen))
+        taken = key_frames(item, self.config.frames_per_turn)
         body = json.dumps(turn_to_json(taken)).encode()
         began = time.perf_counter()
         until = time.monotonic() + self.config.url_timeout_s
