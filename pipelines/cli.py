@@ -21,6 +21,7 @@ from pipelines import bench, eval_command, serve, subscribe
 from pipelines.config import ReplayConfig, load_config
 from pipelines.live import LivePipelineConfig, build_live, live_inputs, run_live
 from pipelines.replay import Replay, ReplayReport, build_replay, run_replay, session_id
+from stream.engine.remote import bridged
 from stream.errors import UserError
 from stream.events import check_session, new_run
 from stream.runtime import Pipeline, PipelineError, Stage
@@ -50,7 +51,8 @@ HELP = {
                  "--engine the model's scores ride along), cues, engine (the model's answers; "
                  "needs --model or --engine) or none",
     "engine": "send each turn to an engine service (socialstream serve) at this URL "
-              "(http://HOST:PORT/) instead of loading a model here",
+              "(http://HOST:PORT/) instead of loading a model here; mqtt://BROKER:PORT: "
+              "publish the turns there for serve --mqtt, which publishes the predictions",
     "annotate": "also write the video with boxes, speaker, words and predictions drawn on "
                 "it to this .mp4 or .ts (playable even if the run is cut off)",
     "attention": "with --annotate and a vision-language --model: draw where the model's "
@@ -258,8 +260,14 @@ def _sinks(args: argparse.Namespace, config: ReplayConfig, session: str) -> list
     sinks = [stdout]
     if config.output.out is not None:
         sinks.append(JsonlSink(session, config.output.out, names, run))
-    if config.mqtt.url is not None:
-        sinks.append(MqttSink(config.mqtt, session, names, run))
+    mqtt, engine = config.mqtt, None
+    if bridged(config.engine):
+        if mqtt.url not in (None, config.engine.url):
+            raise UserError(f"--engine {config.engine.url} and --mqtt {mqtt.url}: the turns for "
+                            "the engine go out on the --mqtt broker; give one broker")
+        mqtt, engine = mqtt.model_copy(update={"url": config.engine.url}), config.engine
+    if mqtt.url is not None:
+        sinks.append(MqttSink(mqtt, session, names, run, engine=engine))
     if config.output.annotate is not None:
         sinks.append(AnnotatedVideo(config.output.annotate, names))
     if config.output.web is not None:

@@ -19,9 +19,9 @@ from pipelines.config import ReplayConfig
 from stream.audio.recognizer import RecognizerStage
 from stream.audio.vad import VadStage
 from stream.engine.predict import EngineStage
-from stream.engine.remote import RemoteEngineStage
+from stream.engine.remote import RemoteEngineStage, bridged
 from stream.errors import UserError
-from stream.events import check_session, safe_session
+from stream.events import check_session, new_run, safe_session
 from stream.frames import (
     AudioChunk,
     Item,
@@ -177,7 +177,12 @@ def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has
     else:
         pipe.connect(media, "turns", VideoFrame, policy=video_policy, maxsize=size)
     predictor = config.predictions.predictor
-    predict = predictor != "none"
+    if config.engine.url is not None and config.engine.model is not None:
+        raise UserError("--engine sends turns to a service that has its own model: "
+                        "give --engine URL or --model NAME, not both")
+    # With the engine behind the MQTT bridge, the bridge answers the turns (MqttSink sends
+    # them with what it needs): nothing is predicted here.
+    predict = predictor != "none" and not bridged(config.engine)
     attention = config.output.attention
     if attention and (config.output.annotate is None or config.engine.model is None
                       or not predict):
@@ -188,10 +193,9 @@ def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has
         names = config.perception.names
         engine: EngineStage | RemoteEngineStage | None = None
         if config.engine.url is not None:
-            if config.engine.model is not None:
-                raise UserError("--engine sends turns to a service that has its own model: "
-                                "give --engine URL or --model NAME, not both")
-            engine = RemoteEngineStage(config.engine, session)
+            # A conversation per run, as with a model in process: a second replay of the
+            # same media starts afresh instead of going on from the first.
+            engine = RemoteEngineStage(config.engine, f"{session}/{new_run()}")
         elif config.engine.model is not None:
             engine = EngineStage(config.engine, names, attention=attention)
         if predictor == "engine" and engine is None:

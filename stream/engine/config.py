@@ -50,9 +50,10 @@ class PredictorConfig(EngineConfig):
     model: str | None = None
     """A checkpoint directory, a model id in the local Hugging Face cache, or `smollm2`;
     None runs no engine (turns only)."""
-    url: str | None = Field(None, pattern=r"^https?://")
+    url: str | None = Field(None, pattern=r"^(https?|mqtts?)://")
     """An engine service (`socialstream serve`) to send each turn to instead of loading
-    `model` here: http://HOST:PORT/."""
+    `model` here: http://HOST:PORT/; or mqtt://BROKER (`serve --mqtt`): the turns go out on
+    that broker and the service publishes the predictions there."""
     url_timeout_s: float = Field(60.0, gt=0)
     """How long one turn may wait for the service (retries included: a replica that died
     is routed around within seconds) before its engine answers are given up."""

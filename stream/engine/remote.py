@@ -41,7 +41,8 @@ class RemoteEngineStage(Stage):
     inputs = (Turn,)
 
     def __init__(self, config: PredictorConfig, session: str) -> None:
-        assert config.url is not None, "the remote engine needs engine.url"
+        """`session`: the conversation's id at the service (its cache and turn log)."""
+        assert config.url is not None and not bridged(config), "needs an http(s) engine.url"
         self.config, self.session, self.url = config, session, config.url
         self.http: aiohttp.ClientSession | None = None
 
@@ -90,6 +91,12 @@ class RemoteEngineStage(Stage):
                 return f"HTTP {response.status}: {(await response.text())[:200]}"
         except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError) as e:
             return str(e) or type(e).__name__
+
+
+def bridged(config: PredictorConfig) -> bool:
+    """The engine is reached through an MQTT broker (`socialstream serve --mqtt`): turns go
+    out with the MQTT sink and the bridge publishes the predictions."""
+    return config.url is not None and config.url.startswith(("mqtt://", "mqtts://"))
 
 
 def prediction_from_event(event: dict[str, Any], turn: Turn, latency_s: float) -> Prediction:

@@ -55,13 +55,22 @@ class EngineService:
 
 def deployment(config: dict[str, Any], budget_bytes: int, log_dir: str, *,
                replicas: int = 1, sessions_per_replica: int = 64,
-               cpus_per_replica: float = 1.0) -> Any:
-    """The Serve application: `replicas` copies of `EngineService` behind one route."""
+               cpus_per_replica: float = 1.0, max_replicas: int | None = None) -> Any:
+    """The Serve application: `replicas` copies of `EngineService` behind one route, or
+    from `replicas` up to `max_replicas` as the load asks (a replica answers one turn at
+    a time, so Serve adds one while turns wait)."""
     from ray import serve
     from starlette.responses import JSONResponse
 
-    @serve.deployment(name="engine", num_replicas=replicas,
-                      ray_actor_options={"num_cpus": cpus_per_replica})
+    scale: dict[str, Any] = {"num_replicas": replicas}
+    if max_replicas is not None and max_replicas > replicas:
+        scale = {"num_replicas": "auto", "autoscaling_config": {
+            "min_replicas": replicas, "initial_replicas": replicas,
+            "max_replicas": max_replicas, "target_ongoing_requests": 1,
+            "upscale_delay_s": 5.0, "downscale_delay_s": 60.0}}
+
+    @serve.deployment(name="engine", ray_actor_options={"num_cpus": cpus_per_replica},
+                      **scale)
     class Engine:
         def __init__(self) -> None:
             self.service = EngineService(config, budget_bytes, log_dir)

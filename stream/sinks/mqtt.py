@@ -2,7 +2,8 @@
 
 Topics, under `<prefix>/<session>/`:
   status      retained; `online` on connect, `offline` on clean exit and as the Last Will
-  turn        turn events, QoS 1
+  turn        turn events, QoS 1 (with an `engine` part for `socialstream serve --mqtt`
+              when the engine is reached through the broker)
   speaker     per-frame active speaker, QoS 0, rate-limited, never spooled
 
 Turn events go to the spool first and leave it only when the broker has
@@ -24,6 +25,9 @@ from urllib.parse import quote
 import aiomqtt
 
 from stream.broker import MqttConfig, broker_address, mqtt_client
+from stream.engine.bridge import engine_part
+from stream.engine.config import PredictorConfig
+from stream.engine.predict import key_frames
 from stream.errors import ConfigError
 from stream.events import dumps, prediction_event, speaker_event, turn_event
 from stream.frames import Item, PerceivedFrame, Prediction, Turn
@@ -38,10 +42,14 @@ class MqttSink(Stage):
     inputs = (Turn, PerceivedFrame, Prediction)
 
     def __init__(self, config: MqttConfig, session: str,
-                 names: dict[str, str] | None = None, run: str = "0") -> None:
+                 names: dict[str, str] | None = None, run: str = "0",
+                 engine: PredictorConfig | None = None) -> None:
+        """`engine`: the engine is `socialstream serve --mqtt`'s, so turn events carry what
+        it needs (`engine_part`: the key frames it takes, as PNG, and the names)."""
         if config.url is None:
             raise ConfigError("mqtt.url is not set")
         self.config, self.session, self.names, self.run = config, session, names or {}, run
+        self.engine = engine
         self.host, self.port, self.user, self.tls = broker_address(config.url)
         self.topic = f"{config.prefix}/{session}"
         self.spool: Spool | None = None
@@ -66,9 +74,13 @@ class MqttSink(Stage):
     async def process(self, item: Item) -> Sequence[Item]:
         assert self.spool is not None, "start() opens the spool"
         if isinstance(item, Turn | Prediction):
-            kind, event = (("turn", turn_event(item, self.session, self.names, self.run))
-                           if isinstance(item, Turn)
-                           else ("prediction", prediction_event(item, self.session, self.run)))
+            if isinstance(item, Turn):
+                kind, event = "turn", turn_event(item, self.session, self.names, self.run)
+                if self.engine is not None:
+                    event["engine"] = engine_part(
+                        key_frames(item, self.engine.frames_per_turn), self.names)
+            else:
+                kind, event = "prediction", prediction_event(item, self.session, self.run)
             queued = self.spool.append(f"{self.topic}/{kind}", dumps(event).encode(), qos=1)
             self._queued_at[queued] = time.monotonic()
             self._wakeup.set()

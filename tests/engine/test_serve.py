@@ -25,6 +25,7 @@ from stream.engine.synthetic import random_llama, word_tokenizer
 from stream.engine.turnlog import turn_to_json
 from stream.events import prediction_event
 from stream.frames import Turn
+from tests.broker import Broker
 from tests.engine.test_predict import _turn
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,11 +81,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _serve(model: Path, port: int, log_dir: Path, replicas: int) -> subprocess.Popen[str]:
+def _serve(model: Path, port: int, log_dir: Path, replicas: int,
+           mqtt: str | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "serve", "--model", str(model),
          "--replicas", str(replicas), "--cpus-per-replica", "0.5", "--http",
-         f"127.0.0.1:{port}", "--log-dir", str(log_dir)],
+         f"127.0.0.1:{port}", "--log-dir", str(log_dir), *(["--mqtt", mqtt] if mqtt else [])],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -137,37 +139,58 @@ def test_a_killed_replica_loses_no_prediction(tmp_path: Path) -> None:
 
 def _predictions(path: Path) -> list[dict[str, Any]]:
     events = [json.loads(line) for line in path.read_text().splitlines()]
-    return [{k: v for k, v in e.items() if k not in ("latency_s", "id", "run")}
-            for e in events if e["schema"].startswith("socialstream.prediction/")]
+    return [_drop_run(e) for e in events if e["schema"].startswith("socialstream.prediction/")]
 
 
 def test_replay_with_engine_url_gives_the_predictions_of_the_model_in_process(
         tmp_path: Path) -> None:
-    """The demo replayed against `socialstream serve`: the same prediction events as with
-    the same model loaded in the replay (the model's scores ride along in both)."""
+    """The demo replayed against `socialstream serve`, over HTTP (twice: each run is a
+    conversation of its own, as in process) and through the MQTT bridge: the same
+    prediction events as with the same model loaded in the replay (the model's scores
+    ride along in all)."""
     model = _tiny_model(tmp_path / "model")
     demo = str(ROOT / "examples" / "demo.mp4")
-    here = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "replay", demo, "--model", str(model),
-         "--out", str(tmp_path / "here.jsonl")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
-    assert here.returncode == 0, here.stderr[-3000:]
+
+    def replay(out: str, *flags: str) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipelines.cli", "replay", demo, *flags, "--out",
+             str(tmp_path / out)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+            check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    replay("here.jsonl", "--model", str(model))
+    broker = Broker(tmp_path).start()
     port = _free_port()
-    server = _serve(model, port, tmp_path / "log", replicas=1)
+    server = _serve(model, port, tmp_path / "log", replicas=1, mqtt=broker.url)
     try:
         _ready(port)
-        remote = subprocess.run(
-            [sys.executable, "-m", "pipelines.cli", "replay", demo, "--engine",
-             f"http://127.0.0.1:{port}/", "--out", str(tmp_path / "remote.jsonl")],
-            cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+        for run in ("first", "second"):
+            replay(f"{run}.jsonl", "--engine", f"http://127.0.0.1:{port}/")
+        predictions = broker.subscribe("socialstream/demo/prediction", count=12, timeout=300)
+        replay("edge.jsonl", "--engine", broker.url)
+        bridged, _ = predictions.communicate(timeout=330)
     finally:
         _stop(server)
-    assert remote.returncode == 0, remote.stderr[-3000:]
-    expected, got = _predictions(tmp_path / "here.jsonl"), _predictions(tmp_path / "remote.jsonl")
-    assert len(got) == len(expected) == 12
-    assert all(e["predictor"] == "fusion+engine" for e in got)
-    assert all(e["addressee"]["scores"] for e in got), "the engine's scores ride along"
-    assert got == expected
+        broker.stop()
+    expected = _predictions(tmp_path / "here.jsonl")
+    assert len(expected) == 12
+    assert all(e["predictor"] == "fusion+engine" for e in expected)
+    assert all(e["addressee"]["scores"] for e in expected), "the engine's scores ride along"
+    for run in ("first", "second"):
+        assert _predictions(tmp_path / f"{run}.jsonl") == expected, run
+    # Through the broker: the edge predicts nothing itself, the bridge answers each turn
+    # under the edge run's ids.
+    edge = [json.loads(line) for line in (tmp_path / "edge.jsonl").read_text().splitlines()]
+    assert not [e for e in edge if e["schema"].startswith("socialstream.prediction/")]
+    runs = {e["run"] for e in edge if e["schema"].startswith("socialstream.turn/")}
+    events = [json.loads(line.split(" ", 1)[1]) for line in bridged.splitlines()]
+    (run,) = runs
+    assert [e["id"] for e in events] == [f"demo/{run}/prediction/{k}" for k in range(12)]
+    assert [_drop_run(e) for e in events] == expected
+
+
+def _drop_run(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k not in ("latency_s", "id", "run")}
 
 
 def test_replay_with_no_service_at_engine_url_is_one_clear_error(tmp_path: Path) -> None:
@@ -194,3 +217,35 @@ def test_serve_refuses_nothing_to_serve_with(flag: str) -> None:
                            flag, "0"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           check=False)
     assert done.returncode == 2 and "must be positive" in done.stderr
+
+
+def test_serve_refuses_fewer_max_replicas_than_replicas() -> None:
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "serve", "--model", "x",
+                           "--replicas", "2", "--max-replicas", "1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and "--max-replicas 1 is below --replicas 2" in done.stderr
+
+
+def test_replicas_scale_with_load_between_replicas_and_max_replicas() -> None:
+    from stream.engine.service import deployment
+
+    def settings(**scale: int) -> Any:
+        app = deployment({"model": "x"}, 2**20, "log", **scale)
+        return app._bound_deployment._deployment_config
+
+    fixed = settings(replicas=2)
+    assert fixed.num_replicas == 2 and fixed.autoscaling_config is None
+    scaled = settings(replicas=1, max_replicas=4).autoscaling_config
+    assert (scaled.min_replicas, scaled.initial_replicas, scaled.max_replicas) == (1, 1, 4)
+    # A replica answers one turn at a time: more than one waiting asks for another.
+    assert scaled.target_ongoing_requests == 1
+
+
+def test_engine_through_one_broker_and_mqtt_to_another_is_one_clear_error(
+        tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "replay", str(ROOT / "examples" / "demo.mp4"),
+         "--engine", "mqtt://127.0.0.1:1", "--mqtt", "mqtt://127.0.0.1:2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert "--engine mqtt://127.0.0.1:1 and --mqtt mqtt://127.0.0.1:2" in done.stderr

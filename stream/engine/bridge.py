@@ -1,0 +1,202 @@
+"""The MQTT bridge of `socialstream serve --mqtt URL`: turns in from the broker, predictions
+out to it, so that edge machines run perception only.
+
+An edge replay or live session with `--engine mqtt://broker` publishes its turn events
+(`<prefix>/<session>/turn`) with an `engine` part: the turn as the engine service takes
+it (`turn_to_json`, the key frames as PNG) and the edge's player names. The bridge
+answers each turn as the edge would have with `--model` in process: the engine's scores
+come from the Ray Serve deployment (through its HTTP route, `RemoteEngineStage`, with
+the same retries), the fusion predictor runs here on the conversation so far, and the
+prediction event goes to `<prefix>/<session>/prediction` with the edge run's id.
+
+A conversation is one run of a session (`<session>/<run>`), as in process: a second
+replay of the same file starts a fresh one. Turns of one conversation are answered in
+order, conversations side by side. The bridge's subscription is a persistent MQTT
+session (QoS 1, a fixed client id), so turns published while it is down wait at the
+broker; a bridge that restarts mid-conversation takes the conversation's words again
+from the service's turn log before its next turn. Predictions wait in memory while the
+broker is away and go out, in order, when it is back. A turn event without an `engine`
+part (an edge that was not started with `--engine mqtt://...`) is skipped with one
+warning per session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import quote
+
+import aiomqtt
+
+from stream.broker import MqttConfig, broker_address, mqtt_client
+from stream.engine.config import PredictorConfig
+from stream.engine.remote import RemoteEngineStage
+from stream.engine.turnlog import TurnLog, turn_from_json
+from stream.events import dumps, prediction_event
+from stream.frames import PlayerView, Prediction, Turn
+from stream.tasks.stage import SocialStage
+
+log = logging.getLogger(__name__)
+
+
+def engine_part(turn: Turn, names: dict[str, str] | None) -> dict[str, Any]:
+    """What a turn event carries for the bridge: the turn as the engine takes it (give it
+    only the key frames the engine takes) and the edge's player names."""
+    from stream.engine.turnlog import turn_to_json
+
+    return {"turn": turn_to_json(turn), "names": dict(names or {})}
+
+
+def bridged_turns(event: dict[str, Any]) -> tuple[Turn, Turn]:
+    """The engine's turn (its key frames) and the fusion predictor's (every key frame's
+    players, as the turn event lists them), from a turn event with an `engine` part;
+    ValueError, KeyError or TypeError when it is not one."""
+    taken = turn_from_json(event["engine"]["turn"])
+    views = tuple(
+        tuple(PlayerView(player=p["id"], track=-1, box=tuple(p["box"]), detected=p["detected"],
+                         yaw=p["yaw"], mouth=p["mouth"], share=0.0, p_speaking=p["p_speaking"])
+              for p in frame["players"])
+        for frame in event["keyframes"])
+    return taken, replace(taken, keyframes=(), views=views, known_at=float(event["emitted_at"]))
+
+
+@dataclass
+class _Conversation:
+    stage: SocialStage
+    turns: asyncio.Queue[tuple[Turn, Turn] | None] = field(default_factory=asyncio.Queue)
+    last: int = -1
+    """The last turn index answered (a turn the broker delivers again is not)."""
+    task: asyncio.Task[None] | None = None
+
+
+class MqttBridge:
+    def __init__(self, mqtt: MqttConfig, engine: PredictorConfig, turn_log: TurnLog) -> None:
+        assert mqtt.url is not None and engine.url is not None
+        self.mqtt, self.engine, self.turn_log = mqtt, engine, turn_log
+        self.host, self.port, _, _ = broker_address(mqtt.url)
+        self.conversations: dict[str, _Conversation] = {}
+        self.outbox: deque[tuple[str, bytes]] = deque()
+        self._sent = asyncio.Event()
+        self._warned: set[str] = set()
+        self.answered = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set; then wait (at most mqtt.drain_timeout_s) for what is
+        being answered and sent."""
+        connection = asyncio.create_task(self._connect_forever())
+        await stop.wait()
+        workers = [c.task for c in self.conversations.values() if c.task is not None]
+        for conversation in self.conversations.values():
+            conversation.turns.put_nowait(None)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.mqtt.drain_timeout_s):
+                await asyncio.gather(*workers, return_exceptions=True)
+                while self.outbox:
+                    self._sent.clear()
+                    await self._sent.wait()
+        connection.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await connection
+        for conversation in self.conversations.values():
+            await conversation.stage.stop()
+        if self.outbox:
+            log.warning("MQTT broker %s:%d: %d predictions not sent before stopping",
+                        self.host, self.port, len(self.outbox))
+
+    async def _connect_forever(self) -> None:
+        delay, outage = self.mqtt.reconnect_min_s, False
+        topic = f"{self.mqtt.prefix}/+/turn"
+        while True:
+            try:
+                async with mqtt_client(
+                        self.mqtt, identifier=f"socialstream-serve-{quote(self.mqtt.prefix)}",
+                        clean_session=False, keepalive=5) as client:
+                    if outage:
+                        log.warning("MQTT broker %s:%d is back", self.host, self.port)
+                    delay, outage = self.mqtt.reconnect_min_s, False
+                    await client.subscribe(topic, qos=1)
+                    log.info("bridge: answering turns from %s", topic)
+                    sender = asyncio.create_task(self._send(client))
+                    try:
+                        async for message in client.messages:
+                            self._receive(str(message.topic), bytes(message.payload))
+                    finally:
+                        sender.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await sender
+            except aiomqtt.MqttError as e:
+                if not outage:
+                    log.warning("MQTT broker %s:%d unreachable (%s); retrying", self.host,
+                                self.port, e)
+                outage = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.mqtt.reconnect_max_s)
+
+    async def _send(self, client: aiomqtt.Client) -> None:
+        while True:
+            while self.outbox:
+                topic, payload = self.outbox[0]
+                await client.publish(topic, payload, qos=1, timeout=10)
+                self.outbox.popleft()
+                self._sent.set()
+            self._sent.clear()
+            await self._sent.wait()
+
+    def _receive(self, topic: str, payload: bytes) -> None:
+        session = topic.split("/")[-2]
+        try:
+            event = json.loads(payload)
+            if "engine" not in event:
+                if session not in self._warned:
+                    self._warned.add(session)
+                    log.warning("session %r: its turn events carry no engine part; start the "
+                                "edge with --engine %s to have them answered here", session,
+                                self.mqtt.url)
+                return
+            run = str(event["run"])
+            turns = bridged_turns(event)
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("%s: not a turn event (%s); skipped", topic, e)
+            return
+        key = f"{session}/{run}"
+        conversation = self.conversations.get(key)
+        if conversation is None:
+            stage = SocialStage("fusion", event["engine"].get("names") or None,
+                                RemoteEngineStage(self.engine, key))
+            conversation = self.conversations[key] = _Conversation(stage)
+            conversation.task = asyncio.create_task(self._answer(session, run, conversation))
+        conversation.turns.put_nowait(turns)
+
+    async def _answer(self, session: str, run: str, conversation: _Conversation) -> None:
+        key = f"{session}/{run}"
+        stage = conversation.stage
+        assert stage.engine is not None
+        await stage.engine.start()
+        # A restarted bridge: the words of the turns the service took before it.
+        for old in self.turn_log.turns(key):
+            stage.predict(old)
+            conversation.last = old.index
+        while True:
+            turns = await conversation.turns.get()
+            if turns is None:
+                return
+            taken, seen = turns
+            if taken.index <= conversation.last:
+                continue
+            engine = _first(await stage.engine.process(taken))
+            prediction = stage.predict(seen, engine)
+            conversation.last = taken.index
+            self.outbox.append((f"{self.mqtt.prefix}/{session}/prediction",
+                                dumps(prediction_event(prediction, session, run)).encode()))
+            self.answered += 1
+            self._sent.set()
+
+
+def _first(items: Sequence[Any]) -> Prediction | None:
+    return next((p for p in items if isinstance(p, Prediction)), None)

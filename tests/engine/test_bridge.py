@@ -1,0 +1,147 @@
+"""The MQTT bridge of `socialstream serve --mqtt` against a real Mosquitto broker and the
+engine service's HTTP protocol (here without Ray: `EngineService` behind aiohttp; the Ray
+deployment is tested in test_serve.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import jsonschema
+import pytest
+from aiohttp import web
+
+from stream.broker import MqttConfig
+from stream.engine.bridge import MqttBridge, bridged_turns, engine_part
+from stream.engine.config import PredictorConfig
+from stream.engine.predict import key_frames
+from stream.engine.service import HEADER, EngineService
+from stream.engine.turnlog import TurnLog, turn_from_json
+from stream.events import dumps, turn_event, turn_schema
+from stream.frames import Turn
+from tests.broker import Broker, free_port
+from tests.engine.test_predict import _turn
+from tests.engine.test_serve import LINES, SPEAKERS, _tiny_model
+
+NAMES = {"P2": "Ben"}
+
+
+def _event(turn: Turn, session: str, run: str, frames: int = 2) -> dict[str, Any]:
+    event = turn_event(turn, session, NAMES, run)
+    event["engine"] = engine_part(key_frames(turn, frames), NAMES)
+    return event
+
+
+def test_a_turn_event_carries_what_the_bridge_answers_from() -> None:
+    turn = _turn(1, "P2", LINES[1])
+    event = json.loads(dumps(_event(turn, "s", "r", frames=1)))
+    jsonschema.validate(event, turn_schema())
+    taken, seen = bridged_turns(event)
+    # The engine's turn: its one key frame, pixel for pixel, and the vote as it was.
+    assert len(taken.keyframes) == 1 and len(turn.keyframes) == 2
+    assert (taken.keyframes[0].image == turn.keyframes[0].image).all()
+    assert taken.vote == turn.vote and taken.text == turn.text
+    # The fusion predictor's: every key frame's players, as in process.
+    assert [[(v.player, v.yaw, v.p_speaking) for v in views] for views in seen.views] == \
+        [[(v.player, v.yaw, v.p_speaking) for v in views] for views in turn.views]
+    assert seen.keyframes == () and seen.known_at == event["emitted_at"]
+    assert event["engine"]["names"] == NAMES
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    running = Broker(tmp_path).start()
+    yield running
+    running.stop()
+
+
+@contextlib.asynccontextmanager
+async def _engine(model: Path, log_dir: Path) -> AsyncIterator[str]:
+    """The engine service's HTTP protocol on a free port; yields its URL."""
+    service = EngineService({"model": str(model)}, 2**30, str(log_dir))
+    lock = asyncio.Lock()
+
+    async def answer(request: web.Request) -> web.Response:
+        session = request.headers.get(HEADER)
+        if not session:
+            return web.json_response({"error": "no session"}, status=400)
+        turn = turn_from_json(await request.json())
+        async with lock:
+            event = await asyncio.to_thread(service.turn, session, turn)
+        return web.json_response(event)
+
+    app = web.Application()
+    app.router.add_post("/", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        await runner.cleanup()
+
+
+async def _publish(url: str, events: list[dict[str, Any]]) -> None:
+    port = int(url.rsplit(":", 1)[1])
+    async with aiomqtt.Client("127.0.0.1", port) as client:
+        for event in events:
+            await client.publish(f"socialstream/{event['session']}/turn", dumps(event), qos=1)
+
+
+async def _collect(client: aiomqtt.Client, count: int) -> list[dict[str, Any]]:
+    got: list[dict[str, Any]] = []
+    async with asyncio.timeout(120):
+        async for message in client.messages:
+            got.append(json.loads(bytes(message.payload)))
+            if len(got) == count:
+                return got
+    return got
+
+
+async def test_a_restarted_bridge_answers_the_turns_sent_while_it_was_down_as_if_never_down(
+        broker: Broker, tmp_path: Path) -> None:
+    """Turns 0-1 answered, the bridge stopped, turns 2-3 published meanwhile (they wait at
+    the broker), a new bridge started: it answers 2-3 with the conversation so far taken
+    from the turn log, the same answers as a conversation that never paused; a turn the
+    broker delivers again is not answered twice."""
+    model = _tiny_model(tmp_path / "model")
+    turns = [_turn(k, SPEAKERS[k], LINES[k]) for k in range(len(LINES))]
+    mqtt = MqttConfig(url=broker.url, reconnect_min_s=0.1, drain_timeout_s=10)
+    async with _engine(model, tmp_path / "log") as url, \
+            aiomqtt.Client("127.0.0.1", broker.port) as watcher:
+        await watcher.subscribe("socialstream/+/prediction", qos=1)
+        engine = PredictorConfig(url=url)
+
+        async def bridge_until(count: int, events: list[dict[str, Any]]) -> list[dict]:
+            stop = asyncio.Event()
+            bridge = MqttBridge(mqtt, engine, TurnLog(tmp_path / "log"))
+            running = asyncio.create_task(bridge.run(stop))
+            await asyncio.sleep(0.5)  # subscribed
+            await _publish(broker.url, events)
+            got = await _collect(watcher, count)
+            stop.set()
+            await running
+            return got
+
+        whole = await bridge_until(4, [_event(t, "whole", "r1") for t in turns])
+        first = await bridge_until(2, [_event(t, "cut", "r1") for t in turns[:2]])
+        await _publish(broker.url, [_event(t, "cut", "r1") for t in turns[2:]])
+        # Turn 3 again (a redelivery): answered once.
+        rest = await bridge_until(2, [_event(turns[3], "cut", "r1")])
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(1.5):
+                await anext(watcher.messages)
+
+    def answers(events: list[dict]) -> list[dict]:
+        return [{k: e[k] for k in ("turn", "speaker", "predictor", "addressee", "pronouns",
+                                   "mentioned")} for e in events]
+
+    assert [e["id"] for e in first + rest] == [f"cut/r1/prediction/{k}" for k in range(4)]
+    assert answers(first + rest) == answers(whole)
+    assert all(e["predictor"] == "fusion+engine" and e["addressee"]["scores"] for e in whole)
