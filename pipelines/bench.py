@@ -72,7 +72,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="engine: re-encode at every Nth turn (plus turn 3 and the last)")
     sessions = bench.add_argument_group("sessions")
     sessions.add_argument("--model", default="smollm2",
-                          help="sessions: the model every session shares (default smollm2)")
+                          help="sessions: the model every session shares (default smollm2; "
+                               "tiny-qwen2.5-vl: a random tiny Qwen2.5-VL made here)")
     sessions.add_argument("--every", type=float, default=3.0,
                           help="sessions: seconds between one session's turns")
     sessions.add_argument("--session-turns", type=int, default=6,

@@ -58,16 +58,37 @@ def _turns(count: int) -> list[Turn]:
 
 
 def bench_sessions(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
+
+    if args.every <= 0 or args.session_turns < 1 or args.budget_mb <= 0:
+        raise UserError("--every, --session-turns and --budget-mb must be positive")
+    with tempfile.TemporaryDirectory() as folder:
+        model = _tiny_qwen(Path(folder)) if args.model == TINY_QWEN else args.model
+        return _bench(args, model, stderr)
+
+
+TINY_QWEN = "tiny-qwen2.5-vl"
+"""A random Qwen2.5-VL with every part of the real one, tiny (`random_qwen("tiny")`): the
+cost of the vision path and its caches without a checkpoint."""
+
+
+def _tiny_qwen(folder: Path) -> str:
+    from stream.engine.synthetic import random_qwen, word_tokenizer
+
+    tokenizer = word_tokenizer()
+    random_qwen("tiny", len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def _bench(args: argparse.Namespace, model: str, stderr: Console) -> dict[str, Any]:
     from stream.engine.config import PredictorConfig
     from stream.engine.loading import load_backend
     from stream.engine.pool import SessionPool
     from stream.engine.predict import Predictor
 
-    if args.every <= 0 or args.session_turns < 1 or args.budget_mb <= 0:
-        raise UserError("--every, --session-turns and --budget-mb must be positive")
     stderr.log(f"loading {args.model} ...")
-    backend = load_backend(args.model, device=args.device)
-    config = PredictorConfig(model=args.model)
+    backend = load_backend(model, device=args.device)
+    config = PredictorConfig(model=model)
     turns = _turns(args.session_turns)
     budget = int(args.budget_mb * 2**20)
 
@@ -116,7 +137,7 @@ def bench_sessions(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
         middle = (good + bad) // 2
         good, bad = (middle, bad) if ok(middle) else (good, middle)
     plain_ms = statistics.mean(plain_s) * 1e3
-    serve_ms = _served_ms(args, turns, budget, stderr)
+    serve_ms = _served_ms(args, model, turns, budget, stderr)
     return {
         "model": args.model, "turn_every_s": args.every, "turns_per_session": len(turns),
         "budget_mb": args.budget_mb,
@@ -130,7 +151,7 @@ def bench_sessions(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
     }
 
 
-def _served_ms(args: argparse.Namespace, turns: list[Turn], budget: int,
+def _served_ms(args: argparse.Namespace, model: str, turns: list[Turn], budget: int,
                stderr: Console) -> float | None:
     """Mean wall time per turn of one session sent to a local Ray Serve replica."""
     try:
@@ -159,7 +180,7 @@ def _served_ms(args: argparse.Namespace, turns: list[Turn], budget: int,
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             cpus = float(ray.available_resources().get("CPU", 1.0))
-            serve.run(deployment({"model": args.model, "device": args.device}, budget, log_dir,
+            serve.run(deployment({"model": model, "device": args.device}, budget, log_dir,
                                  cpus_per_replica=cpus), name=APP, route_prefix="/")
             post("warm-up", turns[0])
             spent = []
