@@ -39,6 +39,9 @@ def add_parser(commands: argparse._SubParsersAction, help_texts: dict[str, str])
     sub.add_argument("--log-dir", type=Path, default=Path("engine-log"),
                      help="the sessions' turn log, shared by all replicas (a shared file "
                           "system on a cluster); sessions are rebuilt from it")
+    sub.add_argument("--log-keep-hours", type=float, default=24.0,
+                     help="a session without a turn for this long is forgotten and its log "
+                          "removed (default 24; if it comes back it starts afresh)")
     sub.add_argument("--http", metavar="[HOST:]PORT", default="127.0.0.1:8000",
                      help="where Serve listens for turns (default 127.0.0.1:8000)")
     sub.add_argument("--address", help="a running Ray cluster (default: a local instance)")
@@ -58,8 +61,10 @@ def run(args: argparse.Namespace, stderr: Console) -> int:
     from stream.engine.service import APP, deployment
     from stream.engine.turnlog import TurnLog, TurnLogError
 
-    if args.replicas < 1 or args.budget_mb <= 0 or args.cpus_per_replica <= 0:
-        raise UserError("--replicas, --budget-mb and --cpus-per-replica must be positive")
+    if args.replicas < 1 or args.budget_mb <= 0 or args.cpus_per_replica <= 0 \
+            or args.log_keep_hours <= 0:
+        raise UserError("--replicas, --budget-mb, --cpus-per-replica and --log-keep-hours "
+                        "must be positive")
     if args.max_replicas is not None and args.max_replicas < args.replicas:
         raise UserError(f"--max-replicas {args.max_replicas} is below --replicas "
                         f"{args.replicas}")
@@ -83,7 +88,8 @@ def run(args: argparse.Namespace, stderr: Console) -> int:
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(deployment(config.model_dump(), int(args.budget_mb * 2**20),
-                             str(args.log_dir.resolve()), replicas=args.replicas,
+                             str(args.log_dir.resolve()), keep_s=args.log_keep_hours * 3600,
+                             replicas=args.replicas,
                              sessions_per_replica=args.sessions_per_replica,
                              cpus_per_replica=args.cpus_per_replica,
                              max_replicas=args.max_replicas),

@@ -14,7 +14,8 @@ replay of the same file starts a fresh one. Turns of one conversation are answer
 order, conversations side by side. The bridge's subscription is a persistent MQTT
 session (QoS 1, a fixed client id), so turns published while it is down wait at the
 broker; a bridge that restarts mid-conversation takes the conversation's words again
-from the service's turn log before its next turn. Predictions wait in memory while the
+from the service's turn log before its next turn (so does a conversation that was idle
+for `idle_s` and closed here). Predictions wait in memory while the
 broker is away and go out, in order, when it is back. A turn event without an `engine`
 part (an edge that was not started with `--engine mqtt://...`) is skipped with one
 warning per session.
@@ -76,9 +77,12 @@ class _Conversation:
 
 
 class MqttBridge:
-    def __init__(self, mqtt: MqttConfig, engine: PredictorConfig, turn_log: TurnLog) -> None:
+    def __init__(self, mqtt: MqttConfig, engine: PredictorConfig, turn_log: TurnLog, *,
+                 idle_s: float = 600.0) -> None:
+        """`idle_s`: a conversation without a turn for this long is closed (its state here
+        goes; a later turn takes it again from the turn log)."""
         assert mqtt.url is not None and engine.url is not None
-        self.mqtt, self.engine, self.turn_log = mqtt, engine, turn_log
+        self.mqtt, self.engine, self.turn_log, self.idle_s = mqtt, engine, turn_log, idle_s
         self.host, self.port, _, _ = broker_address(mqtt.url)
         self.conversations: dict[str, _Conversation] = {}
         self.outbox: deque[tuple[str, bytes]] = deque()
@@ -183,7 +187,15 @@ class MqttBridge:
             stage.predict(old)
             conversation.last = old.index
         while True:
-            turns = await conversation.turns.get()
+            try:
+                async with asyncio.timeout(self.idle_s):
+                    turns = await conversation.turns.get()
+            except TimeoutError:
+                if conversation.turns.empty():  # nothing arrived meanwhile: close it
+                    del self.conversations[key]
+                    await stage.stop()
+                    return
+                continue
             if turns is None:
                 return
             taken, seen = turns

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,13 +32,17 @@ if TYPE_CHECKING:
     from starlette.requests import Request
 
 HEADER = "serve_multiplexed_model_id"
+PRUNE_EVERY_S = 60.0
 APP = "socialstream-engine"
 
 
 class EngineService:
     """One model and the sessions it serves; what each replica runs."""
 
-    def __init__(self, config: dict[str, Any], budget_bytes: int, log_dir: str) -> None:
+    def __init__(self, config: dict[str, Any], budget_bytes: int, log_dir: str,
+                 keep_s: float = 24 * 3600.0) -> None:
+        """`keep_s`: a session without a turn for this long is forgotten, its log removed
+        (checked at most once a minute, as turns come)."""
         from stream.engine.loading import load_backend
         from stream.engine.pool import SessionPool
         from stream.engine.turnlog import TurnLog
@@ -47,14 +52,22 @@ class EngineService:
         backend = load_backend(self.config.model, device=self.config.device,
                                pixels=self.config.pixels, prompting=self.config.prompting,
                                video=self.config.video)
-        self.pool = SessionPool(backend, self.config, budget_bytes, log=TurnLog(Path(log_dir)))
+        self.log = TurnLog(Path(log_dir))
+        self.pool = SessionPool(backend, self.config, budget_bytes, log=self.log)
+        self.keep_s = keep_s
+        self._pruned_at = float("-inf")
 
     def turn(self, session: str, turn: Turn) -> dict[str, Any]:
+        now = time.monotonic()
+        if now - self._pruned_at >= PRUNE_EVERY_S:
+            self._pruned_at = now
+            for idle in self.log.prune(self.keep_s):
+                self.pool.forget(idle)
         return prediction_event(self.pool.turn(session, turn), session)
 
 
 def deployment(config: dict[str, Any], budget_bytes: int, log_dir: str, *,
-               replicas: int = 1, sessions_per_replica: int = 64,
+               keep_s: float = 24 * 3600.0, replicas: int = 1, sessions_per_replica: int = 64,
                cpus_per_replica: float = 1.0, max_replicas: int | None = None) -> Any:
     """The Serve application: `replicas` copies of `EngineService` behind one route, or
     from `replicas` up to `max_replicas` as the load asks (a replica answers one turn at
@@ -73,7 +86,7 @@ def deployment(config: dict[str, Any], budget_bytes: int, log_dir: str, *,
                       **scale)
     class Engine:
         def __init__(self) -> None:
-            self.service = EngineService(config, budget_bytes, log_dir)
+            self.service = EngineService(config, budget_bytes, log_dir, keep_s)
             self.lock = asyncio.Lock()
 
         @serve.multiplexed(max_num_models_per_replica=sessions_per_replica)

@@ -11,7 +11,8 @@ each. Each line is flushed with fsync before the turn is answered.
 A line cut short by a crash is the last one and is left out (with a warning); the
 turn it held had not been answered. The log grows with the conversation (about
 0.5 MB per turn at 640x480 with two key frames) and lives until `forget` (the
-conversation is over) removes it.
+conversation is over) or `prune` (no turn for a while: the engine service prunes
+sessions idle for `--log-keep-hours`) removes it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import base64
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -86,6 +88,20 @@ class TurnLog:
 
     def forget(self, session: str) -> None:
         self._path(session).unlink(missing_ok=True)
+
+    def prune(self, idle_s: float) -> list[str]:
+        """Remove the logs of sessions no turn was appended to for `idle_s` seconds; their
+        ids. Such a conversation, if it ever comes back, starts afresh."""
+        until = time.time() - idle_s
+        gone = []
+        for path in self.folder.glob("*.jsonl"):
+            try:
+                if path.stat().st_mtime < until:
+                    path.unlink()
+                    gone.append(unquote(path.stem))
+            except FileNotFoundError:  # another replica pruned it first
+                continue
+        return sorted(gone)
 
 
 def turn_to_json(turn: Turn) -> dict[str, Any]:

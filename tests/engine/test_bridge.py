@@ -145,3 +145,34 @@ async def test_a_restarted_bridge_answers_the_turns_sent_while_it_was_down_as_if
     assert [e["id"] for e in first + rest] == [f"cut/r1/prediction/{k}" for k in range(4)]
     assert answers(first + rest) == answers(whole)
     assert all(e["predictor"] == "fusion+engine" and e["addressee"]["scores"] for e in whole)
+
+
+async def test_an_idle_conversation_is_closed_and_taken_again_from_the_log(
+        broker: Broker, tmp_path: Path) -> None:
+    model = _tiny_model(tmp_path / "model")
+    turns = [_turn(k, SPEAKERS[k], LINES[k]) for k in range(len(LINES))]
+    mqtt = MqttConfig(url=broker.url, reconnect_min_s=0.1, drain_timeout_s=10)
+    async with _engine(model, tmp_path / "log") as url, \
+            aiomqtt.Client("127.0.0.1", broker.port) as watcher:
+        await watcher.subscribe("socialstream/+/prediction", qos=1)
+        stop = asyncio.Event()
+        bridge = MqttBridge(mqtt, PredictorConfig(url=url), TurnLog(tmp_path / "log"),
+                            idle_s=0.5)
+        running = asyncio.create_task(bridge.run(stop))
+        await asyncio.sleep(0.5)
+        await _publish(broker.url, [_event(t, "whole", "r1") for t in turns])
+        whole = await _collect(watcher, 4)
+        await _publish(broker.url, [_event(t, "paused", "r1") for t in turns[:2]])
+        paused = await _collect(watcher, 2)
+        await asyncio.sleep(1.5)
+        assert bridge.conversations == {}, "both conversations were closed when idle"
+        await _publish(broker.url, [_event(t, "paused", "r1") for t in turns[2:]])
+        paused += await _collect(watcher, 2)
+        stop.set()
+        await running
+
+    def answers(events: list[dict]) -> list[dict]:
+        return [{k: e[k] for k in ("turn", "addressee", "pronouns", "mentioned")}
+                for e in events]
+
+    assert answers(paused) == answers(whole)

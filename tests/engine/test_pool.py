@@ -168,3 +168,31 @@ def test_pools_sharing_a_log_rebuild_a_session_another_one_moved_on(
         turn = _turn(k, SPEAKERS[k], LINES[k])
         assert _scores(pools[k % 2].turn("a", turn)) == _scores(alone.turn(turn)), k
     assert [p.stats().rebuilds for p in pools] == [1, 2]  # turn 2; turns 1 and 3
+
+
+def test_the_service_forgets_sessions_idle_past_the_keep_time(tmp_path: Path) -> None:
+    """Logs untouched for longer than keep_s go (file and pool), the others stay; checked at
+    most once a minute."""
+    import os
+    import time
+
+    from stream.engine.service import EngineService
+    from stream.engine.synthetic import random_llama, word_tokenizer
+
+    tokenizer = word_tokenizer()
+    random_llama(len(tokenizer)).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    service = EngineService({"model": str(tmp_path / "model")}, 2**30, str(tmp_path / "log"),
+                            keep_s=3600)
+    for session in ("old", "recent"):
+        service.turn(session, _turn(0, "P1", "Ben, did you finish the map?"))
+    log = service.log
+    hour_ago = time.time() - 3601
+    os.utime(log._path("old"), (hour_ago, hour_ago))
+    service.turn("recent", _turn(1, "P2", "He did most of it."))
+    assert log.sessions() == ["old", "recent"], "pruned at most once a minute"
+    service._pruned_at -= 60
+    service.turn("recent", _turn(2, "P3", "Show me."))
+    assert log.sessions() == ["recent"]
+    assert service.pool.stats().sessions == 1 and service.pool.resident() == ["recent"]
+    assert len(log.turns("recent")) == 3

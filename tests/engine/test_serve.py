@@ -211,7 +211,7 @@ def test_serve_without_a_model_is_one_clear_error() -> None:
     assert "serve needs a model: --model NAME or engine.model in --config" in done.stderr
 
 
-@pytest.mark.parametrize("flag", ["--replicas", "--budget-mb"])
+@pytest.mark.parametrize("flag", ["--replicas", "--budget-mb", "--log-keep-hours"])
 def test_serve_refuses_nothing_to_serve_with(flag: str) -> None:
     done = subprocess.run([sys.executable, "-m", "pipelines.cli", "serve", "--model", "x",
                            flag, "0"], cwd=ROOT, capture_output=True, text=True, timeout=120,
