@@ -265,9 +265,12 @@ def _sinks(args: argparse.Namespace, config: ReplayConfig, session: str) -> list
         if mqtt.url not in (None, config.engine.url):
             raise UserError(f"--engine {config.engine.url} and --mqtt {mqtt.url}: the turns for "
                             "the engine go out on the --mqtt broker; give one broker")
-        mqtt, engine = mqtt.model_copy(update={"url": config.engine.url}), config.engine
+        mqtt = mqtt.model_copy(update={"url": config.engine.url})
+        if config.predictions.predictor != "none":
+            engine = config.engine
     if mqtt.url is not None:
-        sinks.append(MqttSink(mqtt, session, names, run, engine=engine))
+        sinks.append(MqttSink(mqtt, session, names, run, engine=engine,
+                              predictor=config.predictions.predictor))
     if config.output.annotate is not None:
         sinks.append(AnnotatedVideo(config.output.annotate, names))
     if config.output.web is not None:

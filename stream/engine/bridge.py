@@ -44,14 +44,18 @@ from stream.frames import PlayerView, Prediction, Turn
 from stream.tasks.stage import SocialStage
 
 log = logging.getLogger(__name__)
+PREDICTORS = ("fusion", "cues", "engine")
+"""What an edge may ask the bridge for (`predictions.predictor`; `none` sends no turns)."""
 
 
-def engine_part(turn: Turn, names: dict[str, str] | None) -> dict[str, Any]:
+def engine_part(turn: Turn, names: dict[str, str] | None,
+                predictor: str = "fusion") -> dict[str, Any]:
     """What a turn event carries for the bridge: the turn as the engine takes it (give it
-    only the key frames the engine takes) and the edge's player names."""
+    only the key frames the engine takes), the edge's player names and which predictor
+    answers (`predictions.predictor`)."""
     from stream.engine.turnlog import turn_to_json
 
-    return {"turn": turn_to_json(turn), "names": dict(names or {})}
+    return {"turn": turn_to_json(turn), "names": dict(names or {}), "predictor": predictor}
 
 
 def bridged_turns(event: dict[str, Any]) -> tuple[Turn, Turn]:
@@ -171,7 +175,13 @@ class MqttBridge:
         key = f"{session}/{run}"
         conversation = self.conversations.get(key)
         if conversation is None:
-            stage = SocialStage("fusion", event["engine"].get("names") or None,
+            part = event["engine"]
+            predictor = part.get("predictor", "fusion")
+            if predictor not in PREDICTORS:
+                log.warning("%s: predictor %r is none of %s; skipped", topic, predictor,
+                            ", ".join(PREDICTORS))
+                return
+            stage = SocialStage(predictor, part.get("names") or None,
                                 RemoteEngineStage(self.engine, key))
             conversation = self.conversations[key] = _Conversation(stage)
             conversation.task = asyncio.create_task(self._answer(session, run, conversation))
@@ -202,8 +212,10 @@ class MqttBridge:
             if taken.index <= conversation.last:
                 continue
             engine = _first(await stage.engine.process(taken))
-            prediction = stage.predict(seen, engine)
+            prediction = stage.answer(seen, engine)
             conversation.last = taken.index
+            if prediction is None:  # predictor engine, and the engine gave no answer
+                continue
             self.outbox.append((f"{self.mqtt.prefix}/{session}/prediction",
                                 dumps(prediction_event(prediction, session, run)).encode()))
             self.answered += 1

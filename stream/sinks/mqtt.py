@@ -43,13 +43,14 @@ class MqttSink(Stage):
 
     def __init__(self, config: MqttConfig, session: str,
                  names: dict[str, str] | None = None, run: str = "0",
-                 engine: PredictorConfig | None = None) -> None:
+                 engine: PredictorConfig | None = None, predictor: str = "fusion") -> None:
         """`engine`: the engine is `socialstream serve --mqtt`'s, so turn events carry what
-        it needs (`engine_part`: the key frames it takes, as PNG, and the names)."""
+        it needs (`engine_part`: the key frames it takes, as PNG, the names, and the
+        `predictor` that is to answer)."""
         if config.url is None:
             raise ConfigError("mqtt.url is not set")
         self.config, self.session, self.names, self.run = config, session, names or {}, run
-        self.engine = engine
+        self.engine, self.predictor = engine, predictor
         self.host, self.port, self.user, self.tls = broker_address(config.url)
         self.topic = f"{config.prefix}/{session}"
         self.spool: Spool | None = None
@@ -78,7 +79,8 @@ class MqttSink(Stage):
                 kind, event = "turn", turn_event(item, self.session, self.names, self.run)
                 if self.engine is not None:
                     event["engine"] = engine_part(
-                        key_frames(item, self.engine.frames_per_turn), self.names)
+                        key_frames(item, self.engine.frames_per_turn), self.names,
+                        self.predictor)
             else:
                 kind, event = "prediction", prediction_event(item, self.session, self.run)
             queued = self.spool.append(f"{self.topic}/{kind}", dumps(event).encode(), qos=1)

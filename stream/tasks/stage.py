@@ -79,9 +79,16 @@ class SocialStage(Stage):
         if self.engine is not None:
             engine = next((p for p in await self.engine.process(item)
                            if isinstance(p, Prediction)), None)
-            if self.engine_only:
-                return (engine,) if engine is not None else ()
-        return (self.predict(item, engine),)
+        answered = self.answer(item, engine)
+        return (answered,) if answered is not None else ()
+
+    def answer(self, turn: Turn, engine: Prediction | None) -> Prediction | None:
+        """The turn's prediction given the engine's (None when no engine answered): the
+        engine's own with `predictor: engine`, else this predictor's with the engine's
+        scores riding along."""
+        if self.engine_only:
+            return engine
+        return self.predict(turn, engine)
 
     def predict(self, turn: Turn, engine: Prediction | None = None) -> Prediction:
         began = time.perf_counter()

@@ -31,9 +31,10 @@ from tests.engine.test_serve import LINES, SPEAKERS, _tiny_model
 NAMES = {"P2": "Ben"}
 
 
-def _event(turn: Turn, session: str, run: str, frames: int = 2) -> dict[str, Any]:
+def _event(turn: Turn, session: str, run: str, frames: int = 2,
+           predictor: str = "fusion") -> dict[str, Any]:
     event = turn_event(turn, session, NAMES, run)
-    event["engine"] = engine_part(key_frames(turn, frames), NAMES)
+    event["engine"] = engine_part(key_frames(turn, frames), NAMES, predictor)
     return event
 
 
@@ -176,3 +177,30 @@ async def test_an_idle_conversation_is_closed_and_taken_again_from_the_log(
                 for e in events]
 
     assert answers(paused) == answers(whole)
+
+
+@pytest.mark.parametrize(("predictor", "expected"), [("engine", "engine"),
+                                                     ("cues", "cues+engine")])
+async def test_the_bridge_answers_with_the_predictor_the_edge_asked_for(
+        broker: Broker, tmp_path: Path, predictor: str, expected: str) -> None:
+    model = _tiny_model(tmp_path / "model")
+    turns = [_turn(k, SPEAKERS[k], LINES[k]) for k in range(2)]
+    mqtt = MqttConfig(url=broker.url, reconnect_min_s=0.1, drain_timeout_s=10)
+    async with _engine(model, tmp_path / "log") as url, \
+            aiomqtt.Client("127.0.0.1", broker.port) as watcher:
+        await watcher.subscribe("socialstream/+/prediction", qos=1)
+        stop = asyncio.Event()
+        bridge = MqttBridge(mqtt, PredictorConfig(url=url), TurnLog(tmp_path / "log"))
+        running = asyncio.create_task(bridge.run(stop))
+        await asyncio.sleep(0.5)
+        await _publish(broker.url, [_event(t, "s", "r", predictor=predictor) for t in turns])
+        got = await _collect(watcher, 2)
+        stop.set()
+        await running
+    assert [e["predictor"] for e in got] == [expected] * 2
+    for event in got:  # the engine's answer is its best score; the cues' is their own
+        scores = event["addressee"]["scores"]
+        best = max(scores, key=scores.__getitem__)
+        probabilities = event["addressee"]["probabilities"]
+        assert event["addressee"]["answer"] == (
+            best if predictor == "engine" else max(probabilities, key=probabilities.__getitem__))
