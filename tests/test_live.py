@@ -39,6 +39,23 @@ def _push(port: int, *args: str) -> None:
                    check=True, timeout=120)
 
 
+def _wait_listening(port: int, live: subprocess.Popen[str], deadline_s: float = 60) -> None:
+    """Until the live process has bound its UDP port: a datagram sent before is lost, and
+    start-up (imports, models) takes longer on a slower machine than any fixed sleep."""
+    until = time.monotonic() + deadline_s
+    wanted = f":{port:04X} "
+    while time.monotonic() < until:
+        assert live.poll() is None, live.communicate()[1][-2000:]
+        tables = [Path(f"/proc/net/{t}").read_text() for t in ("udp", "udp6")
+                  if Path(f"/proc/net/{t}").exists()]
+        if any(wanted in line.split()[1] + " " for table in tables
+               for line in table.splitlines()[1:]):
+            time.sleep(0.3)  # the demuxer is reading once the socket is bound
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the live process never listened on UDP port {port}")
+
+
 def _live(port: int, tmp_path: Path, give_up: float, stall: float = 3.0,
           url: str | None = None, *extra: str) -> subprocess.Popen[str]:
     config = tmp_path / "live.yaml"
@@ -72,7 +89,7 @@ def _assert_same_turns_as_the_file_replay(events: list[dict], tmp_path: Path) ->
 def test_udp_live_stream_gives_the_file_replays_turns(tmp_path: Path) -> None:
     port = free_port()
     live = _live(port, tmp_path, give_up=3)
-    time.sleep(2.5)  # let it start listening
+    _wait_listening(port, live)
     _push(port, "-i", str(DEMO))
     out, err = live.communicate(timeout=60)
     assert live.returncode == 0, err
@@ -95,7 +112,7 @@ def test_rtsp_listener_gives_the_file_replays_turns(tmp_path: Path) -> None:
 def test_a_stalled_stream_is_reconnected_and_the_session_goes_on(tmp_path: Path) -> None:
     port = free_port()
     live = _live(port, tmp_path, give_up=8, stall=1.5)
-    time.sleep(2.5)
+    _wait_listening(port, live)
     _push(port, "-t", "14", "-i", str(DEMO))
     time.sleep(5.0)  # longer than the stall timeout
     _push(port, "-ss", "14", "-i", str(DEMO))
