@@ -145,7 +145,12 @@ def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has
     # Light-ASD holds frames until their scores are final (about 0.3 s of media); the
     # turns stage merges them with what VAD and the recognizer sent meanwhile, which their
     # edges must be able to hold, or VAD would stop reading audio that perception needs.
-    perception = PerceptionStage(config.perception, has_audio=has_audio) if perceive else None
+    # Media seconds per wall-clock second when frames come in real time: live (the only
+    # caller that takes the latest frame) or a paced replay.
+    pace = 1.0 if video_policy == "latest" else \
+        config.source.speed if config.source.realtime else None
+    perception = PerceptionStage(config.perception, has_audio=has_audio, pace=pace) \
+        if perceive else None
     lagging = perception is not None and perception.model == "light_asd"
     slack = max(size, LAG_SLACK) if lagging else size
     assembler = TurnAssembler(config.turns, has_audio=has_audio,

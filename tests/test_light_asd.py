@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -123,3 +124,37 @@ def test_without_audio_the_mouth_cue_runs_and_says_so(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "active speaker: mouth motion (the media has no audio for Light-ASD)" in (
         " ".join(done.stderr.split()))
+
+
+async def test_light_asd_that_falls_behind_a_paced_replay_gives_way_to_mouth_motion(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The demo paced at 3x with a 1 s limit: Light-ASD (at least 0.4 of real time on any
+    CPU here, so 1.2 at 3x) falls behind and mouth motion takes over; no frame is lost,
+    frames after the switch still name speakers, and the decisions catch up with the
+    media (mouth motion at 3x stays well under real time)."""
+    from pipelines.bench import _LatencyProbe
+    from pipelines.replay import Collect, build_replay, run_replay
+    from stream.frames import PerceivedFrame
+    from stream.speaker.perception import PerceptionStage
+
+    config = load_config(None, {"source": {"realtime": True, "speed": 3.0},
+                                "output": {"progress": False},
+                                "perception": {"speaker": {"fallback_lag_s": 1.0}}})
+    replay = build_replay(str(ROOT / "examples" / "demo.mp4"), config, [])
+    frames = Collect((PerceivedFrame,), name="frames")
+    probe = _LatencyProbe(replay.media.pacer)
+    for stage in (frames, probe):
+        replay.pipeline.add(stage)
+        replay.pipeline.connect("perception", stage.name, PerceivedFrame)
+    await run_replay(replay)
+    stage = next(s for s in replay.pipeline.stages if isinstance(s, PerceptionStage))
+    assert stage.fell_back_at is not None
+    assert "Light-ASD is" in caplog.text and "mouth motion from now on" in caplog.text
+    seen = [f for f in frames.items if isinstance(f, PerceivedFrame)]
+    with av.open(str(ROOT / "examples" / "demo.mp4")) as media:
+        assert len(seen) == sum(1 for _ in media.decode(video=0))
+    assert [f.pts for f in seen] == sorted(f.pts for f in seen)
+    after = [f for f in seen if f.pts > stage.fell_back_at + 1.0]
+    assert len({f.speaker for f in after} - {None}) >= 2
+    tail = probe.delays[-30:]
+    assert float(np.median(tail)) < 1.0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -170,6 +171,14 @@ class Perception:
                    motion[ids[t.id]]) for t in tracks}))
         return self._release(self._final)
 
+    def fall_back(self) -> list[PerceivedFrame]:
+        """Light-ASD stops for good: the frames it holds go out with what it has computed,
+        and later frames get their speaker from mouth motion (measured all along)."""
+        out = self.finish()
+        self.scorer = None
+        self.sync = None
+        return out
+
     def finish(self) -> list[PerceivedFrame]:
         """End of the media: what the scorer holds is computed, then the last frames go out
         with the last scores each track had."""
@@ -236,9 +245,18 @@ class PerceptionStage(Stage):
 
     name = "perception"
 
-    def __init__(self, config: PerceptionConfig | None = None, has_audio: bool = True) -> None:
+    def __init__(self, config: PerceptionConfig | None = None, has_audio: bool = True,
+                 pace: float | None = None) -> None:
+        """`pace`: media seconds per wall-clock second when the input comes in real time
+        (live, or a paced replay): then Light-ASD that falls `fallback_lag_s` behind gives
+        way to mouth motion. None: as fast as it goes, never behind."""
         self.config = config or PerceptionConfig()
         self.has_audio = has_audio
+        self.pace = pace
+        self._clock: tuple[float, float] | None = None
+        """(wall-clock, media time) of the first video frame."""
+        self.fell_back_at: float | None = None
+        """The media time at which Light-ASD gave way to mouth motion."""
         self._detector: FaceDetector | None = None
         self.core: Perception | None = None
 
@@ -289,8 +307,29 @@ class PerceptionStage(Stage):
             self.core.voice(item)
             return ()
         if isinstance(item, VideoFrame):
-            return self.core.frame(item)
+            out = self.core.frame(item)
+            if self.core.scorer is not None and self.pace is not None:
+                out += self._keep_up(item.pts)
+            return out
         return ()
+
+    def _keep_up(self, pts: float) -> list[PerceivedFrame]:
+        """Light-ASD's cost is fixed per media second: on a CPU that cannot pay it in real
+        time the delay only grows, so past `fallback_lag_s` mouth motion takes over."""
+        assert self.core is not None and self.pace is not None
+        now = time.monotonic()
+        if self._clock is None:
+            self._clock = (now, pts)
+            return []
+        limit = self.config.speaker.fallback_lag_s
+        lag = now - self._clock[0] - (pts - self._clock[1]) / self.pace
+        if limit is None or lag <= limit:
+            return []
+        self.fell_back_at = pts
+        log.warning("active speaker: Light-ASD is %.1f s behind the media at %.1f s (this "
+                    "CPU cannot run it in real time); mouth motion from now on "
+                    "(perception.speaker.fallback_lag_s, or model: mouth)", lag, pts)
+        return self.core.fall_back()
 
     async def finish(self) -> Sequence[Item]:
         return self.core.finish() if self.core is not None else ()
