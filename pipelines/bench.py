@@ -289,6 +289,10 @@ class _LatencyProbe(Stage):
 
 async def _paced_latencies(media: str, model: str) -> list[float]:
     config = _config(model, source={"realtime": True})
+    # The model's own delay, however far behind: no giving way to mouth motion here.
+    speaker = config.perception.speaker.model_copy(update={"fallback_lag_s": None})
+    config = config.model_copy(update={"perception": config.perception.model_copy(
+        update={"speaker": speaker})})
     replay = build_replay(media, config, [])
     probe = _LatencyProbe(replay.media.pacer)
     replay.pipeline.add(probe)
