@@ -23,9 +23,13 @@ DUO = ROOT / "examples" / "duo.mp4"
 
 
 def replay_events(media: Path, tmp_path: Path, schema: str | None = TURN,
-                  **overrides) -> list[dict]:
+                  yaml: str | None = None, **overrides) -> list[dict]:
     out = tmp_path / f"events-{len(list(tmp_path.iterdir()))}.jsonl"
-    config = load_config(None, overrides)
+    path = None
+    if yaml is not None:
+        path = tmp_path / f"config-{len(list(tmp_path.iterdir()))}.yaml"
+        path.write_text(yaml)
+    config = load_config(path, overrides)
     replay = build_replay(str(media), config, [JsonlSink("test", out)])
     asyncio.run(run_replay(replay))
     return events_of(out.read_text(), schema)
@@ -55,7 +59,10 @@ def test_one_valid_event_per_utterance_close_to_the_truth(demo: Path, truth: dic
 
 def test_paced_and_fast_replays_give_identical_events(demo: Path, tmp_path: Path) -> None:
     fast = replay_events(demo, tmp_path, schema=None)
-    paced = replay_events(demo, tmp_path, schema=None, source={"realtime": True, "speed": 4.0})
+    # Light-ASD may not keep up with 4x on this CPU; pacing alone is what is compared, so
+    # it never gives way to mouth motion here (test_light_asd.py tests that it does).
+    paced = replay_events(demo, tmp_path, schema=None, source={"realtime": True, "speed": 4.0},
+                          yaml="perception:\n  speaker:\n    fallback_lag_s: null\n")
     assert sum(e["schema"] == PREDICTION for e in fast) == 12
     # A prediction's latency_s is wall clock (its compute): the one field that may differ.
     wall = {"latency_s"}
