@@ -319,9 +319,11 @@ def test_ctrl_c_cuts_the_mqtt_drain_short(tmp_path: Path) -> None:
 
 def test_a_stop_while_the_input_waits_for_a_sender_is_prompt() -> None:
     from tests.broker import free_port
+    from tests.ports import wait_listening
 
-    proc = _cli("live", f"tcp://127.0.0.1:{free_port()}", "--listen")
-    time.sleep(4.0)  # started, blocked in the open that waits for a sender
+    port = free_port()
+    proc = _cli("live", f"tcp://127.0.0.1:{port}", "--listen")
+    wait_listening(port, proc, "tcp")  # started, blocked in the open that waits for a sender
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)

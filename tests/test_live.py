@@ -18,6 +18,7 @@ from stream.errors import UserError
 from stream.frames import AudioChunk, PerceivedFrame, VideoFrame
 from tests.broker import free_port
 from tests.conftest import ROOT, run_cli, turn_events
+from tests.ports import wait_listening
 
 DEMO = ROOT / "examples" / "demo.mp4"
 
@@ -37,23 +38,6 @@ def _push(port: int, *args: str) -> None:
     subprocess.run([_ffmpeg(), "-hide_banner", "-loglevel", "error", "-readrate", "2", *args,
                     "-c", "copy", "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"],
                    check=True, timeout=120)
-
-
-def _wait_listening(port: int, live: subprocess.Popen[str], deadline_s: float = 60) -> None:
-    """Until the live process has bound its UDP port: a datagram sent before is lost, and
-    start-up (imports, models) takes longer on a slower machine than any fixed sleep."""
-    until = time.monotonic() + deadline_s
-    wanted = f":{port:04X} "
-    while time.monotonic() < until:
-        assert live.poll() is None, live.communicate()[1][-2000:]
-        tables = [Path(f"/proc/net/{t}").read_text() for t in ("udp", "udp6")
-                  if Path(f"/proc/net/{t}").exists()]
-        if any(wanted in line.split()[1] + " " for table in tables
-               for line in table.splitlines()[1:]):
-            time.sleep(0.3)  # the demuxer is reading once the socket is bound
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"the live process never listened on UDP port {port}")
 
 
 def _live(port: int, tmp_path: Path, give_up: float, stall: float = 3.0,
@@ -89,7 +73,7 @@ def _assert_same_turns_as_the_file_replay(events: list[dict], tmp_path: Path) ->
 def test_udp_live_stream_gives_the_file_replays_turns(tmp_path: Path) -> None:
     port = free_port()
     live = _live(port, tmp_path, give_up=3)
-    _wait_listening(port, live)
+    wait_listening(port, live)
     _push(port, "-i", str(DEMO))
     out, err = live.communicate(timeout=60)
     assert live.returncode == 0, err
@@ -100,7 +84,7 @@ def test_rtsp_listener_gives_the_file_replays_turns(tmp_path: Path) -> None:
     port = free_port()
     url = f"rtsp://127.0.0.1:{port}/live"
     live = _live(port, tmp_path, 12, 3.0, url, "--listen")
-    time.sleep(5.0)  # start-up, then it listens
+    wait_listening(port, live, "tcp")
     subprocess.run([_ffmpeg(), "-hide_banner", "-loglevel", "error", "-readrate", "2", "-i",
                     str(DEMO), "-c", "copy", "-f", "rtsp", "-rtsp_transport", "tcp", url],
                    check=True, timeout=120)
@@ -112,7 +96,7 @@ def test_rtsp_listener_gives_the_file_replays_turns(tmp_path: Path) -> None:
 def test_a_stalled_stream_is_reconnected_and_the_session_goes_on(tmp_path: Path) -> None:
     port = free_port()
     live = _live(port, tmp_path, give_up=8, stall=1.5)
-    _wait_listening(port, live)
+    wait_listening(port, live)
     _push(port, "-t", "14", "-i", str(DEMO))
     time.sleep(5.0)  # longer than the stall timeout
     _push(port, "-ss", "14", "-i", str(DEMO))
@@ -173,7 +157,11 @@ def test_transcript_and_stop_arrive_over_mqtt(tmp_path: Path) -> None:
          "--mqtt", broker.url, "--session", "room", "--config", str(config)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(3.0)
+        wait_listening(port, live)  # running: the inbox subscribes as the pipeline starts
+        deadline = time.monotonic() + 30
+        while broker.retained("socialstream/room/status") != "online":
+            assert time.monotonic() < deadline, "the session never came online"
+        time.sleep(0.5)  # the inbox's own client subscribes alongside
         for line in read_transcript(DEMO.with_suffix(".srt")).lines:
             payload = json.dumps({"start": line.start, "end": line.end, "text": line.text})
             subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-q", "1", "-t",
@@ -213,8 +201,11 @@ def test_a_pipe_is_read_once_to_its_end(tmp_path: Path) -> None:
     stream = tmp_path / "demo.ts"
     subprocess.run([_ffmpeg(), "-hide_banner", "-loglevel", "error", "-i", str(DEMO), "-c",
                     "copy", "-f", "mpegts", str(stream)], check=True)
+    config = tmp_path / "mouth.yaml"  # the transport is tested, not the speaker model (MOUTH)
+    config.write_text(MOUTH)
     with stream.open("rb") as stdin:
-        result = run_cli("live", "-", "--json", stdin=stdin, timeout=120)
+        result = run_cli("live", "-", "--json", "--config", str(config), stdin=stdin,
+                         timeout=120)
     assert result.returncode == 0, result.stderr
     events = turn_events(result.stdout)
     assert len(events) == 12 and events[0]["start"] == 0.8

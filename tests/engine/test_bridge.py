@@ -88,6 +88,22 @@ async def _engine(model: Path, log_dir: Path) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+@contextlib.asynccontextmanager
+async def _served(broker: Broker, tmp_path: Path
+                  ) -> AsyncIterator[tuple[MqttConfig, PredictorConfig, aiomqtt.Client]]:
+    """The broker's settings, the engine service's and a client watching predictions."""
+    model = _tiny_model(tmp_path / "model")
+    mqtt = MqttConfig(url=broker.url, reconnect_min_s=0.1, drain_timeout_s=10)
+    async with _engine(model, tmp_path / "log") as url, \
+            aiomqtt.Client("127.0.0.1", broker.port) as watcher:
+        await watcher.subscribe("socialstream/+/prediction", qos=1)
+        yield mqtt, PredictorConfig(url=url), watcher
+
+
+def _turns(count: int = len(LINES)) -> list[Turn]:
+    return [_turn(k, SPEAKERS[k], LINES[k]) for k in range(count)]
+
+
 async def _publish(url: str, events: list[dict[str, Any]]) -> None:
     port = int(url.rsplit(":", 1)[1])
     async with aiomqtt.Client("127.0.0.1", port) as client:
@@ -111,14 +127,8 @@ async def test_a_restarted_bridge_answers_the_turns_sent_while_it_was_down_as_if
     the broker), a new bridge started: it answers 2-3 with the conversation so far taken
     from the turn log, the same answers as a conversation that never paused; a turn the
     broker delivers again is not answered twice."""
-    model = _tiny_model(tmp_path / "model")
-    turns = [_turn(k, SPEAKERS[k], LINES[k]) for k in range(len(LINES))]
-    mqtt = MqttConfig(url=broker.url, reconnect_min_s=0.1, drain_timeout_s=10)
-    async with _engine(model, tmp_path / "log") as url, \
-            aiomqtt.Client("127.0.0.1", broker.port) as watcher:
-        await watcher.subscribe("socialstream/+/prediction", qos=1)
-        engine = PredictorConfig(url=url)
-
+    turns = _turns()
+    async with _served(broker, tmp_path) as (mqtt, engine, watcher):
         async def bridge_until(count: int, events: list[dict[str, Any]]) -> list[dict]:
             stop = asyncio.Event()
             bridge = MqttBridge(mqtt, engine, TurnLog(tmp_path / "log"))
@@ -150,15 +160,10 @@ async def test_a_restarted_bridge_answers_the_turns_sent_while_it_was_down_as_if
 
 async def test_an_idle_conversation_is_closed_and_taken_again_from_the_log(
         broker: Broker, tmp_path: Path) -> None:
-    model = _tiny_model(tmp_path / "model")
-    turns = [_turn(k, SPEAKERS[k], LINES[k]) for k in range(len(LINES))]
-    mqtt = MqttConfig(url=broker.url, reconnect_min_s=0.1, drain_timeout_s=10)
-    async with _engine(model, tmp_path / "log") as url, \
-            aiomqtt.Client("127.0.0.1", broker.port) as watcher:
-        await watcher.subscribe("socialstream/+/prediction", qos=1)
+    turns = _turns()
+    async with _served(broker, tmp_path) as (mqtt, engine, watcher):
         stop = asyncio.Event()
-        bridge = MqttBridge(mqtt, PredictorConfig(url=url), TurnLog(tmp_path / "log"),
-                            idle_s=0.5)
+        bridge = MqttBridge(mqtt, engine, TurnLog(tmp_path / "log"), idle_s=0.5)
         running = asyncio.create_task(bridge.run(stop))
         await asyncio.sleep(0.5)
         await _publish(broker.url, [_event(t, "whole", "r1") for t in turns])
@@ -183,14 +188,10 @@ async def test_an_idle_conversation_is_closed_and_taken_again_from_the_log(
                                                      ("cues", "cues+engine")])
 async def test_the_bridge_answers_with_the_predictor_the_edge_asked_for(
         broker: Broker, tmp_path: Path, predictor: str, expected: str) -> None:
-    model = _tiny_model(tmp_path / "model")
-    turns = [_turn(k, SPEAKERS[k], LINES[k]) for k in range(2)]
-    mqtt = MqttConfig(url=broker.url, reconnect_min_s=0.1, drain_timeout_s=10)
-    async with _engine(model, tmp_path / "log") as url, \
-            aiomqtt.Client("127.0.0.1", broker.port) as watcher:
-        await watcher.subscribe("socialstream/+/prediction", qos=1)
+    turns = _turns(2)
+    async with _served(broker, tmp_path) as (mqtt, engine, watcher):
         stop = asyncio.Event()
-        bridge = MqttBridge(mqtt, PredictorConfig(url=url), TurnLog(tmp_path / "log"))
+        bridge = MqttBridge(mqtt, engine, TurnLog(tmp_path / "log"))
         running = asyncio.create_task(bridge.run(stop))
         await asyncio.sleep(0.5)
         await _publish(broker.url, [_event(t, "s", "r", predictor=predictor) for t in turns])

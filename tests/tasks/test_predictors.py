@@ -130,15 +130,18 @@ def test_the_shipped_weights_are_those_train_predictor_makes(tmp_path: Path) -> 
     train(read_items(paths).items, seed=0, sources=paths).save(tmp_path / "w.json")
     shipped = Path(__file__).resolve().parents[2] / "stream" / "tasks" / "fusion.json"
     made, kept = json.loads((tmp_path / "w.json").read_text()), json.loads(shipped.read_text())
-    # Same choices exactly; the numbers to what L-BFGS (gradient 1e-10) and the file's six
-    # decimals leave to another machine's float sums.
+    # Same choices exactly; the numbers to what another machine's float sums leave. Near
+    # the optimum the objective (a sum over ~2,000 items, |f| ~ 1e3) is flat to its own
+    # rounding (eps |f| ~ 1e-13) within sqrt(2 eps |f| / curvature) of it: about 5e-6 for
+    # the flattest weights (curvature ~ 1e-2), twice that between two machines. One AMD
+    # EPYC found MPP's vocative_here 2e-6 away from the shipped value.
     assert made["trained_on"] == kept["trained_on"]
     for task in kept["tasks"]:
         assert made["tasks"][task]["C"] == kept["tasks"][task]["C"]
         for name, value in kept["tasks"][task]["features"].items():
             for key in ("weight", "mean", "scale"):
                 assert made["tasks"][task]["features"][name][key] == pytest.approx(
-                    value[key], abs=2e-6), (task, name, key)
+                    value[key], abs=1e-5), (task, name, key)
 
 
 def test_shipped_fusion_beats_the_baselines_on_code_made_items(tmp_path: Path) -> None:
