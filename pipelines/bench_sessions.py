@@ -58,7 +58,6 @@ def _turns(count: int) -> list[Turn]:
 
 
 def bench_sessions(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
-
     if args.every <= 0 or args.session_turns < 1 or args.budget_mb <= 0:
         raise UserError("--every, --session-turns and --budget-mb must be positive")
     with tempfile.TemporaryDirectory() as folder:

@@ -28,7 +28,6 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
@@ -40,7 +39,7 @@ from stream.engine.config import PredictorConfig
 from stream.engine.remote import RemoteEngineStage
 from stream.engine.turnlog import TurnLog, turn_from_json
 from stream.events import dumps, prediction_event
-from stream.frames import PlayerView, Prediction, Turn
+from stream.frames import PlayerView, Turn
 from stream.tasks.stage import SocialStage
 
 log = logging.getLogger(__name__)
@@ -92,7 +91,6 @@ class MqttBridge:
         self.outbox: deque[tuple[str, bytes]] = deque()
         self._sent = asyncio.Event()
         self._warned: set[str] = set()
-        self.answered = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set; then wait (at most mqtt.drain_timeout_s) for what is
@@ -184,11 +182,12 @@ class MqttBridge:
             stage = SocialStage(predictor, part.get("names") or None,
                                 RemoteEngineStage(self.engine, key))
             conversation = self.conversations[key] = _Conversation(stage)
-            conversation.task = asyncio.create_task(self._answer(session, run, conversation))
+            conversation.task = asyncio.create_task(
+                self._answer(session, run, key, conversation))
         conversation.turns.put_nowait(turns)
 
-    async def _answer(self, session: str, run: str, conversation: _Conversation) -> None:
-        key = f"{session}/{run}"
+    async def _answer(self, session: str, run: str, key: str,
+                      conversation: _Conversation) -> None:
         stage = conversation.stage
         assert stage.engine is not None
         await stage.engine.start()
@@ -211,16 +210,10 @@ class MqttBridge:
             taken, seen = turns
             if taken.index <= conversation.last:
                 continue
-            engine = _first(await stage.engine.process(taken))
-            prediction = stage.answer(seen, engine)
+            prediction = await stage.respond(taken, seen)
             conversation.last = taken.index
             if prediction is None:  # predictor engine, and the engine gave no answer
                 continue
             self.outbox.append((f"{self.mqtt.prefix}/{session}/prediction",
                                 dumps(prediction_event(prediction, session, run)).encode()))
-            self.answered += 1
             self._sent.set()
-
-
-def _first(items: Sequence[Any]) -> Prediction | None:
-    return next((p for p in items if isinstance(p, Prediction)), None)

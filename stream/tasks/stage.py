@@ -75,12 +75,18 @@ class SocialStage(Stage):
     async def process(self, item: Item) -> Sequence[Item]:
         if not isinstance(item, Turn):
             return ()
+        answered = await self.respond(item, item)
+        return (answered,) if answered is not None else ()
+
+    async def respond(self, taken: Turn, seen: Turn) -> Prediction | None:
+        """The engine (when there is one) takes `taken`, the predictor answers about `seen`:
+        the same turn in a pipeline; in the MQTT bridge the engine's key frames and every
+        key frame's players, which arrive apart."""
         engine = None
         if self.engine is not None:
-            engine = next((p for p in await self.engine.process(item)
+            engine = next((p for p in await self.engine.process(taken)
                            if isinstance(p, Prediction)), None)
-        answered = self.answer(item, engine)
-        return (answered,) if answered is not None else ()
+        return self.answer(seen, engine)
 
     def answer(self, turn: Turn, engine: Prediction | None) -> Prediction | None:
         """The turn's prediction given the engine's (None when no engine answered): the
