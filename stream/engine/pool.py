@@ -48,6 +48,8 @@ class _Conversation:
     replays (empty when the pool has a turn log)."""
     logged: int = 0
     """With a turn log: its size when the resident session last matched it."""
+    last: int | None = None
+    """The index of the last turn taken, when a resident session holds it."""
 
 
 @dataclass(frozen=True)
@@ -77,9 +79,13 @@ class SessionPool:
         and answer its questions; then evict other sessions until the budget holds."""
         began = time.perf_counter()
         predictor = self._predictor(session)
+        last = self._conversations[session].last
+        if last is not None and turn.index <= last:
+            return self._again(session, turn, began)
         try:
             speaker, report = predictor.take(turn)
             self._keep(session, turn)
+            self._conversations[session].last = turn.index
         except BaseException:
             # Half a turn may be in the cache, or a turn the log does not have: drop the
             # session, the next turn rebuilds it from what was kept.
@@ -88,6 +94,30 @@ class SessionPool:
         prediction = predictor.answer(turn, speaker, report, began)
         self._fit(keep=session)
         return prediction
+
+    def _again(self, session: str, turn: Turn, began: float) -> Prediction:
+        """A turn the session took before, sent again: its answer never reached the caller
+        (a replica that logged it and died, a reply lost on the way, a bridge that
+        restarted before passing it on). Taken twice it would be in the conversation
+        twice; it is answered as the first time was, from the turns before it, and the
+        conversation stays as it is."""
+        history = self._history(session)
+        if not any(t.index == turn.index and t.text == turn.text for t in history):
+            raise ValueError(f"session {session!r} took other words as turn {turn.index}; "
+                             "a turn index comes once per conversation")
+        predictor = Predictor(self.backend, self.config, self.names)
+        before = [t for t in history if t.index < turn.index]
+        self.rebuilds += 1
+        self.rebuilt_turns += len(before)
+        for old in before:
+            predictor.take(old)
+        speaker, report = predictor.take(turn)
+        return predictor.answer(turn, speaker, report, began)
+
+    def _history(self, session: str) -> list[Turn]:
+        if self.log is None:
+            return self._conversations[session].turns
+        return self.log.turns(session)
 
     def forget(self, session: str) -> None:
         """The conversation is over: its cache and turns go."""
@@ -123,7 +153,8 @@ class SessionPool:
             predictor = None
         if predictor is None:
             predictor = Predictor(self.backend, self.config, self.names)
-            history = conversation.turns if self.log is None else self.log.turns(session)
+            history = self._history(session)
+            conversation.last = history[-1].index if history else None
             if history:
                 self.rebuilds += 1
                 self.rebuilt_turns += len(history)

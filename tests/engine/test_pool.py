@@ -170,6 +170,34 @@ def test_pools_sharing_a_log_rebuild_a_session_another_one_moved_on(
     assert [p.stats().rebuilds for p in pools] == [1, 2]  # turn 2; turns 1 and 3
 
 
+@pytest.mark.parametrize("logged", [False, True])
+def test_a_turn_sent_again_is_answered_as_before_and_taken_once(
+        llama: TextBackend, tmp_path: Path, logged: bool) -> None:
+    """A replica that logged a turn and died before answering, or a reply lost on the way:
+    the caller sends the turn again. It is answered as the first time and the
+    conversation goes on as if it came once (taken twice, turn 2 would differ)."""
+    config = PredictorConfig(model="tiny")
+
+    def pool() -> SessionPool:
+        return SessionPool(llama, config, budget_bytes=1 << 30,
+                           log=TurnLog(tmp_path) if logged else None)
+
+    turns = [_turn(k, SPEAKERS[k], LINES[k]) for k in range(len(LINES))]
+    alone, served = Predictor(llama, config), pool()
+    first = [_scores(alone.turn(turn)) for turn in turns]
+    assert [_scores(served.turn("a", turn)) for turn in turns[:2]] == first[:2]
+    if logged:
+        served = pool()  # the replica that took turn 1 is gone; another one answers
+    assert _scores(served.turn("a", turns[1])) == first[1]
+    assert _scores(served.turn("a", turns[2])) == first[2]
+    assert _scores(served.turn("a", turns[0])) == first[0], "an older turn, answered as before"
+    assert _scores(served.turn("a", turns[3])) == first[3]
+    if logged:
+        assert [t.index for t in TurnLog(tmp_path).turns("a")] == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="took other words as turn 3"):
+        served.turn("a", _turn(3, SPEAKERS[3], "Other words under the same index."))
+
+
 def test_the_service_forgets_sessions_idle_past_the_keep_time(tmp_path: Path) -> None:
     """Logs untouched for longer than keep_s go (file and pool), the others stay; checked at
     most once a minute."""
