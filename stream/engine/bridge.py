@@ -13,12 +13,15 @@ A conversation is one run of a session (`<session>/<run>`), as in process: a sec
 replay of the same file starts a fresh one. Turns of one conversation are answered in
 order, conversations side by side. The bridge's subscription is a persistent MQTT
 session (QoS 1, a fixed client id), so turns published while it is down wait at the
-broker; a bridge that restarts mid-conversation takes the conversation's words again
-from the service's turn log before its next turn (so does a conversation that was idle
-for `idle_s` and closed here). Predictions wait in memory while the
-broker is away and go out, in order, when it is back. A turn event without an `engine`
-part (an edge that was not started with `--engine mqtt://...`) is skipped with one
-warning per session.
+broker. A turn is acknowledged to the broker only once its prediction is published (or
+once it is known to need none), so a turn the bridge had taken but not answered when it
+died comes again to the next bridge. A bridge that restarts mid-conversation takes the
+conversation's words again from the service's turn log, up to the first turn it gets
+(so does a conversation that was idle for `idle_s` and closed here); the service
+answers a turn it took before as it did then (`SessionPool`). A turn delivered twice is
+answered once. Predictions wait in memory while the broker is away and go out, in
+order, when it is back. A turn event without an `engine` part (an edge that was not
+started with `--engine mqtt://...`) is skipped with one warning per session.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import contextlib
 import json
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
@@ -45,6 +49,9 @@ from stream.tasks.stage import SocialStage
 log = logging.getLogger(__name__)
 PREDICTORS = ("fusion", "cues", "engine")
 """What an edge may ask the bridge for (`predictions.predictor`; `none` sends no turns)."""
+Ack = Callable[[], None]
+"""Acknowledges a received turn to the broker (nothing once that connection is gone: the
+broker sends the turn again on the next one)."""
 
 
 def engine_part(turn: Turn, names: dict[str, str] | None,
@@ -73,8 +80,8 @@ def bridged_turns(event: dict[str, Any]) -> tuple[Turn, Turn]:
 @dataclass
 class _Conversation:
     stage: SocialStage
-    turns: asyncio.Queue[tuple[Turn, Turn] | None] = field(default_factory=asyncio.Queue)
-    last: int = -1
+    turns: asyncio.Queue[tuple[Turn, Turn, Ack] | None] = field(default_factory=asyncio.Queue)
+    last: int | None = None
     """The last turn index answered (a turn the broker delivers again is not)."""
     task: asyncio.Task[None] | None = None
 
@@ -88,13 +95,17 @@ class MqttBridge:
         self.mqtt, self.engine, self.turn_log, self.idle_s = mqtt, engine, turn_log, idle_s
         self.host, self.port, _, _ = broker_address(mqtt.url)
         self.conversations: dict[str, _Conversation] = {}
-        self.outbox: deque[tuple[str, bytes]] = deque()
+        self.outbox: deque[tuple[str | None, bytes, Ack]] = deque()
+        """What goes to the broker, in order: predictions (topic, payload) and the
+        acknowledgement of the turn each answers (topic None: only the acknowledgement)."""
+        self._client: aiomqtt.Client | None = None
         self._sent = asyncio.Event()
         self._warned: set[str] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set; then wait (at most mqtt.drain_timeout_s) for what is
-        being answered and sent."""
+        being answered and sent. A turn still unanswered then stays unacknowledged: the
+        broker gives it to the next bridge."""
         connection = asyncio.create_task(self._connect_forever())
         await stop.wait()
         workers = [c.task for c in self.conversations.values() if c.task is not None]
@@ -106,9 +117,10 @@ class MqttBridge:
                 while self.outbox:
                     self._sent.clear()
                     await self._sent.wait()
-        connection.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await connection
+        self._client = None  # no acknowledgement from here on
+        for task in [*workers, connection]:
+            task.cancel()
+        await asyncio.gather(*workers, connection, return_exceptions=True)
         for conversation in self.conversations.values():
             await conversation.stage.stop()
         if self.outbox:
@@ -119,10 +131,15 @@ class MqttBridge:
         delay, outage = self.mqtt.reconnect_min_s, False
         topic = f"{self.mqtt.prefix}/+/turn"
         while True:
+            client = mqtt_client(
+                self.mqtt, identifier=f"socialstream-serve-{quote(self.mqtt.prefix)}",
+                clean_session=False, keepalive=5)
+            # Before connecting: a persistent session's waiting turns come at once. aiomqtt
+            # has no option for it, so it is set on the paho client underneath.
+            client._client.manual_ack_set(True)
             try:
-                async with mqtt_client(
-                        self.mqtt, identifier=f"socialstream-serve-{quote(self.mqtt.prefix)}",
-                        clean_session=False, keepalive=5) as client:
+                async with client:
+                    self._client = client
                     if outage:
                         log.warning("MQTT broker %s:%d is back", self.host, self.port)
                     delay, outage = self.mqtt.reconnect_min_s, False
@@ -131,7 +148,8 @@ class MqttBridge:
                     sender = asyncio.create_task(self._send(client))
                     try:
                         async for message in client.messages:
-                            self._receive(str(message.topic), bytes(message.payload))
+                            self._receive(str(message.topic), bytes(message.payload),
+                                          self._acknowledger(client, message.mid))
                     finally:
                         sender.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
@@ -144,17 +162,30 @@ class MqttBridge:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.mqtt.reconnect_max_s)
 
+    def _acknowledger(self, client: aiomqtt.Client, mid: int) -> Ack:
+        def ack() -> None:
+            if self._client is client:  # a message id belongs to its connection
+                client._client.ack(mid, 1)
+        return ack
+
     async def _send(self, client: aiomqtt.Client) -> None:
         while True:
             while self.outbox:
-                topic, payload = self.outbox[0]
-                await client.publish(topic, payload, qos=1, timeout=10)
+                topic, payload, ack = self.outbox[0]
+                if topic is not None:
+                    await client.publish(topic, payload, qos=1, timeout=10)
+                ack()
                 self.outbox.popleft()
                 self._sent.set()
             self._sent.clear()
             await self._sent.wait()
 
-    def _receive(self, topic: str, payload: bytes) -> None:
+    def _done(self, ack: Ack, topic: str | None = None, payload: bytes = b"") -> None:
+        """The turn is answered: the acknowledgement goes after what was queued before."""
+        self.outbox.append((topic, payload, ack))
+        self._sent.set()
+
+    def _receive(self, topic: str, payload: bytes, ack: Ack) -> None:
         session = topic.split("/")[-2]
         try:
             event = json.loads(payload)
@@ -164,11 +195,13 @@ class MqttBridge:
                     log.warning("session %r: its turn events carry no engine part; start the "
                                 "edge with --engine %s to have them answered here", session,
                                 self.mqtt.url)
+                self._done(ack)
                 return
             run = str(event["run"])
-            turns = bridged_turns(event)
+            taken, seen = bridged_turns(event)
         except (ValueError, KeyError, TypeError) as e:
             log.warning("%s: not a turn event (%s); skipped", topic, e)
+            self._done(ack)
             return
         key = f"{session}/{run}"
         conversation = self.conversations.get(key)
@@ -178,23 +211,20 @@ class MqttBridge:
             if predictor not in PREDICTORS:
                 log.warning("%s: predictor %r is none of %s; skipped", topic, predictor,
                             ", ".join(PREDICTORS))
+                self._done(ack)
                 return
             stage = SocialStage(predictor, part.get("names") or None,
                                 RemoteEngineStage(self.engine, key))
             conversation = self.conversations[key] = _Conversation(stage)
             conversation.task = asyncio.create_task(
                 self._answer(session, run, key, conversation))
-        conversation.turns.put_nowait(turns)
+        conversation.turns.put_nowait((taken, seen, ack))
 
     async def _answer(self, session: str, run: str, key: str,
                       conversation: _Conversation) -> None:
         stage = conversation.stage
         assert stage.engine is not None
         await stage.engine.start()
-        # A restarted bridge: the words of the turns the service took before it.
-        for old in self.turn_log.turns(key):
-            stage.predict(old)
-            conversation.last = old.index
         while True:
             try:
                 async with asyncio.timeout(self.idle_s):
@@ -207,13 +237,20 @@ class MqttBridge:
                 continue
             if turns is None:
                 return
-            taken, seen = turns
-            if taken.index <= conversation.last:
+            taken, seen, ack = turns
+            if conversation.last is None:
+                # A restarted bridge, or a conversation closed when idle: the words of the
+                # turns before this one, as the service took them.
+                for old in self.turn_log.turns(key):
+                    if old.index < taken.index:
+                        stage.predict(old)
+            elif taken.index <= conversation.last:  # delivered again: answered once
+                self._done(ack)
                 continue
             prediction = await stage.respond(taken, seen)
             conversation.last = taken.index
             if prediction is None:  # predictor engine, and the engine gave no answer
+                self._done(ack)
                 continue
-            self.outbox.append((f"{self.mqtt.prefix}/{session}/prediction",
-                                dumps(prediction_event(prediction, session, run)).encode()))
-            self._sent.set()
+            self._done(ack, f"{self.mqtt.prefix}/{session}/prediction",
+                       dumps(prediction_event(prediction, session, run)).encode())

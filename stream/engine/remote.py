@@ -10,7 +10,8 @@ The service must answer when the stage starts (else a one-line error says where 
 was looked for). Later, a turn that fails (a replica that died, a restart) is retried
 until `url_timeout_s`, then its engine answers are given up with a warning: the
 fusion predictor still answers that turn, and the service's turn log keeps the
-conversation whole for the turns after it.
+conversation whole for the turns after it. A turn the service refuses (HTTP 4xx: not a
+turn, other words under an index it took) is not retried: it would be refused again.
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ class RemoteEngineStage(Stage):
             problem = await self._post(body)
             if isinstance(problem, dict):
                 return (prediction_from_event(problem, item, time.perf_counter() - began),)
+            if problem.startswith("HTTP 4"):  # the service refused the turn: no retry helps
+                log.warning("engine service %s: turn %d refused (%s); the turn goes on "
+                            "without the engine's scores", self.url, item.index, problem)
+                return ()
             if time.monotonic() + RETRY_S > until:
                 log.warning("engine service %s: turn %d got no answer in %.0f s (%s); the "
                             "turn goes on without the engine's scores", self.url, item.index,

@@ -107,7 +107,10 @@ def deployment(config: dict[str, Any], budget_bytes: int, log_dir: str, *,
                 return JSONResponse({"error": f"not a turn ({e})"}, status_code=400)
             await self.session(session)
             async with self.lock:
-                event = await asyncio.to_thread(self.service.turn, session, turn)
+                try:
+                    event = await asyncio.to_thread(self.service.turn, session, turn)
+                except ValueError as e:  # a turn the session cannot take (pool.turn)
+                    return JSONResponse({"error": str(e)}, status_code=409)
             replica = serve.get_replica_context().replica_id.unique_id
             return JSONResponse({**event, "replica": replica, "pid": os.getpid()})
 

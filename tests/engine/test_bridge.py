@@ -62,8 +62,9 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 @contextlib.asynccontextmanager
-async def _engine(model: Path, log_dir: Path) -> AsyncIterator[str]:
-    """The engine service's HTTP protocol on a free port; yields its URL."""
+async def _engine(model: Path, log_dir: Path, gate: asyncio.Event) -> AsyncIterator[str]:
+    """The engine service's HTTP protocol on a free port; yields its URL. A turn waits for
+    the gate to be open before the service takes it."""
     service = EngineService({"model": str(model)}, 2**30, str(log_dir))
     lock = asyncio.Lock()
 
@@ -72,6 +73,7 @@ async def _engine(model: Path, log_dir: Path) -> AsyncIterator[str]:
         if not session:
             return web.json_response({"error": "no session"}, status=400)
         turn = turn_from_json(await request.json())
+        await gate.wait()
         async with lock:
             event = await asyncio.to_thread(service.turn, session, turn)
         return web.json_response(event)
@@ -89,12 +91,15 @@ async def _engine(model: Path, log_dir: Path) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def _served(broker: Broker, tmp_path: Path
+async def _served(broker: Broker, tmp_path: Path, gate: asyncio.Event | None = None
                   ) -> AsyncIterator[tuple[MqttConfig, PredictorConfig, aiomqtt.Client]]:
     """The broker's settings, the engine service's and a client watching predictions."""
     model = _tiny_model(tmp_path / "model")
     mqtt = MqttConfig(url=broker.url, reconnect_min_s=0.1, drain_timeout_s=10)
-    async with _engine(model, tmp_path / "log") as url, \
+    if gate is None:
+        gate = asyncio.Event()
+        gate.set()
+    async with _engine(model, tmp_path / "log", gate) as url, \
             aiomqtt.Client("127.0.0.1", broker.port) as watcher:
         await watcher.subscribe("socialstream/+/prediction", qos=1)
         yield mqtt, PredictorConfig(url=url), watcher
@@ -156,6 +161,52 @@ async def test_a_restarted_bridge_answers_the_turns_sent_while_it_was_down_as_if
     assert [e["id"] for e in first + rest] == [f"cut/r1/prediction/{k}" for k in range(4)]
     assert answers(first + rest) == answers(whole)
     assert all(e["predictor"] == "fusion+engine" and e["addressee"]["scores"] for e in whole)
+
+
+async def test_a_turn_the_bridge_had_not_answered_when_it_stopped_goes_to_the_next_one(
+        broker: Broker, tmp_path: Path) -> None:
+    """Turn 2 reaches the bridge, the engine holds it, the bridge stops before it has an
+    answer (its drain time is up): the broker gives turn 2 again to the next bridge,
+    which answers it and turn 3 as a conversation that never paused. The service took
+    turn 2 from the first bridge's request as well; it is in the conversation once."""
+    turns = _turns()
+    gate = asyncio.Event()
+    gate.set()
+    async with _served(broker, tmp_path, gate) as (mqtt, engine, watcher):
+        async def bridge(events: list[dict[str, Any]]) -> tuple[asyncio.Event, asyncio.Task]:
+            stop = asyncio.Event()
+            brief = mqtt.model_copy(update={"drain_timeout_s": 0.5})
+            running = asyncio.create_task(
+                MqttBridge(brief, engine, TurnLog(tmp_path / "log")).run(stop))
+            await asyncio.sleep(0.5)  # subscribed
+            await _publish(broker.url, events)
+            return stop, running
+
+        stop, running = await bridge([_event(t, "whole", "r1") for t in turns])
+        whole = await _collect(watcher, 4)
+        stop.set()
+        await running
+        stop, running = await bridge([_event(t, "cut", "r1") for t in turns[:2]])
+        first = await _collect(watcher, 2)
+        gate.clear()
+        await _publish(broker.url, [_event(turns[2], "cut", "r1")])
+        await asyncio.sleep(0.5)  # at the engine, which holds it
+        stop.set()
+        await running
+        await _publish(broker.url, [_event(turns[3], "cut", "r1")])
+        gate.set()
+        stop, running = await bridge([])
+        rest = await _collect(watcher, 2)
+        stop.set()
+        await running
+
+    def answers(events: list[dict]) -> list[dict]:
+        return [{k: e[k] for k in ("turn", "addressee", "pronouns", "mentioned")}
+                for e in events]
+
+    assert [e["turn"] for e in first + rest] == [0, 1, 2, 3]
+    assert answers(first + rest) == answers(whole)
+    assert [t.index for t in TurnLog(tmp_path / "log").turns("cut/r1")] == [0, 1, 2, 3]
 
 
 async def test_an_idle_conversation_is_closed_and_taken_again_from_the_log(
