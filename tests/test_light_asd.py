@@ -158,3 +158,23 @@ async def test_light_asd_that_falls_behind_a_paced_replay_gives_way_to_mouth_mot
     assert len({f.speaker for f in after} - {None}) >= 2
     tail = probe.delays[-30:]
     assert float(np.median(tail)) < 1.0
+
+
+async def test_after_falling_behind_a_reset_keeps_mouth_motion() -> None:
+    """A live `reset` (a new group sat down) forgets players, not that this CPU cannot run
+    Light-ASD in real time: it would only fall behind again, warning again."""
+    import time
+
+    from stream.speaker.perception import PerceptionStage
+
+    stage = PerceptionStage(load_config().perception, pace=1.0)
+    await stage.start()
+    try:
+        assert stage.core is not None and stage.core.scorer is not None
+        stage._clock = (time.monotonic() - 10.0, 0.0)  # 10 s of wall clock for 0 s of media
+        stage._keep_up(0.0)
+        assert stage.fell_back_at == 0.0 and stage.core.scorer is None
+        stage.reset()
+        assert stage.core.scorer is None
+    finally:
+        await stage.stop()

@@ -282,7 +282,7 @@ class PerceptionStage(Stage):
     def _core(self) -> Perception:
         assert self._detector is not None
         scorer = None
-        if self.model == "light_asd":
+        if self.model == "light_asd" and self.fell_back_at is None:
             from stream.speaker.asd import LightAsdScorer
 
             speaker = self.config.speaker
@@ -291,7 +291,8 @@ class PerceptionStage(Stage):
         return Perception(self.config, self._detector.detect, scorer)
 
     def reset(self) -> None:
-        """Forget players, tracks and cues (people changed seats, a new group sat down)."""
+        """Forget players, tracks and cues (people changed seats, a new group sat down).
+        Light-ASD that fell behind stays off: the CPU is no faster for a new group."""
         if self._detector is not None:
             self.core = self._core()
 
