@@ -123,9 +123,11 @@ class MqttBridge:
         await asyncio.gather(*workers, connection, return_exceptions=True)
         for conversation in self.conversations.values():
             await conversation.stage.stop()
-        if self.outbox:
-            log.warning("MQTT broker %s:%d: %d predictions not sent before stopping",
-                        self.host, self.port, len(self.outbox))
+        unsent = sum(1 for topic, _, _ in self.outbox if topic is not None)
+        if unsent:
+            log.warning("MQTT broker %s:%d: %d predictions not sent before stopping; their "
+                        "turns stay at the broker for the next bridge", self.host, self.port,
+                        unsent)
 
     async def _connect_forever(self) -> None:
         delay, outage = self.mqtt.reconnect_min_s, False
@@ -224,7 +226,7 @@ class MqttBridge:
                       conversation: _Conversation) -> None:
         stage = conversation.stage
         assert stage.engine is not None
-        await stage.engine.start()
+        started = False
         while True:
             try:
                 async with asyncio.timeout(self.idle_s):
@@ -238,18 +240,28 @@ class MqttBridge:
             if turns is None:
                 return
             taken, seen, ack = turns
-            if conversation.last is None:
-                # A restarted bridge, or a conversation closed when idle: the words of the
-                # turns before this one, as the service took them.
-                for old in self.turn_log.turns(key):
-                    if old.index < taken.index:
-                        stage.predict(old)
-            elif taken.index <= conversation.last:  # delivered again: answered once
-                self._done(ack)
+            if conversation.last is not None and taken.index <= conversation.last:
+                self._done(ack)  # delivered again: answered once
                 continue
-            prediction = await stage.respond(taken, seen)
+            try:
+                if not started:
+                    await stage.engine.start()
+                    started = True
+                if conversation.last is None:
+                    # A restarted bridge, or a conversation closed when idle: the words of
+                    # the turns before this one, as the service took them.
+                    for old in self.turn_log.turns(key):
+                        if old.index < taken.index:
+                            stage.predict(old)
+                prediction = await stage.respond(taken, seen)
+            except Exception as e:
+                # Its turns unacknowledged, one stuck conversation would soon hold every
+                # turn back (the broker sends a client at most 20 unacknowledged).
+                log.error("%s: turn %d not answered (%s: %s)", key, taken.index,
+                          type(e).__name__, e)
+                prediction = None
             conversation.last = taken.index
-            if prediction is None:  # predictor engine, and the engine gave no answer
+            if prediction is None:  # not answered, or the engine predictor got no answer
                 self._done(ack)
                 continue
             self._done(ack, f"{self.mqtt.prefix}/{session}/prediction",

@@ -209,6 +209,30 @@ async def test_a_turn_the_bridge_had_not_answered_when_it_stopped_goes_to_the_ne
     assert [t.index for t in TurnLog(tmp_path / "log").turns("cut/r1")] == [0, 1, 2, 3]
 
 
+async def test_a_turn_that_cannot_be_answered_holds_no_other_back(
+        broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The bridge's turn log of one conversation is damaged: its first turn cannot be
+    answered (one error line) and is let go, the conversation goes on, and other
+    conversations are answered. Were it kept unacknowledged with the rest of its turns,
+    the broker (at most 20 unacknowledged per client) would send nothing more."""
+    damaged = tmp_path / "bridge-log"
+    damaged.mkdir()
+    (damaged / "bad%2Fr1.jsonl").write_text("{broken\n{broken\n")
+    turns = [_turn(k, SPEAKERS[k % 4], LINES[k % 4]) for k in range(25)]
+    async with _served(broker, tmp_path) as (mqtt, engine, watcher):
+        stop = asyncio.Event()
+        running = asyncio.create_task(MqttBridge(mqtt, engine, TurnLog(damaged)).run(stop))
+        await asyncio.sleep(0.5)
+        await _publish(broker.url, [_event(t, "bad", "r1") for t in turns]
+                       + [_event(turns[0], "good", "r1")])
+        got = await _collect(watcher, 25)
+        stop.set()
+        await running
+    assert sorted((e["session"], e["turn"]) for e in got) == sorted(
+        [("bad", k) for k in range(1, 25)] + [("good", 0)])
+    assert "bad/r1: turn 0 not answered (TurnLogError" in caplog.text
+
+
 async def test_an_idle_conversation_is_closed_and_taken_again_from_the_log(
         broker: Broker, tmp_path: Path) -> None:
     turns = _turns()
