@@ -81,7 +81,9 @@ class SessionPool:
         predictor = self._predictor(session)
         last = self._conversations[session].last
         if last is not None and turn.index <= last:
-            return self._again(session, turn, began)
+            prediction = self._again(session, turn, began)
+            self._fit(keep=session)  # the session may have been rebuilt to know `last`
+            return prediction
         try:
             speaker, report = predictor.take(turn)
             self._keep(session, turn)
