@@ -24,9 +24,10 @@ from stream.engine.service import HEADER, EngineService
 from stream.engine.turnlog import TurnLog, turn_from_json
 from stream.events import dumps, turn_event, turn_schema
 from stream.frames import Turn
-from tests.broker import Broker, free_port
+from tests.broker import Broker
 from tests.engine.test_predict import _turn
 from tests.engine.test_serve import LINES, SPEAKERS, _tiny_model
+from tests.serving import serving
 
 NAMES = {"P2": "Ben"}
 
@@ -78,16 +79,8 @@ async def _engine(model: Path, log_dir: Path, gate: asyncio.Event) -> AsyncItera
             event = await asyncio.to_thread(service.turn, session, turn)
         return web.json_response(event)
 
-    app = web.Application()
-    app.router.add_post("/", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        await runner.cleanup()
+    async with serving(answer) as url:
+        yield url
 
 
 @contextlib.asynccontextmanager

@@ -9,8 +9,8 @@ from aiohttp import web
 
 from stream.engine.config import PredictorConfig
 from stream.engine.remote import RemoteEngineStage
-from tests.broker import free_port
 from tests.engine.test_predict import _turn
+from tests.serving import serving
 
 
 @pytest.mark.parametrize(("status", "tries"), [(409, 1), (503, None)])
@@ -27,21 +27,15 @@ async def test_a_refused_turn_is_not_retried_a_failed_one_is(
         posts.append(body)
         return web.json_response({"error": "no"}, status=status)
 
-    app = web.Application()
-    app.router.add_post("/", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    stage = RemoteEngineStage(PredictorConfig(url=f"http://127.0.0.1:{port}/",
-                                              url_timeout_s=2.0), "s/r")
-    try:
+    async with serving(answer) as url:
+        stage = RemoteEngineStage(PredictorConfig(url=url, url_timeout_s=2.0), "s/r")
         await stage.start()
-        with caplog.at_level(logging.WARNING):
-            assert await stage.process(_turn(0, "P1", "Ben, did you finish the map?")) == ()
-    finally:
-        await stage.stop()
-        await runner.cleanup()
+        try:
+            with caplog.at_level(logging.WARNING):
+                turn = _turn(0, "P1", "Ben, did you finish the map?")
+                assert await stage.process(turn) == ()
+        finally:
+            await stage.stop()
     if tries is None:
         assert len(posts) > 1 and "got no answer in 2 s" in caplog.text
     else:
