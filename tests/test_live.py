@@ -201,8 +201,11 @@ def test_a_pipe_is_read_once_to_its_end(tmp_path: Path) -> None:
     stream = tmp_path / "demo.ts"
     subprocess.run([_ffmpeg(), "-hide_banner", "-loglevel", "error", "-i", str(DEMO), "-c",
                     "copy", "-f", "mpegts", str(stream)], check=True)
-    config = tmp_path / "mouth.yaml"  # the transport is tested, not the speaker model (MOUTH)
-    config.write_text(MOUTH)
+    # The transport is tested. A pipe comes as fast as it is read, so perception (even mouth
+    # motion) drops stale video whenever the CPU is busy, and a speaker change that the
+    # dropped frames blur split a turn under load (13 turns for 12): perception is off.
+    config = tmp_path / "voice.yaml"
+    config.write_text("perception:\n  enabled: false\n")
     with stream.open("rb") as stdin:
         result = run_cli("live", "-", "--json", "--config", str(config), stdin=stdin,
                          timeout=120)
