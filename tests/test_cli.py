@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -93,12 +92,13 @@ def test_sigint_drains_and_flushes_what_was_produced(demo: Path, tmp_path: Path)
         [sys.executable, "-m", "pipelines.cli", "replay", str(demo), "--json", "--realtime",
          "--speed", "4", "--out", str(out)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # A few turns in: at 4x, or as fast as Light-ASD allows here (real-time factor ~0.75).
-    time.sleep(8.0)
+    # Once the first turn is out (not after a fixed sleep, which a slow start-up overruns).
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
-    printed = stdout.splitlines()
+    printed = [first.rstrip("\n"), *stdout.splitlines()]
     assert 1 <= len(turn_events(printed)) < 12
     assert out.read_text().splitlines() == printed
     assert "interrupted" in stderr and "stage metrics" in stderr
