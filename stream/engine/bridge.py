@@ -19,8 +19,10 @@ died comes again to the next bridge. A bridge that restarts mid-conversation tak
 conversation's words again from the service's turn log, up to the first turn it gets
 (so does a conversation that was idle for `idle_s` and closed here); the service
 answers a turn it took before as it did then (`SessionPool`). A turn delivered twice is
-answered once. Predictions wait in memory while the broker is away and go out, in
-order, when it is back. A turn event without an `engine` part (an edge that was not
+answered once. A turn that cannot be answered at all (the service unreachable, a
+damaged turn log) is one error line and is let go, so that it holds no other turn back.
+Predictions wait in memory while the broker is away and go out, in order, when it is
+back. A turn event without an `engine` part (an edge that was not
 started with `--engine mqtt://...`) is skipped with one warning per session.
 """
 
