@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,30 @@ async def _collect(client: aiomqtt.Client, count: int) -> list[dict[str, Any]]:
     return got
 
 
+@contextlib.asynccontextmanager
+async def _running(bridge: MqttBridge, url: str, events: Sequence[dict[str, Any]] = ()
+                   ) -> AsyncIterator[None]:
+    """The bridge serving, subscribed, with `events` published to it; stopped at the end
+    (what it is answering drains)."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(bridge.run(stop))
+    await asyncio.sleep(0.5)  # subscribed
+    await _publish(url, list(events))
+    try:
+        yield
+    finally:
+        stop.set()
+        await running
+
+
+ANSWER = ("turn", "addressee", "pronouns", "mentioned")
+
+
+def _answers(events: list[dict[str, Any]], keys: Sequence[str] = ANSWER) -> list[dict]:
+    """What a prediction event answers, without its ids, run and latency."""
+    return [{k: e[k] for k in keys} for e in events]
+
+
 async def test_a_restarted_bridge_answers_the_turns_sent_while_it_was_down_as_if_never_down(
         broker: Broker, tmp_path: Path) -> None:
     """Turns 0-1 answered, the bridge stopped, turns 2-3 published meanwhile (they wait at
@@ -128,15 +152,9 @@ async def test_a_restarted_bridge_answers_the_turns_sent_while_it_was_down_as_if
     turns = _turns()
     async with _served(broker, tmp_path) as (mqtt, engine, watcher):
         async def bridge_until(count: int, events: list[dict[str, Any]]) -> list[dict]:
-            stop = asyncio.Event()
             bridge = MqttBridge(mqtt, engine, TurnLog(tmp_path / "log"))
-            running = asyncio.create_task(bridge.run(stop))
-            await asyncio.sleep(0.5)  # subscribed
-            await _publish(broker.url, events)
-            got = await _collect(watcher, count)
-            stop.set()
-            await running
-            return got
+            async with _running(bridge, broker.url, events):
+                return await _collect(watcher, count)
 
         whole = await bridge_until(4, [_event(t, "whole", "r1") for t in turns])
         first = await bridge_until(2, [_event(t, "cut", "r1") for t in turns[:2]])
@@ -147,12 +165,9 @@ async def test_a_restarted_bridge_answers_the_turns_sent_while_it_was_down_as_if
             async with asyncio.timeout(1.5):
                 await anext(watcher.messages)
 
-    def answers(events: list[dict]) -> list[dict]:
-        return [{k: e[k] for k in ("turn", "speaker", "predictor", "addressee", "pronouns",
-                                   "mentioned")} for e in events]
-
+    keys = (*ANSWER, "speaker", "predictor")
     assert [e["id"] for e in first + rest] == [f"cut/r1/prediction/{k}" for k in range(4)]
-    assert answers(first + rest) == answers(whole)
+    assert _answers(first + rest, keys) == _answers(whole, keys)
     assert all(e["predictor"] == "fusion+engine" and e["addressee"]["scores"] for e in whole)
 
 
@@ -166,39 +181,25 @@ async def test_a_turn_the_bridge_had_not_answered_when_it_stopped_goes_to_the_ne
     gate = asyncio.Event()
     gate.set()
     async with _served(broker, tmp_path, gate) as (mqtt, engine, watcher):
-        async def bridge(events: list[dict[str, Any]]) -> tuple[asyncio.Event, asyncio.Task]:
-            stop = asyncio.Event()
+        def bridge() -> MqttBridge:
             brief = mqtt.model_copy(update={"drain_timeout_s": 0.5})
-            running = asyncio.create_task(
-                MqttBridge(brief, engine, TurnLog(tmp_path / "log")).run(stop))
-            await asyncio.sleep(0.5)  # subscribed
-            await _publish(broker.url, events)
-            return stop, running
+            return MqttBridge(brief, engine, TurnLog(tmp_path / "log"))
 
-        stop, running = await bridge([_event(t, "whole", "r1") for t in turns])
-        whole = await _collect(watcher, 4)
-        stop.set()
-        await running
-        stop, running = await bridge([_event(t, "cut", "r1") for t in turns[:2]])
-        first = await _collect(watcher, 2)
-        gate.clear()
-        await _publish(broker.url, [_event(turns[2], "cut", "r1")])
-        await asyncio.sleep(0.5)  # at the engine, which holds it
-        stop.set()
-        await running
+        async with _running(bridge(), broker.url, [_event(t, "whole", "r1") for t in turns]):
+            whole = await _collect(watcher, 4)
+        async with _running(bridge(), broker.url,
+                            [_event(t, "cut", "r1") for t in turns[:2]]):
+            first = await _collect(watcher, 2)
+            gate.clear()
+            await _publish(broker.url, [_event(turns[2], "cut", "r1")])
+            await asyncio.sleep(0.5)  # at the engine, which holds it
         await _publish(broker.url, [_event(turns[3], "cut", "r1")])
         gate.set()
-        stop, running = await bridge([])
-        rest = await _collect(watcher, 2)
-        stop.set()
-        await running
-
-    def answers(events: list[dict]) -> list[dict]:
-        return [{k: e[k] for k in ("turn", "addressee", "pronouns", "mentioned")}
-                for e in events]
+        async with _running(bridge(), broker.url):
+            rest = await _collect(watcher, 2)
 
     assert [e["turn"] for e in first + rest] == [0, 1, 2, 3]
-    assert answers(first + rest) == answers(whole)
+    assert _answers(first + rest) == _answers(whole)
     assert [t.index for t in TurnLog(tmp_path / "log").turns("cut/r1")] == [0, 1, 2, 3]
 
 
@@ -213,14 +214,9 @@ async def test_a_turn_that_cannot_be_answered_holds_no_other_back(
     (damaged / "bad%2Fr1.jsonl").write_text("{broken\n{broken\n")
     turns = [_turn(k, SPEAKERS[k % 4], LINES[k % 4]) for k in range(25)]
     async with _served(broker, tmp_path) as (mqtt, engine, watcher):
-        stop = asyncio.Event()
-        running = asyncio.create_task(MqttBridge(mqtt, engine, TurnLog(damaged)).run(stop))
-        await asyncio.sleep(0.5)
-        await _publish(broker.url, [_event(t, "bad", "r1") for t in turns]
-                       + [_event(turns[0], "good", "r1")])
-        got = await _collect(watcher, 25)
-        stop.set()
-        await running
+        events = [_event(t, "bad", "r1") for t in turns] + [_event(turns[0], "good", "r1")]
+        async with _running(MqttBridge(mqtt, engine, TurnLog(damaged)), broker.url, events):
+            got = await _collect(watcher, 25)
     assert sorted((e["session"], e["turn"]) for e in got) == sorted(
         [("bad", k) for k in range(1, 25)] + [("good", 0)])
     assert "bad/r1: turn 0 not answered (TurnLogError" in caplog.text
@@ -230,26 +226,17 @@ async def test_an_idle_conversation_is_closed_and_taken_again_from_the_log(
         broker: Broker, tmp_path: Path) -> None:
     turns = _turns()
     async with _served(broker, tmp_path) as (mqtt, engine, watcher):
-        stop = asyncio.Event()
         bridge = MqttBridge(mqtt, engine, TurnLog(tmp_path / "log"), idle_s=0.5)
-        running = asyncio.create_task(bridge.run(stop))
-        await asyncio.sleep(0.5)
-        await _publish(broker.url, [_event(t, "whole", "r1") for t in turns])
-        whole = await _collect(watcher, 4)
-        await _publish(broker.url, [_event(t, "paused", "r1") for t in turns[:2]])
-        paused = await _collect(watcher, 2)
-        await asyncio.sleep(1.5)
-        assert bridge.conversations == {}, "both conversations were closed when idle"
-        await _publish(broker.url, [_event(t, "paused", "r1") for t in turns[2:]])
-        paused += await _collect(watcher, 2)
-        stop.set()
-        await running
+        async with _running(bridge, broker.url, [_event(t, "whole", "r1") for t in turns]):
+            whole = await _collect(watcher, 4)
+            await _publish(broker.url, [_event(t, "paused", "r1") for t in turns[:2]])
+            paused = await _collect(watcher, 2)
+            await asyncio.sleep(1.5)
+            assert bridge.conversations == {}, "both conversations were closed when idle"
+            await _publish(broker.url, [_event(t, "paused", "r1") for t in turns[2:]])
+            paused += await _collect(watcher, 2)
 
-    def answers(events: list[dict]) -> list[dict]:
-        return [{k: e[k] for k in ("turn", "addressee", "pronouns", "mentioned")}
-                for e in events]
-
-    assert answers(paused) == answers(whole)
+    assert _answers(paused) == _answers(whole)
 
 
 @pytest.mark.parametrize(("predictor", "expected"), [("engine", "engine"),
@@ -258,14 +245,10 @@ async def test_the_bridge_answers_with_the_predictor_the_edge_asked_for(
         broker: Broker, tmp_path: Path, predictor: str, expected: str) -> None:
     turns = _turns(2)
     async with _served(broker, tmp_path) as (mqtt, engine, watcher):
-        stop = asyncio.Event()
         bridge = MqttBridge(mqtt, engine, TurnLog(tmp_path / "log"))
-        running = asyncio.create_task(bridge.run(stop))
-        await asyncio.sleep(0.5)
-        await _publish(broker.url, [_event(t, "s", "r", predictor=predictor) for t in turns])
-        got = await _collect(watcher, 2)
-        stop.set()
-        await running
+        events = [_event(t, "s", "r", predictor=predictor) for t in turns]
+        async with _running(bridge, broker.url, events):
+            got = await _collect(watcher, 2)
     assert [e["predictor"] for e in got] == [expected] * 2
     for event in got:  # the engine's answer is its best score; the cues' is their own
         scores = event["addressee"]["scores"]
