@@ -125,7 +125,7 @@ async def _decode_only(media: str) -> int:
 
 
 SPEAKER_MODELS = ("light_asd", "mouth")
-SCENES = ("demo", "duo", "quartet", "varied")
+SCENES = ("demo", "duo", "quartet", "varied", "handover")
 
 
 def _config(model: str | None = None, **overrides: Any) -> ReplayConfig:

@@ -80,6 +80,20 @@ def test_no_face_means_no_speaker_and_no_crash() -> None:
     assert frame.players == () and frame.speaker is None and frame.voiced
 
 
+def test_a_speech_frame_counts_once_and_either_overlapping_speaker_is_right() -> None:
+    truth = {"turns": [{"start": 0.0, "end": 1.0, "speaker": "P1"},
+                       {"start": 0.5, "end": 1.5, "speaker": "P2"}]}
+    image = np.zeros((4, 4, 3), np.uint8)
+    frames = [PerceivedFrame(pts=pts, frame=VideoFrame(pts=pts, image=image), players=(),
+                             voiced=True, speaker=speaker, confidence=1.0)
+              for pts, speaker in ((0.25, "P1"), (0.6, "P3"), (0.75, "P2"), (1.25, "P2"),
+                                   (1.75, None))]
+    result = score(frames, [], truth)
+    # Speech frames 0.25, 0.6, 0.75, 1.25; right: P1 alone, then P2 in the overlap and after.
+    assert result.frame_accuracy == 3 / 4
+    assert result.onset_lags == (0.25, 0.25)
+
+
 def _perceive(media: Path, model: str = "light_asd") -> tuple[list[PerceivedFrame], list[Turn]]:
     return replay_and_collect(str(media), load_config(None, {
         "perception": {"speaker": {"model": model}}, "predictions": {"predictor": "none"}}))
@@ -130,6 +144,9 @@ def test_handovers_without_pauses_are_split_where_the_speaker_changes(
     print(f"handover, transcript {transcript}: boundaries {errors}, turns "
           f"{[(t.start, t.end, t.closed_by) for t in turns]}")
     assert result.turn_accuracy == 1.0, "8 turns, each with its speaker"
+    # The README's figure: the frames lost are Light-ASD's lag at handovers (0.2-0.45 s)
+    # and the last seconds of a turn spoken with the back turned.
+    assert round(result.frame_accuracy, 3) == 0.828
     assert (sum(e <= 0.3 for e in errors), max(errors)) == (found, worst)
     split = [t for t in turns if t.closed_by == "speaker"]
     assert len(split) == 6, "two handovers without a pause, two overlaps, two near-pauses"

@@ -12,7 +12,10 @@ from stream.frames import PerceivedFrame, Turn
 @dataclass(frozen=True)
 class SpeakerScore:
     frame_accuracy: float
-    """Share of frames inside true turns whose per-frame speaker is the true one."""
+    """Share of speech frames (inside at least one true turn) whose per-frame speaker is
+    someone speaking then. Each frame counts once: where two turns overlap, either
+    speaker is right (counted once per turn, an overlap frame was always wrong once, and
+    the handover scene could not pass 85.7 %)."""
     turn_accuracy: float
     """Share of turns whose voted speaker is the true one."""
     onset_lags: tuple[float, ...]
@@ -23,14 +26,16 @@ class SpeakerScore:
 
 def score(frames: Sequence[PerceivedFrame], turns: Sequence[Turn],
           truth: dict[str, Any]) -> SpeakerScore:
-    hits = total = 0
     lags = []
     for spoken in truth["turns"]:
-        inside = [f for f in frames if spoken["start"] <= f.pts <= spoken["end"]]
-        right = [f for f in inside if f.speaker == spoken["speaker"]]
-        hits += len(right)
-        total += len(inside)
+        right = [f for f in frames
+                 if spoken["start"] <= f.pts <= spoken["end"] and f.speaker == spoken["speaker"]]
         lags.append(right[0].pts - spoken["start"] if right else spoken["end"] - spoken["start"])
+    speaking = [(f, {s["speaker"] for s in truth["turns"] if s["start"] <= f.pts <= s["end"]})
+                for f in frames]
+    speech = [(f, who) for f, who in speaking if who]
+    hits = sum(1 for f, who in speech if f.speaker in who)
+    total = len(speech)
     voted = sum(
         1 for turn, spoken in zip(turns, truth["turns"], strict=False)
         if turn.vote is not None and turn.vote.speaker == spoken["speaker"])
