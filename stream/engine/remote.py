@@ -11,7 +11,8 @@ was looked for). Later, a turn that fails (a replica that died, a restart) is re
 until `url_timeout_s`, then its engine answers are given up with a warning: the
 fusion predictor still answers that turn, and the service's turn log keeps the
 conversation whole for the turns after it. A turn the service refuses (HTTP 4xx: not a
-turn, other words under an index it took) is not retried: it would be refused again.
+turn, other words under an index it took) is not retried: it would be refused again;
+408 and 429 (timed out, too many requests) ask for a later try and get one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -35,6 +37,24 @@ from stream.runtime import Stage
 
 log = logging.getLogger(__name__)
 RETRY_S = 0.5
+LATER = frozenset((408, 429))
+"""4xx statuses that ask the client to try again later."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a turn got no prediction event: an HTTP status, or a connection problem."""
+
+    reason: str
+    status: int | None = None
+
+    @property
+    def refused(self) -> bool:
+        """The service judged the turn itself: sending it again would be refused again."""
+        return self.status is not None and 400 <= self.status < 500 and self.status not in LATER
+
+    def __str__(self) -> str:
+        return self.reason if self.status is None else f"HTTP {self.status}: {self.reason}"
 
 
 class RemoteEngineStage(Stage):
@@ -74,7 +94,7 @@ class RemoteEngineStage(Stage):
             problem = await self._post(body)
             if isinstance(problem, dict):
                 return (prediction_from_event(problem, item, time.perf_counter() - began),)
-            if problem.startswith("HTTP 4"):  # the service refused the turn: no retry helps
+            if problem.refused:
                 log.warning("engine service %s: turn %d refused (%s); the turn goes on "
                             "without the engine's scores", self.url, item.index, problem)
                 return ()
@@ -85,7 +105,7 @@ class RemoteEngineStage(Stage):
                 return ()
             await asyncio.sleep(RETRY_S)
 
-    async def _post(self, body: bytes) -> dict[str, Any] | str:
+    async def _post(self, body: bytes) -> dict[str, Any] | Failure:
         """The prediction event, or what went wrong."""
         assert self.http is not None
         try:
@@ -93,9 +113,9 @@ class RemoteEngineStage(Stage):
                     HEADER: self.session, "Content-Type": "application/json"}) as response:
                 if response.status == 200:
                     return await response.json()
-                return f"HTTP {response.status}: {(await response.text())[:200]}"
+                return Failure((await response.text())[:200], response.status)
         except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError) as e:
-            return str(e) or type(e).__name__
+            return Failure(str(e) or type(e).__name__)
 
 
 def bridged(config: PredictorConfig) -> bool:

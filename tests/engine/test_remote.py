@@ -13,11 +13,12 @@ from tests.engine.test_predict import _turn
 from tests.serving import serving
 
 
-@pytest.mark.parametrize(("status", "tries"), [(409, 1), (503, None)])
+@pytest.mark.parametrize(("status", "tries"), [(409, 1), (503, None), (429, None)])
 async def test_a_refused_turn_is_not_retried_a_failed_one_is(
         status: int, tries: int | None, caplog: pytest.LogCaptureFixture) -> None:
     """409 (the service took other words under this index) would be refused again; 503 (no
-    replica yet) may pass on a later try, until url_timeout_s."""
+    replica yet) and 429 (too many requests) may pass on a later try, until
+    url_timeout_s."""
     posts: list[bytes] = []
 
     async def answer(request: web.Request) -> web.Response:
