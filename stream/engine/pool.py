@@ -49,7 +49,8 @@ class _Conversation:
     logged: int = 0
     """With a turn log: its size when the resident session last matched it."""
     last: int | None = None
-    """The index of the last turn taken, when a resident session holds it."""
+    """The index of the last turn taken (from the kept turns when the session was not in
+    memory)."""
 
 
 @dataclass(frozen=True)
@@ -78,16 +79,20 @@ class SessionPool:
         """Take the turn into the conversation's session (rebuilt first if it was evicted)
         and answer its questions; then evict other sessions until the budget holds."""
         began = time.perf_counter()
-        predictor = self._predictor(session)
-        last = self._conversations[session].last
-        if last is not None and turn.index <= last:
-            prediction = self._again(session, turn, began)
-            self._fit(keep=session)  # the session may have been rebuilt to know `last`
-            return prediction
+        conversation = self._conversations.setdefault(session, _Conversation())
+        predictor = self._current(session)
+        history = None if predictor is not None else self._history(session)
+        if history is not None:
+            conversation.last = history[-1].index if history else None
+        if conversation.last is not None and turn.index <= conversation.last:
+            return self._again(session, turn, began,
+                               self._history(session) if history is None else history)
+        if predictor is None:
+            predictor = self._rebuild(session, history or [])
         try:
             speaker, report = predictor.take(turn)
             self._keep(session, turn)
-            self._conversations[session].last = turn.index
+            conversation.last = turn.index
         except BaseException:
             # Half a turn may be in the cache, or a turn the log does not have: drop the
             # session, the next turn rebuilds it from what was kept.
@@ -97,13 +102,15 @@ class SessionPool:
         self._fit(keep=session)
         return prediction
 
-    def _again(self, session: str, turn: Turn, began: float) -> Prediction:
+    def _again(self, session: str, turn: Turn, began: float, history: list[Turn]
+               ) -> Prediction:
         """A turn the session took before, sent again: its answer never reached the caller
         (a replica that logged it and died, a reply lost on the way, a bridge that
         restarted before passing it on). Taken twice it would be in the conversation
         twice; it is answered as the first time was, from the turns before it, and the
-        conversation stays as it is."""
-        history = self._history(session)
+        conversation stays as it is. When it is the last turn and the session is not in
+        memory (the usual case: another replica took it and died), the session built to
+        answer it is the whole conversation, and stays: the next turn needs no rebuild."""
         if not any(t.index == turn.index and t.text == turn.text for t in history):
             raise ValueError(f"session {session!r} took other words as turn {turn.index}; "
                              "a turn index comes once per conversation")
@@ -114,7 +121,13 @@ class SessionPool:
         for old in before:
             predictor.take(old)
         speaker, report = predictor.take(turn)
-        return predictor.answer(turn, speaker, report, began)
+        prediction = predictor.answer(turn, speaker, report, began)
+        if session not in self._resident and turn.index == history[-1].index:
+            self._resident[session] = predictor
+            if self.log is not None:
+                self._conversations[session].logged = self.log.size(session)
+            self._fit(keep=session)
+        return prediction
 
     def _history(self, session: str) -> list[Turn]:
         if self.log is None:
@@ -144,28 +157,30 @@ class SessionPool:
                          cached_bytes=self.cached_bytes(), evictions=self.evictions,
                          rebuilds=self.rebuilds, rebuilt_turns=self.rebuilt_turns)
 
-    def _predictor(self, session: str) -> Predictor:
-        conversation = self._conversations.setdefault(session, _Conversation())
+    def _current(self, session: str) -> Predictor | None:
+        """The session in memory, if it holds every turn taken (most recently used now)."""
         predictor = self._resident.get(session)
         if predictor is not None and self.log is not None \
-                and self.log.size(session) != conversation.logged:
+                and self.log.size(session) != self._conversations[session].logged:
             # Another process sharing the log took turns of this session since: ours is
             # behind, so it is rebuilt from the log.
             del self._resident[session]
             predictor = None
-        if predictor is None:
-            predictor = Predictor(self.backend, self.config, self.names)
-            history = self._history(session)
-            conversation.last = history[-1].index if history else None
-            if history:
-                self.rebuilds += 1
-                self.rebuilt_turns += len(history)
-                for old in history:
-                    predictor.take(old)
-            if self.log is not None:
-                conversation.logged = self.log.size(session)
-            self._resident[session] = predictor
-        self._resident.move_to_end(session)
+        if predictor is not None:
+            self._resident.move_to_end(session)
+        return predictor
+
+    def _rebuild(self, session: str, history: list[Turn]) -> Predictor:
+        """The session from the turns it took (none for a new conversation)."""
+        predictor = Predictor(self.backend, self.config, self.names)
+        if history:
+            self.rebuilds += 1
+            self.rebuilt_turns += len(history)
+            for old in history:
+                predictor.take(old)
+        if self.log is not None:
+            self._conversations[session].logged = self.log.size(session)
+        self._resident[session] = predictor
         return predictor
 
     def _keep(self, session: str, turn: Turn) -> None:

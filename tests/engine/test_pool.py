@@ -194,6 +194,10 @@ def test_a_turn_sent_again_is_answered_as_before_and_taken_once(
     assert _scores(served.turn("a", turns[3])) == first[3]
     if logged:
         assert [t.index for t in TurnLog(tmp_path).turns("a")] == [0, 1, 2, 3]
+    # Turn 1 again is answered from turn 0 (the new replica keeps that session, now whole,
+    # for turn 2), turn 0 again from nothing: one turn taken again in all. Before, the new
+    # replica also rebuilt turns 0-1 first to learn that 1 was taken.
+    assert served.stats().rebuilt_turns == 1
     with pytest.raises(ValueError, match="took other words as turn 3"):
         served.turn("a", _turn(3, SPEAKERS[3], "Other words under the same index."))
 
