@@ -123,9 +123,7 @@ class SessionPool:
         speaker, report = predictor.take(turn)
         prediction = predictor.answer(turn, speaker, report, began)
         if session not in self._resident and turn.index == history[-1].index:
-            self._resident[session] = predictor
-            if self.log is not None:
-                self._conversations[session].logged = self.log.size(session)
+            self._hold(session, predictor)
             self._fit(keep=session)
         return prediction
 
@@ -178,10 +176,14 @@ class SessionPool:
             self.rebuilt_turns += len(history)
             for old in history:
                 predictor.take(old)
+        self._hold(session, predictor)
+        return predictor
+
+    def _hold(self, session: str, predictor: Predictor) -> None:
+        """Keep `predictor` in memory as the session, in step with the turn log's size."""
         if self.log is not None:
             self._conversations[session].logged = self.log.size(session)
         self._resident[session] = predictor
-        return predictor
 
     def _keep(self, session: str, turn: Turn) -> None:
         taken = key_frames(turn, self.config.frames_per_turn)
