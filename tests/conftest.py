@@ -44,18 +44,3 @@ def run_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedP
     return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=kwargs.pop("cwd", ROOT), env=env,
                           **kwargs)
-
-
-def signalled_after_first_line(*args: str, signal_number: int
-                               ) -> tuple[int, list[str], str]:
-    """The command line, sent `signal_number` once its first stdout line is out (not after a
-    fixed sleep, which a slow start-up overruns): its exit code, every line it printed, and
-    its stderr."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    first = proc.stdout.readline()
-    proc.send_signal(signal_number)
-    stdout, stderr = proc.communicate(timeout=60)
-    return proc.returncode, [first.rstrip("\n"), *stdout.splitlines()], stderr

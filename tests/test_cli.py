@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PREDICTION, ROOT, TURN, run_cli, signalled_after_first_line, turn_events
+from tests.conftest import PREDICTION, ROOT, TURN, run_cli, turn_events
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -88,10 +88,17 @@ def test_a_full_disk_under_the_output_is_a_user_error_naming_it(demo: Path) -> N
 
 def test_sigint_drains_and_flushes_what_was_produced(demo: Path, tmp_path: Path) -> None:
     out = tmp_path / "events.jsonl"
-    code, printed, stderr = signalled_after_first_line(
-        "replay", str(demo), "--json", "--realtime", "--speed", "4", "--out", str(out),
-        signal_number=signal.SIGINT)
-    assert code == 130, stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "replay", str(demo), "--json", "--realtime",
+         "--speed", "4", "--out", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Once the first turn is out (not after a fixed sleep, which a slow start-up overruns).
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    printed = [first.rstrip("\n"), *stdout.splitlines()]
     assert 1 <= len(turn_events(printed)) < 12
     assert out.read_text().splitlines() == printed
     assert "interrupted" in stderr and "stage metrics" in stderr
