@@ -255,11 +255,13 @@ def _exit_code(report: ReplayReport) -> int:
 def _sinks(args: argparse.Namespace, config: ReplayConfig, session: str) -> list[Stage]:
     names = config.perception.names
     run = new_run()  # one per run, shared by every sink: ids match across outputs
-    stdout: Stage = JsonlSink(session, names=names, run=run) if args.json \
-        else ConsoleSink(Console(soft_wrap=True), names)
-    sinks = [stdout]
-    if config.output.out is not None:
-        sinks.append(JsonlSink(session, config.output.out, names, run))
+    out = config.output.out
+    if args.json:  # one sink for stdout and --out: both get the same lines in one order
+        sinks: list[Stage] = [JsonlSink(session, out, names, run, echo=True)]
+    else:
+        sinks = [ConsoleSink(Console(soft_wrap=True), names)]
+        if out is not None:
+            sinks.append(JsonlSink(session, out, names, run))
     mqtt, engine = config.mqtt, None
     if bridged(config.engine):
         if mqtt.url not in (None, config.engine.url):

@@ -38,6 +38,24 @@ def turn_events(lines: str | list[str]) -> list[dict]:
     return events_of(lines, TURN)
 
 
+def signalled_after_first_line(number: int, *args: str,
+                                timeout: float = 60) -> tuple[int, list[str], str]:
+    """Run the command line, send it `number` once its first line is out (not after a fixed
+    sleep, which a slow start-up overruns), and return its exit code, every stdout line and
+    stderr.
+
+    The pipe is read unbuffered: `communicate()` reads the file descriptor, not a reader's
+    buffer, so lines a buffered `readline()` had read ahead would be lost to the result.
+    """
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # byte by byte: nothing past the line leaves the pipe
+    proc.send_signal(number)
+    stdout, stderr = proc.communicate(timeout=timeout)
+    return proc.returncode, (first + stdout).decode().splitlines(), stderr.decode()
+
+
 def run_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess[str]:
     """The installed command line, as a user runs it (its own process, pipes, no TTY)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

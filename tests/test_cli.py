@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PREDICTION, ROOT, TURN, run_cli, turn_events
+from pipelines import cli
+from stream.frames import Prediction, Turn
+from stream.sinks.jsonl import JsonlSink
+from tests.conftest import PREDICTION, ROOT, TURN, run_cli, signalled_after_first_line, turn_events
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -34,6 +37,26 @@ def test_json_mode_prints_only_events_on_stdout(demo: Path, tmp_path: Path) -> N
     assert all(e["predictor"] == "fusion" for e in events[1::2])
     assert out.read_text().splitlines() == lines
     assert "stage metrics" in result.stderr and "12 turns" in result.stderr
+
+
+async def test_json_and_out_are_one_writer_so_they_agree_line_for_line(
+        demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Two sinks each merged turns with predictions as they arrived, so a prediction could
+    # land before the next turn in one output and after it in the other.
+    out = tmp_path / "events.jsonl"
+    args = cli._parser().parse_args(["replay", str(demo), "--json", "--out", str(out)])
+    sinks = cli._sinks(args, cli._replay_config(args), "demo")
+    writers = [sink for sink in sinks if isinstance(sink, JsonlSink)]
+    assert writers == sinks and len(writers) == 1
+    sink = writers[0]
+    await sink.start()
+    await sink.process(Turn(pts=1.0, index=0, start=0.0, end=0.8, text="hello"))
+    await sink.process(Prediction(pts=1.2, turn=0, start=0.0, end=0.8, speaker=None,
+                                  answers=(), latency_s=0.2))
+    await sink.stop()
+    printed = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["schema"] for line in printed] == [TURN, PREDICTION]
+    assert out.read_text().splitlines() == printed
 
 
 def test_human_mode_prints_readable_turns(demo: Path) -> None:
@@ -88,17 +111,10 @@ def test_a_full_disk_under_the_output_is_a_user_error_naming_it(demo: Path) -> N
 
 def test_sigint_drains_and_flushes_what_was_produced(demo: Path, tmp_path: Path) -> None:
     out = tmp_path / "events.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "replay", str(demo), "--json", "--realtime",
-         "--speed", "4", "--out", str(out)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Once the first turn is out (not after a fixed sleep, which a slow start-up overruns).
-    assert proc.stdout is not None
-    first = proc.stdout.readline()
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    printed = [first.rstrip("\n"), *stdout.splitlines()]
+    returncode, printed, stderr = signalled_after_first_line(
+        signal.SIGINT, "replay", str(demo), "--json", "--realtime", "--speed", "4",
+        "--out", str(out))
+    assert returncode == 130, stderr
     assert 1 <= len(turn_events(printed)) < 12
     assert out.read_text().splitlines() == printed
     assert "interrupted" in stderr and "stage metrics" in stderr

@@ -21,7 +21,7 @@ from pipelines.replay import Collect
 from stream.audio.vad import VadConfig, VadStage
 from stream.frames import AudioChunk, SpeechSegment
 from stream.runtime import Pipeline, Source
-from tests.conftest import DEMO, ROOT, run_cli, turn_events
+from tests.conftest import DEMO, ROOT, run_cli, signalled_after_first_line, turn_events
 from tests.media import RATE, tone_track
 
 SRT = ROOT / "examples" / "demo.srt"
@@ -287,13 +287,9 @@ def _cli(*args: str) -> subprocess.Popen[str]:
 @pytest.mark.parametrize(("number", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_sigterm_and_sighup_drain_like_ctrl_c(tmp_path: Path, number: int, code: int) -> None:
     out = tmp_path / "events.jsonl"
-    proc = _cli("replay", str(DEMO), "--json", "--speed", "4", "--out", str(out))
-    assert proc.stdout is not None
-    first = proc.stdout.readline()  # once the first turn is out, not after a fixed sleep
-    proc.send_signal(number)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == code, stderr
-    printed = [first.rstrip("\n"), *stdout.splitlines()]
+    returncode, printed, stderr = signalled_after_first_line(
+        number, "replay", str(DEMO), "--json", "--speed", "4", "--out", str(out))
+    assert returncode == code, stderr
     assert 1 <= len(turn_events(printed)) < 12 and out.read_text().splitlines() == printed
     assert "draining what is in flight" in stderr and "stage metrics" in stderr
 

@@ -4,6 +4,10 @@ Each event is one write of a whole line, so whatever was emitted before a crash
 or Ctrl-C is on disk. A write that fails part-way (a full disk, a file size
 limit) is cut back to the last whole line before the error is raised, so the
 file never ends in half an event; the error names the file and the reason.
+
+With `--json --out FILE` one sink writes each line to the file and then to
+stdout. Two sinks would each merge turns and unordered predictions by their own
+arrival, so the file and what was printed could differ in order.
 """
 
 from __future__ import annotations
@@ -25,10 +29,13 @@ class JsonlSink(Stage):
     inputs = (Turn, Prediction)
 
     def __init__(self, session: str, path: Path | None = None,
-                 names: dict[str, str] | None = None, run: str = "0") -> None:
+                 names: dict[str, str] | None = None, run: str = "0",
+                 echo: bool = False) -> None:
         self.session, self.run = session, run
         self.names = names or {}
         self.path = path
+        self.echo = echo or path is None
+        """Also print each line on stdout (always, without a file)."""
         self.written = 0
         self._fd: int | None = None
         self._size = 0
@@ -53,14 +60,17 @@ class JsonlSink(Stage):
 
     def write(self, event: dict) -> None:
         line = dumps(event) + "\n"
-        try:
-            if self.path is None:
+        if self.path is not None:
+            try:
+                self._write_whole(line.encode("utf-8"))
+            except OSError as exc:
+                raise self._failed(self.path, exc) from exc
+        if self.echo:
+            try:
                 sys.stdout.write(line)
                 sys.stdout.flush()
-            else:
-                self._write_whole(line.encode("utf-8"))
-        except OSError as exc:
-            raise self._failed(exc) from exc
+            except OSError as exc:
+                raise self._failed("stdout", exc) from exc
         self.written += 1
 
     def _write_whole(self, data: bytes) -> None:
@@ -81,9 +91,8 @@ class JsonlSink(Stage):
             try:
                 os.close(fd)
             except OSError as exc:
-                raise self._failed(exc) from exc
+                raise self._failed(self.path, exc) from exc
 
-    def _failed(self, exc: OSError) -> UserError:
-        where = self.path if self.path is not None else "stdout"
+    def _failed(self, where: Path | str, exc: OSError) -> UserError:
         return UserError(f"{where}: writing events failed after {self.written} "
                          f"({exc.strerror or exc}); free space or choose another --out")
