@@ -82,6 +82,9 @@ class SpeechSegment(DataItem):
 
     start: float
     end: float
+    cut: bool = False
+    """Ended by the end of the audio (the stream stopped, or its audio did) while still
+    voiced, not by a pause: the speech may go on past `end`."""
 
 
 @dataclass(frozen=True, kw_only=True)

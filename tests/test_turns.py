@@ -97,6 +97,35 @@ def test_without_audio_lines_are_the_turns() -> None:
     assert [f.pts for f in turns[1].keyframes] == [2.0, 2.5, 3.0]
 
 
+def test_speech_the_end_of_the_audio_cuts_short_takes_its_line_once() -> None:
+    # Ctrl-C at 3.96 s, 0.16 s into a line that runs to 6.08 s: the audio heard all of the
+    # line it could. One turn with its words, not an empty one and the line again.
+    items = [*frames(3.9), *speech(1.0, 2.5), line(1.0, 2.5, "before"),
+             line(3.82, 6.08, "cut off"), SpeechStarted(pts=3.92, start=3.8),
+             SpeechSegment(pts=3.96, start=3.8, end=3.96, cut=True)]
+    turns = run(items)
+    assert [(t.text, t.origin, t.start, t.end) for t in turns] == [
+        ("before", "speech", 1.0, 2.5), ("cut off", "speech", 3.8, 3.96)]
+
+
+def test_speech_cut_by_audio_that_stops_mid_stream_waits_only_a_hangover() -> None:
+    core = TurnAssembler(TurnConfig(), orphan_delay_s=HANGOVER)
+    cut = SpeechSegment(pts=3.0, start=2.0, end=3.0, cut=True)
+    items = [*frames(3.0), SpeechStarted(pts=2.12, start=2.0), cut, line(2.0, 3.3, "cut off"),
+             *frames(4.0)[31:]]
+    out = [(item.pts, core.push(item)) for item in sorted(items, key=lambda i: i.pts)]
+    assert core.held_since is None
+    (when, turns), = ((pts, turns) for pts, turns in out if turns)
+    assert when == 3.5 and [(t.text, t.end, t.pts) for t in turns] == [("cut off", 3.0, 3.0)]
+
+
+def test_a_pause_still_needs_half_the_line() -> None:
+    # The same span closed by silence is not cut: the line is mostly later speech.
+    items = [*frames(7), SpeechStarted(pts=3.92, start=3.8),
+             SpeechSegment(pts=4.36, start=3.8, end=3.96), line(3.82, 6.08, "later")]
+    assert [(t.text, t.origin) for t in run(items)] == [("", "speech"), ("later", "transcript")]
+
+
 def test_frame_memory_is_bounded() -> None:
     core = TurnAssembler(TurnConfig(frame_memory_s=5.0))
     for frame in frames(100, fps=30):

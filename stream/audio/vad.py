@@ -177,7 +177,7 @@ class VoiceActivity:
         events: list[Item] = []
         if self.speaking:
             events.append(SpeechSegment(pts=self.closes_at, start=self._run_start,
-                                        end=self._last_voiced_end))
+                                        end=self._last_voiced_end, cut=True))
         self.reset()
         return events
 

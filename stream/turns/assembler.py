@@ -17,6 +17,11 @@ who turns away or leaves the picture keeps the turn: nothing shows she
 stopped, so a face still in view cannot take it over, and the turn's speaker
 is voted over the frames where she was seen.
 
+Speech that the end of the audio cuts short (a stop, a recording whose audio
+ends first) is judged by the part of each line the audio reached, so a stop in
+the middle of a line gives one turn with its words, not an empty turn and the
+same words again. It is held a hangover first: its lines come after it.
+
 A transcript line that no speech segment claims still becomes a turn of its
 own (`origin: transcript`): nothing said is lost, and a clip without audio
 gets its turns from the transcript alone.
@@ -121,6 +126,10 @@ class TurnAssembler:
         self._both: deque[tuple[float, float]] = deque()
         """Spans where two faces spoke at once."""
         self._both_since: float | None = None
+        self._cut: tuple[SpeechSegment, str | None, float | None] | None = None
+        """Speech the end of the audio cut short (with its holder and reach-back), held
+        until the lines it was saying can have arrived: at the end of the stream they
+        come after it, since a line is known from its own end."""
         self._index = 0
         self._now = -math.inf
         self._media_now = -math.inf
@@ -131,6 +140,9 @@ class TurnAssembler:
         turns: list[Turn] = []
         if not isinstance(item, TranscriptLine):
             self._media_now = max(self._media_now, item.pts)
+            if self._cut is not None and (isinstance(item, SpeechStarted | SpeechSegment)
+                                          or item.pts > self._cut[0].pts + self.orphan_delay_s):
+                turns.extend(self._close_cut())
         if isinstance(item, VideoFrame | PerceivedFrame):
             self._keep_frame(item)
             if isinstance(item, PerceivedFrame):
@@ -144,9 +156,12 @@ class TurnAssembler:
         elif isinstance(item, SpeechSegment):
             start = item.start if self._open_start is None else max(item.start, self._open_start)
             holder, self._open_start, self._holder, self._rival = self._holder, None, None, None
-            rest = SpeechSegment(pts=item.pts, start=start, end=item.end)
+            rest = SpeechSegment(pts=item.pts, start=start, end=item.end, cut=item.cut)
             if item.end > start and not self._short_rest(rest):
-                turns.extend(self._close_segment(rest, "silence", holder, self._reach_back))
+                if item.cut:
+                    self._cut = (rest, holder, self._reach_back)
+                else:
+                    turns.extend(self._close_segment(rest, "silence", holder, self._reach_back))
             self._reach_back = None
         turns.extend(self._orphans(final=False))
         return turns
@@ -154,7 +169,18 @@ class TurnAssembler:
     def flush(self) -> list[Turn]:
         """End of stream: every line still waiting becomes a turn."""
         self._open_start = None
-        return self._orphans(final=True)
+        return self._close_cut() + self._orphans(final=True)
+
+    @property
+    def held_since(self) -> float | None:
+        """When the held cut-short speech was decided: nothing it emits is earlier."""
+        return None if self._cut is None else self._cut[0].pts
+
+    def _close_cut(self) -> list[Turn]:
+        if self._cut is None:
+            return []
+        (segment, holder, reach_back), self._cut = self._cut, None
+        return self._close_segment(segment, "silence", holder, reach_back)
 
     # -- frames ----------------------------------------------------------
     def _keep_frame(self, frame: VideoFrame | PerceivedFrame) -> None:
@@ -316,8 +342,12 @@ class TurnAssembler:
         return turns
 
     def _belongs(self, line: TranscriptLine, segment: SpeechSegment) -> bool:
+        """A line is judged by the part of it the audio reached: speech that the end of
+        the audio cut short takes the line it was saying, rather than leaving an empty
+        turn and the same words again as a transcript turn."""
         overlap = min(line.end, segment.end) - max(line.start, segment.start)
-        length = max(line.end - line.start, 1e-6)
+        heard_end = min(line.end, segment.end) if segment.cut else line.end
+        length = max(heard_end - line.start, 1e-6)
         return overlap > 0 and overlap >= self.config.min_line_overlap * length
 
     def _orphans(self, final: bool) -> list[Turn]:
@@ -326,7 +356,8 @@ class TurnAssembler:
             if final:
                 ready = line.start < self._media_now
             else:
-                claimable = self._open_start is not None and self._open_start < line.end
+                claimable = ((self._open_start is not None and self._open_start < line.end)
+                             or (self._cut is not None and line.start < self._cut[0].end))
                 ready = self._media_now >= line.end + self.orphan_delay_s and not claimable
             if not ready:
                 continue
@@ -381,3 +412,6 @@ class TurnStage(Stage):
 
     async def finish(self) -> Sequence[Item]:
         return self.core.flush()
+
+    def holdback(self) -> float | None:
+        return self.core.held_since
