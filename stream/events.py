@@ -11,7 +11,7 @@ from typing import Any
 from stream.errors import UserError
 from stream.frames import PerceivedFrame, PlayerView, Prediction, Turn
 
-TURN_SCHEMA = "socialstream.turn/4"
+TURN_SCHEMA = "socialstream.turn/5"
 SPEAKER_SCHEMA = "socialstream.speaker/1"
 PREDICTION_SCHEMA = "socialstream.prediction/3"
 

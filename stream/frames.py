@@ -179,8 +179,8 @@ class Turn(DataItem):
     two faces speaking at once), as far as was known when the turn was emitted."""
     closed_by: str = "silence"
     """`silence` (voice activity ended), `line` (a transcript line boundary inside speech),
-    `speaker` (the seen speaker changed inside speech) or `transcript` (a line no speech
-    claimed)."""
+    `speaker` (the seen speaker changed inside speech), `transcript` (a line no speech
+    claimed) or `end` (the audio ended while voiced)."""
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 
 from pipelines.replay import Collect
 from stream.audio.vad import VadConfig, VadStage
+from stream.events import turn_schema
 from stream.frames import AudioChunk, SpeechSegment
 from stream.runtime import Pipeline, Source
 from tests.conftest import DEMO, ROOT, run_cli, signalled_after_first_line, turn_events
@@ -55,11 +57,15 @@ def test_audio_that_ends_during_speech_loses_no_turn(tmp_path: Path) -> None:
     events = turn_events(done.stdout)
     lines = [ln for ln in SRT.read_text().splitlines() if ln and ln[0].isalpha()]
     assert [e["text"] for e in events if e["text"]] == lines  # every word, once, in order
-    # The speech cut by the end of the audio closes where the audio ends (its line, which
-    # ends later, comes as a turn of its own); later turns come from the transcript alone.
+    # The speech cut by the end of the audio closes where the audio ends, let go one
+    # hangover later (its line, which ends later still, comes as a turn of its own); later
+    # turns come from the transcript alone.
     spoken = [e for e in events if e["origin"] == "speech"]
     assert len(spoken) == 6 and 15.5 <= spoken[-1]["end"] <= 15.56
-    assert spoken[-1]["emitted_at"] <= 15.56
+    assert spoken[-1]["closed_by"] == "end" and spoken[-1]["text"] == ""
+    jsonschema.validate(spoken[-1], turn_schema())
+    held = VadConfig().hangover_s + VadConfig().frame_s  # as long as a line's claim waits
+    assert 15.5 + held < spoken[-1]["emitted_at"] <= 15.56 + held + 1 / 30  # a frame at 30/s
     assert all(e["origin"] == "transcript" for e in events if e["start"] > 15.5)
 
 

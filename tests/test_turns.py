@@ -104,8 +104,8 @@ def test_speech_the_end_of_the_audio_cuts_short_takes_its_line_once() -> None:
              line(3.82, 6.08, "cut off"), SpeechStarted(pts=3.92, start=3.8),
              SpeechSegment(pts=3.96, start=3.8, end=3.96, cut=True)]
     turns = run(items)
-    assert [(t.text, t.origin, t.start, t.end) for t in turns] == [
-        ("before", "speech", 1.0, 2.5), ("cut off", "speech", 3.8, 3.96)]
+    assert [(t.text, t.origin, t.start, t.end, t.closed_by) for t in turns] == [
+        ("before", "speech", 1.0, 2.5, "silence"), ("cut off", "speech", 3.8, 3.96, "end")]
 
 
 def test_speech_cut_by_audio_that_stops_mid_stream_waits_only_a_hangover() -> None:
@@ -116,7 +116,9 @@ def test_speech_cut_by_audio_that_stops_mid_stream_waits_only_a_hangover() -> No
     out = [(item.pts, core.push(item)) for item in sorted(items, key=lambda i: i.pts)]
     assert core.held_since is None
     (when, turns), = ((pts, turns) for pts, turns in out if turns)
-    assert when == 3.5 and [(t.text, t.end, t.pts) for t in turns] == [("cut off", 3.0, 3.0)]
+    assert when == 3.5
+    assert [(t.text, t.end, t.pts, t.known_at, t.closed_by) for t in turns] == [
+        ("cut off", 3.0, 3.0, 3.5, "end")]
 
 
 def test_a_pause_still_needs_half_the_line() -> None:

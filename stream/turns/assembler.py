@@ -29,6 +29,7 @@ gets its turns from the transcript alone.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -180,7 +181,10 @@ class TurnAssembler:
         if self._cut is None:
             return []
         (segment, holder, reach_back), self._cut = self._cut, None
-        return self._close_segment(segment, "silence", holder, reach_back)
+        turns = self._close_segment(segment, "end", holder, reach_back)
+        # Known when let go, not when the audio ended: `emitted_at` says the wait.
+        return [dataclasses.replace(turn, known_at=max(segment.pts, self._media_now))
+                for turn in turns]
 
     # -- frames ----------------------------------------------------------
     def _keep_frame(self, frame: VideoFrame | PerceivedFrame) -> None:
