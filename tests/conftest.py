@@ -38,6 +38,14 @@ def turn_events(lines: str | list[str]) -> list[dict]:
     return events_of(lines, TURN)
 
 
+def start_cli(*args: str, text: bool = True, bufsize: int = -1) -> subprocess.Popen:
+    """The command line started in its own process, its output on pipes, for a test that
+    talks to it while it runs (signals, a sender it waits for)."""
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text,
+                            bufsize=bufsize)
+
+
 def signalled_after_first_line(number: int, *args: str,
                                 timeout: float = 60) -> tuple[int, list[str], str]:
     """Run the command line, send it `number` once its first line is out (not after a fixed
@@ -47,8 +55,7 @@ def signalled_after_first_line(number: int, *args: str,
     The pipe is read unbuffered: `communicate()` reads the file descriptor, not a reader's
     buffer, so lines a buffered `readline()` had read ahead would be lost to the result.
     """
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    proc = start_cli(*args, text=False, bufsize=0)
     assert proc.stdout is not None
     first = proc.stdout.readline()  # byte by byte: nothing past the line leaves the pipe
     proc.send_signal(number)

@@ -41,8 +41,8 @@ def test_json_mode_prints_only_events_on_stdout(demo: Path, tmp_path: Path) -> N
 
 async def test_json_and_out_are_one_writer_so_they_agree_line_for_line(
         demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # Two sinks each merged turns with predictions as they arrived, so a prediction could
-    # land before the next turn in one output and after it in the other.
+    # One writer for both: the same lines in one order by construction (two sinks each
+    # merged turns with unordered predictions on their own).
     out = tmp_path / "events.jsonl"
     args = cli._parser().parse_args(["replay", str(demo), "--json", "--out", str(out)])
     sinks = cli._sinks(args, cli._replay_config(args), "demo")

@@ -24,7 +24,14 @@ from stream.audio.vad import VadConfig, VadStage
 from stream.events import turn_schema
 from stream.frames import AudioChunk, SpeechSegment
 from stream.runtime import Pipeline, Source
-from tests.conftest import DEMO, ROOT, run_cli, signalled_after_first_line, turn_events
+from tests.conftest import (
+    DEMO,
+    ROOT,
+    run_cli,
+    signalled_after_first_line,
+    start_cli,
+    turn_events,
+)
 from tests.media import RATE, tone_track
 
 SRT = ROOT / "examples" / "demo.srt"
@@ -284,13 +291,6 @@ def test_a_stream_that_never_sends_is_an_error_at_give_up() -> None:
 
 # -- signals -----------------------------------------------------------------------------------
 
-def _cli(*args: str) -> subprocess.Popen[str]:
-    import sys
-
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.mark.parametrize(("number", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_sigterm_and_sighup_drain_like_ctrl_c(tmp_path: Path, number: int, code: int) -> None:
     out = tmp_path / "events.jsonl"
@@ -309,7 +309,7 @@ def test_ctrl_c_cuts_the_mqtt_drain_short(tmp_path: Path) -> None:
 
     config = tmp_path / "slow.yaml"  # a broker that is not there, and a patient drain
     config.write_text(f"mqtt:\n  drain_timeout_s: 60\n  spool_dir: {tmp_path}\n")
-    proc = _cli("replay", str(DEMO), "--json", "--mqtt", f"mqtt://127.0.0.1:{free_port()}",
+    proc = start_cli("replay", str(DEMO), "--json", "--mqtt", f"mqtt://127.0.0.1:{free_port()}",
                 "--config", str(config))
     lines = []
     assert proc.stdout is not None
@@ -329,7 +329,7 @@ def test_a_stop_while_the_input_waits_for_a_sender_is_prompt() -> None:
     from tests.ports import wait_listening
 
     port = free_port()
-    proc = _cli("live", f"tcp://127.0.0.1:{port}", "--listen")
+    proc = start_cli("live", f"tcp://127.0.0.1:{port}", "--listen")
     wait_listening(port, proc, "tcp")  # started, blocked in the open that waits for a sender
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -351,7 +351,7 @@ def test_emitted_at_never_lies_after_the_media_end(tmp_path: Path) -> None:
 
 def test_a_second_ctrl_c_aborts_at_once_with_whole_lines(tmp_path: Path) -> None:
     out = tmp_path / "events.jsonl"
-    proc = _cli("replay", str(DEMO), "--json", "--speed", "2", "--out", str(out))
+    proc = start_cli("replay", str(DEMO), "--json", "--speed", "2", "--out", str(out))
     time.sleep(5.0)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)

@@ -6,8 +6,8 @@ limit) is cut back to the last whole line before the error is raised, so the
 file never ends in half an event; the error names the file and the reason.
 
 With `--json --out FILE` one sink writes each line to the file and then to
-stdout. Two sinks would each merge turns and unordered predictions by their own
-arrival, so the file and what was printed could differ in order.
+stdout, so the two hold the same lines in the same order by construction, not
+by two sinks happening to merge turns and unordered predictions alike.
 """
 
 from __future__ import annotations
