@@ -11,7 +11,7 @@ from typing import Any
 from stream.errors import UserError
 from stream.frames import PerceivedFrame, PlayerView, Prediction, Turn
 
-TURN_SCHEMA = "socialstream.turn/5"
+TURN_SCHEMA = "socialstream.turn/6"
 SPEAKER_SCHEMA = "socialstream.speaker/1"
 PREDICTION_SCHEMA = "socialstream.prediction/3"
 
@@ -68,6 +68,9 @@ def turn_event(turn: Turn, session: str, names: dict[str, str] | None = None,
         "segments": [{"start": _t(s.start), "end": _t(s.end)} for s in turn.segments],
         "overlap": [{"start": _t(lo), "end": _t(hi)} for lo, hi in turn.overlap],
         "closed_by": turn.closed_by,
+        "words": [{"start": _t(w.start), "end": _t(w.end), "word": w.text,
+                   "probability": round(w.probability, 3)} for w in turn.words],
+        "words_from": turn.words_from,
         "keyframes": [
             {"t": _t(frame.pts), "players": [_view(v) for v in views]}
             for frame, views in zip(turn.keyframes, turn.views or [()] * len(turn.keyframes),

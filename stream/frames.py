@@ -100,6 +100,28 @@ class TranscriptLine(DataItem):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Word(DataItem):
+    """One recognised word spoken in [start, end); known from `pts` on (when the audio
+    holding it was decoded, never before `end`)."""
+
+    start: float
+    end: float
+    text: str
+    """As the recognizer wrote it, with its leading space when it has one (Whisper's
+    tokens carry it), so that joining a turn's words gives its text."""
+    probability: float = 1.0
+    origin: str = "asr"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Transcribed(ControlItem):
+    """The recognizer's progress: every word that starts before `until` has been sent.
+    A turn waits for it before taking its words, so that none arrives after its turn."""
+
+    until: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class VoiceFrame(DataItem):
     """One voice-activity decision for the audio frame [start, pts)."""
 
@@ -181,6 +203,12 @@ class Turn(DataItem):
     """`silence` (voice activity ended), `line` (a transcript line boundary inside speech),
     `speaker` (the seen speaker changed inside speech), `transcript` (a line no speech
     claimed) or `end` (the audio ended while voiced)."""
+    words: tuple[Word, ...] = ()
+    """The recognised words inside the turn, in time order (empty with a transcript: its
+    lines have no word times)."""
+    words_from: str | None = None
+    """`transcript` (a sidecar or the MQTT inbox), `asr` (recognised from the audio) or
+    None: no words were said inside the turn."""
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ def truth() -> dict:
     return json.loads((ROOT / "examples" / "demo.truth.json").read_text())
 
 
-TURN = "socialstream.turn/5"
+TURN = "socialstream.turn/6"
 PREDICTION = "socialstream.prediction/3"
 
 

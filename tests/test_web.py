@@ -118,7 +118,7 @@ async def test_a_viewer_that_falls_behind_is_resynced_and_never_waited_for() -> 
             # The event loop does not run between these calls, so the viewer's sender
             # cannot keep up: publishing must neither wait nor fail.
             for i in range(VIEWER_QUEUE * 3):
-                hub.publish({"schema": "socialstream.turn/5", "turn": i, "text": f"t{i}"})
+                hub.publish({"schema": "socialstream.turn/6", "turn": i, "text": f"t{i}"})
             assert hub.resyncs == 1
             texts, _ = await _receive(socket, f'"t{VIEWER_QUEUE * 3 - 1}"')
             # It gets a fresh snapshot (hello, then everything so far) and is whole again.

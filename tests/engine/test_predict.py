@@ -72,7 +72,7 @@ def test_replay_with_a_real_model_writes_a_valid_prediction_after_each_turn(tmp_
         capture_output=True, text=True, timeout=600, check=False, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in out.read_text().splitlines()]
-    turns = [e for e in events if e["schema"] == "socialstream.turn/5"]
+    turns = [e for e in events if e["schema"] == "socialstream.turn/6"]
     predictions = [e for e in events if e["schema"] == "socialstream.prediction/3"]
     assert len(events) == 24 and [e["turn"] for e in turns] == list(range(12))
     assert [e["turn"] for e in predictions] == list(range(12))
