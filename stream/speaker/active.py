@@ -15,8 +15,9 @@ while still ahead with `keep_share`), else nobody ("unknown": two mouths
 moving, or none). Only past frames are used, so a decision is ready as soon
 as its frame is.
 
-Per turn, the shares of the frames inside it are averaged; the winner must
-reach `turn_min_score` and beat the runner-up by `turn_margin`.
+Per turn, the shares of the frames inside it are averaged and the highest names
+the turn's speaker, however close the race (its mean share is the confidence):
+a turn has no speaker only when no face was seen speaking in it.
 """
 
 from __future__ import annotations
@@ -71,9 +72,6 @@ class SpeakerConfig(BaseModel):
         0.3, gt=0, le=1, description="share that keeps the current speaker while still ahead")
     margin: float = Field(
         1.5, ge=1, description="a new speaker's share over the runner-up's, as a ratio")
-    turn_min_score: float = Field(
-        0.35, gt=0, le=1, description="mean share of motion to name a turn's speaker")
-    turn_margin: float = Field(1.3, ge=1, description="winner over runner-up, as a ratio")
 
 
 class ActiveSpeaker:
@@ -169,9 +167,7 @@ def vote(frames: Sequence[tuple[PlayerView, ...]], config: SpeakerConfig) -> Spe
             "yaw": round(sum(v.yaw for v in views) / len(views), 3),
             "visible": round(len(views) / n, 3),
         }
-    ranked = sorted(scores.values(), reverse=True)
-    top = ranked[0] if ranked else 0.0
-    runner_up = ranked[1] if len(ranked) > 1 else 0.0
-    clear = top >= config.turn_min_score and top >= config.turn_margin * runner_up
-    speaker = max(scores, key=scores.__getitem__) if clear else None
+    top = max(scores.values(), default=0.0)
+    # Ties go to the first by id, so the same frames always name the same speaker.
+    speaker = min((p for p in scores if scores[p] == top), default=None) if top > 0 else None
     return SpeakerVote(speaker, top, scores, cues)

@@ -1,30 +1,41 @@
-"""Turn assembly: speech segments + transcript lines + key frames -> `Turn`s.
+"""Turn assembly: speech, perceived frames and words in; turns out.
 
-A turn is emitted the moment voice activity closes its segment (one hangover
-after the speech ends) and uses nothing later than its own end. The
-transcript gives it words: a line belongs to the segment it overlaps for at
-least half of its length, and a segment holding several lines (speakers
-handing over without a pause) is split at the line boundaries; lines that
-overlap in time give turns that overlap, each reporting the span.
+Two parts, each a reader can follow:
 
-People also hand over without a pause when there is no transcript (or one
-line per voiced stretch, as a recognizer gives). So inside speech the turn is
-also closed where the speaker seen by perception changes and the new one
-holds for `change_hold_s`: the split goes where the new speaker was first
-seen, or at the end of a transcript line just before it (the words place a
-handover better than a face model that needs a moment to react). A speaker
-who turns away or leaves the picture keeps the turn: nothing shows she
-stopped, so a face still in view cannot take it over, and the turn's speaker
-is voted over the frames where she was seen.
+1. Who holds the floor (`stream/turns/floor.py`): a state machine over voice activity
+   and the refined per-frame speaker scores closes a span at a pause or where a new
+   speaker takes and holds the lead (hysteresis: `change_margin` for `change_hold_s`).
+2. Settling (here): closed spans wait, in order, until their words are known, then take
+   them and become turns. Words from the recognizer are known once its progress
+   (`Transcribed`) passes the span's end; transcript lines are known from their own end,
+   so a span waits a hangover for them, and a span without a line waits up to
+   `line_wait_s` for one that covers it.
 
-Speech that the end of the audio cuts short (a stop, a recording whose audio
-ends first) is judged by the part of each line the audio reached, so a stop in
-the middle of a line gives one turn with its words, not an empty turn and the
-same words again. It is held a hangover first: its lines come after it.
+How words go to turns:
+- a recognised word goes to the span holding its middle; a speaker boundary inside a
+  word moves to the word's edge, so a turn ends between words;
+- a transcript line goes whole to the span holding it, and a line several spans share
+  is split at their boundary, its words divided by time, only where the speaker change
+  between them held (a line spanning a pause of one speaker joins the two spans);
+- a speaker boundary within `snap_s` of a line's end moves there (words place a
+  handover better than a face model that needs a moment to react);
+- a span holding several lines is split at their boundaries (midway through a pause);
+- what no speech claims (a line or words where voice activity heard nothing) becomes a
+  turn of its own, `origin: transcript`, after the last turn;
+- a rest of speech shorter than `min_turn_s` without words after a speaker change (the
+  listener's face winning the voice's hangover) is no turn.
 
-A transcript line that no speech segment claims still becomes a turn of its
-own (`origin: transcript`): nothing said is lost, and a clip without audio
-gets its turns from the transcript alone.
+Invariants (tests/test_turn_invariants.py checks them on generated timelines):
+- turns come in time order and never overlap, except by the overlap the later one
+  declares (two people talking at once);
+- every line and every word lands in exactly one turn (a line split at a held speaker
+  change lands in the turns on either side, its words divided);
+- a turn has words whenever words were said inside it and known when it was emitted;
+- a turn's speaker is the one the scores favour over its span, None only when no face
+  scored;
+- a turn is closed inside speech only where a new speaker led by `change_margin` for
+  `change_hold_s`;
+- nothing a turn carries is later than its emission (`known_at`).
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,20 +56,20 @@ from stream.frames import (
     PlayerView,
     SpeechSegment,
     SpeechStarted,
+    Transcribed,
     TranscriptLine,
     Turn,
     VideoFrame,
+    Word,
 )
 from stream.runtime import Stage
 from stream.speaker.active import SpeakerConfig, vote
+from stream.turns.floor import Floor, FloorRules, Span
+from stream.turns.frames import KeyFrames, Overlaps
 
 log = logging.getLogger(__name__)
 
-FINE_FRAMES_PER_S = 10.0
-FINE_HOLD_S = 2.0
-"""Besides the key frames, the last `FINE_HOLD_S` seconds keep a frame every 0.1 s, so a
-turn shorter than the key-frame spacing still gets a frame from inside it (never one
-from before it started), at a bounded cost of 20 frames."""
+TextSource = Literal["transcript", "asr"]
 
 
 class TurnConfig(BaseModel):
@@ -66,19 +78,20 @@ class TurnConfig(BaseModel):
     keyframes_per_s: float = Field(2.0, gt=0, le=30, description="key frames sampled per second")
     frame_memory_s: float = Field(
         30.0, gt=0, description="how far back key frames are kept (bounds memory on long turns)")
-    min_line_overlap: float = Field(
-        0.5, gt=0, le=1, description="share of a line inside a segment for it to belong there")
     split_on_speaker: bool = Field(
-        True, description="close a turn inside speech where the seen speaker changes")
+        True, description="close a turn inside speech where the speaker changes")
+    change_margin: float = Field(
+        0.2, ge=0, le=1, description="how far a new speaker's score must lead the current "
+                                     "one's to challenge the turn")
     change_hold_s: float = Field(
-        0.2, ge=0, le=2, description="how long a new speaker must hold to close the turn")
+        0.2, ge=0, le=2, description="how long that lead must hold to close the turn")
     min_turn_s: float = Field(
         0.3, gt=0, description="shortest turn a speaker change closes (a shorter start joins "
                                "the new speaker's turn) or leaves (a shorter rest without "
                                "words is no turn)")
     snap_s: float = Field(
-        0.6, ge=0, le=2, description="a transcript line ending this long before a seen "
-                                      "speaker change places the split at its end")
+        0.6, ge=0, le=2, description="a transcript line ending this near a speaker change "
+                                      "places the split at its end")
     rise_floor: float = Field(
         0.1, ge=0, lt=1, description="a new speaker's share of speaking below this is the "
                                      "floor her rise to the turn starts from")
@@ -86,17 +99,24 @@ class TurnConfig(BaseModel):
         0.3, gt=0, le=0.5, description="two people each with this share of speaking in a "
                                         "frame speak at once")
     min_overlap_s: float = Field(0.1, ge=0, description="shortest overlap reported")
+    line_wait_s: float = Field(
+        3.0, ge=0, le=30, description="with a transcript, how long speech without a line "
+                                      "waits for one that covers it (lines are known at "
+                                      "their end)")
 
 
 class TurnAssembler:
     """The pure core. Feed items in media-time order; it returns finished turns."""
 
     def __init__(self, config: TurnConfig | None = None, *, has_audio: bool = True,
-                 orphan_delay_s: float = 0.0, speaker: SpeakerConfig | None = None) -> None:
+                 orphan_delay_s: float = 0.0, speaker: SpeakerConfig | None = None,
+                 text: TextSource | None = "transcript") -> None:
         self.config = config or TurnConfig()
         self.speaker = speaker
         """How to vote a turn's speaker from perceived frames (None: no vote)."""
         self.has_audio = has_audio
+        self.text = text
+        """Where words come from: they are waited for accordingly."""
         self.orphan_delay_s = orphan_delay_s if has_audio else 0.0
         """How long after a line's end a segment could still claim it (the VAD's hangover)."""
         self.unused_lines = 0
@@ -104,307 +124,309 @@ class TurnAssembler:
         self.reset()
 
     def reset(self) -> None:
-        self._frames: deque[VideoFrame | PerceivedFrame] = deque()
-        self._fine: deque[VideoFrame | PerceivedFrame] = deque()
-        """Recent frames off the key-frame ticks, every 1 / FINE_FRAMES_PER_S seconds."""
-        self._last_fine = -math.inf
+        c = self.config
         self._seen: deque[tuple[float, tuple[PlayerView, ...]]] = deque()
-        """Who was seen in every perceived frame (no pixels), for the speaker vote."""
-        self._last_tick = -math.inf
+        """Who was seen in every perceived frame (no pixels), for the floor and the vote."""
+        self._floor = Floor(FloorRules(c.change_margin, c.change_hold_s, c.min_turn_s,
+                                       c.rise_floor, c.snap_s, c.overlap_share,
+                                       c.split_on_speaker), self._seen)
+        self._keyframes = KeyFrames(c.keyframes_per_s, c.frame_memory_s)
+        self._overlaps = Overlaps(c.overlap_share, c.min_overlap_s)
+        self._pending: list[Span] = []
         self._lines: list[TranscriptLine] = []
-        self._spoken: deque[TranscriptLine] = deque()
-        """Lines already in turns, kept `frame_memory_s` for the overlaps of later turns."""
-        self._open_start: float | None = None
-        """Start of the open speech not yet in a turn (moves on at a speaker change)."""
-        self._holder: str | None = None
-        """Who is seen speaking the open speech."""
-        self._reach_back: float | None = None
-        """After a speaker change: the previous turn's start. A line of the new speaker
-        that began before the change (talking over the end of the last turn) starts her
-        turn, back to there."""
-        self._rival: str | None = None
-        self._rival_since = self._rival_last = -math.inf
-        self._both: deque[tuple[float, float]] = deque()
-        """Spans where two faces spoke at once."""
-        self._both_since: float | None = None
-        self._cut: tuple[SpeechSegment, str | None, float | None] | None = None
-        """Speech the end of the audio cut short (with its holder and reach-back), held
-        until the lines it was saying can have arrived: at the end of the stream they
-        come after it, since a line is known from its own end."""
+        self._words: list[Word] = []
+        self._transcribed = -math.inf
+        self._last: Turn | None = None
+        """The last turn emitted: nothing later overlaps it but by a declared overlap."""
         self._index = 0
         self._now = -math.inf
         self._media_now = -math.inf
         """How far the media (frames, speech events) has come; transcript lines may run ahead."""
 
+    # -- events ----------------------------------------------------------------------
     def push(self, item: Item) -> list[Turn]:
         self._now = max(self._now, item.pts)
-        turns: list[Turn] = []
-        if not isinstance(item, TranscriptLine):
+        if not isinstance(item, TranscriptLine):  # words come from decoded audio
             self._media_now = max(self._media_now, item.pts)
-            if self._cut is not None and (isinstance(item, SpeechStarted | SpeechSegment)
-                                          or item.pts > self._cut[0].pts + self.orphan_delay_s):
-                turns.extend(self._close_cut())
         if isinstance(item, VideoFrame | PerceivedFrame):
-            self._keep_frame(item)
+            self._keyframes.keep(item)
             if isinstance(item, PerceivedFrame):
-                self._track_overlap(item)
-                turns.extend(self._follow_speaker(item))
+                self._see(item)
+                self._close(self._floor.frame(item))
         elif isinstance(item, TranscriptLine):
             self._lines.append(item)
+        elif isinstance(item, Word):
+            self._words.append(item)
+        elif isinstance(item, Transcribed):
+            self._transcribed = max(self._transcribed, item.until)
         elif isinstance(item, SpeechStarted):
-            self._open_start, self._holder, self._rival = item.start, None, None
-            self._reach_back = None
+            self._floor.speech_started(item)
         elif isinstance(item, SpeechSegment):
-            start = item.start if self._open_start is None else max(item.start, self._open_start)
-            holder, self._open_start, self._holder, self._rival = self._holder, None, None, None
-            rest = SpeechSegment(pts=item.pts, start=start, end=item.end, cut=item.cut)
-            if item.end > start and not self._short_rest(rest):
-                if item.cut:
-                    self._cut = (rest, holder, self._reach_back)
-                else:
-                    turns.extend(self._close_segment(rest, "silence", holder, self._reach_back))
-            self._reach_back = None
-        turns.extend(self._orphans(final=False))
-        return turns
+            self._close(self._floor.speech_ended(item))
+        return self._settle(final=False)
 
     def flush(self) -> list[Turn]:
-        """End of stream: every line still waiting becomes a turn."""
-        self._open_start = None
-        return self._close_cut() + self._orphans(final=True)
+        """End of stream: every closed span and every line and word still waiting."""
+        return self._settle(final=True)
 
-    @property
-    def held_since(self) -> float | None:
-        """When the held cut-short speech was decided: nothing it emits is earlier."""
-        return None if self._cut is None else self._cut[0].pts
-
-    def _close_cut(self) -> list[Turn]:
-        if self._cut is None:
-            return []
-        (segment, holder, reach_back), self._cut = self._cut, None
-        turns = self._close_segment(segment, "end", holder, reach_back)
-        # Known when let go, not when the audio ended: `emitted_at` says the wait.
-        return [dataclasses.replace(turn, known_at=max(segment.pts, self._media_now))
-                for turn in turns]
-
-    # -- frames ----------------------------------------------------------
-    def _keep_frame(self, frame: VideoFrame | PerceivedFrame) -> None:
-        tick = math.floor(frame.pts * self.config.keyframes_per_s + 1e-9)
-        fine = math.floor(frame.pts * FINE_FRAMES_PER_S + 1e-9)
-        if tick > self._last_tick:
-            self._last_tick = tick
-            self._frames.append(frame)
-        elif fine > self._last_fine:
-            self._fine.append(frame)
-        self._last_fine = max(self._last_fine, fine)
-        while self._fine and self._fine[0].pts < frame.pts - FINE_HOLD_S:
-            self._fine.popleft()
+    def _see(self, frame: PerceivedFrame) -> None:
+        self._seen.append((frame.pts, frame.players))
         horizon = frame.pts - self.config.frame_memory_s
-        while self._frames and self._frames[0].pts < horizon:
-            self._frames.popleft()
-        if isinstance(frame, PerceivedFrame):
-            self._seen.append((frame.pts, frame.players))
-            while self._seen and self._seen[0][0] < horizon:
-                self._seen.popleft()
-            while self._both and self._both[0][1] < horizon:
-                self._both.popleft()
-            while self._spoken and self._spoken[0].end < horizon:
-                self._spoken.popleft()
+        while self._seen and self._seen[0][0] < horizon:
+            self._seen.popleft()
+        self._overlaps.see(frame, horizon)
 
-    def _keyframes(self, start: float, end: float) -> tuple[VideoFrame | PerceivedFrame, ...]:
-        """The key frames inside the turn; for a turn between two key frames, the recent
-        frame nearest its middle; none when no frame was seen inside it."""
-        inside = tuple(f for f in self._frames if start <= f.pts <= end)
-        if inside:
-            return inside
-        recent = [f for f in self._fine if start <= f.pts <= end]
-        middle = (start + end) / 2
-        return (min(recent, key=lambda f: abs(f.pts - middle)),) if recent else ()
+    def _close(self, span: Span | None) -> None:
+        if span is not None:
+            self._pending.append(span)
 
-    # -- speaker changes and overlaps -----------------------------------------
-    def _follow_speaker(self, frame: PerceivedFrame) -> list[Turn]:
-        """Close the open speech's turn where a new speaker holds; see the module's doc."""
-        if not self.config.split_on_speaker or self._open_start is None:
-            return []
-        who, now, hold = frame.speaker, frame.pts, self.config.change_hold_s
-        if who is None or who == self._holder:
-            if who is not None or now - self._rival_last > hold:
-                self._rival = None
-            return []
-        if who != self._rival:
-            self._rival, self._rival_since = who, now
-        self._rival_last = now
-        if now - self._rival_since < hold:
-            return []
-        since, self._rival = self._rival_since, None
-        if self._holder is None:
-            self._holder = who
-            return []
-        if not any(v.player == self._holder and v.detected
-                   for t, players in self._seen if t >= since for v in players):
-            return []  # she turned away or left the picture: nothing shows she stopped
-        at, by_line = self._split_point(since, now, who)
-        # Both faces spoke between her rise and her win: the turns overlap, the old one
-        # ending where the new speaker won.
-        end = at if by_line or not self._spoke_together(at, since) else since
-        holder, self._holder = self._holder, who
-        if end - self._open_start < self.config.min_turn_s:
-            return []
-        start, self._open_start = self._open_start, at
-        turns = self._close_segment(SpeechSegment(pts=now, start=start, end=end), "speaker",
-                                    holder, self._reach_back)
-        self._reach_back = start
+    # -- settling ----------------------------------------------------------------------
+    def _settle(self, final: bool) -> list[Turn]:
+        turns: list[Turn] = []
+        while self._pending and (final or self._ready(self._pending[0])):
+            turns += self._emit_span(self._pending.pop(0))
+        turns += self._orphans(final)
         return turns
 
-    def _short_rest(self, rest: SpeechSegment) -> bool:
-        """What is left of speech after a speaker change, shorter than `min_turn_s` and
-        without words: the tail of the last speaker's speech (the voice hangover) that a
-        listener's face happened to win, not a turn of the listener's."""
-        return (self._reach_back is not None
-                and rest.end - rest.start < self.config.min_turn_s
-                and not any(self._belongs(line, rest) for line in self._lines))
+    def _ready(self, span: Span) -> bool:
+        if self.text == "asr":
+            return self._transcribed >= span.end
+        if self.text is None:
+            return True
+        # Closed at a pause, a span was decided a hangover after its end: lines ending
+        # by then are in. Lines a speaker change or the end of the audio cut through are
+        # known at their own end, later.
+        if span.cut:
+            return self._media_now >= span.end + self.orphan_delay_s
+        covered = any(self._share(line, span) > 0 for line in self._lines)
+        waited = self._media_now >= span.end + self.config.line_wait_s
+        return covered or waited or self._transcript_past(span)
 
-    def _split_point(self, since: float, now: float, rival: str) -> tuple[float, bool]:
-        """Where the change began: at a transcript line's end near it, else where the new
-        speaker's share of speaking last left the floor (a face model reacts over a few
-        frames, and the rise starts before the new speaker wins)."""
-        assert self._open_start is not None
-        earliest = max(since - self.config.snap_s, self._open_start)
-        ends = [line.end for line in self._lines if earliest <= line.end <= now]
-        if ends:
-            return min(ends, key=lambda end: abs(end - since)), True
-        quiet = [t for t, players in self._seen if earliest <= t <= since
-                 and all(v.p_speaking <= self.config.rise_floor
-                         for v in players if v.player == rival)]
-        later = [t for t, _ in self._seen if quiet and quiet[-1] < t <= since]
-        return (later[0] if later else since), False
+    def _transcript_past(self, span: Span) -> bool:
+        """A line that starts after the span has ended: no later line covers the span
+        (lines are known in order of their ends)."""
+        return any(line.start >= span.end for line in self._lines) or bool(
+            self._last is not None and self._last.origin == "transcript"
+            and self._last.start >= span.end)
 
-    def _spoke_together(self, start: float, end: float) -> bool:
-        spans = list(self._both)
-        if self._both_since is not None:
-            spans.append((self._both_since, self._media_now))
-        return any(lo < end and hi > start for lo, hi in spans)
+    def _share(self, line: TranscriptLine, span: Span) -> float:
+        return min(line.end, span.end) - max(line.start, span.start)
 
-    def _track_overlap(self, frame: PerceivedFrame) -> None:
-        speaking = sorted((v.p_speaking for v in frame.players), reverse=True)
-        both = len(speaking) > 1 and speaking[1] >= self.config.overlap_share
-        if both and self._both_since is None:
-            self._both_since = frame.pts
-        elif not both and self._both_since is not None:
-            if frame.pts - self._both_since >= self.config.min_overlap_s:
-                self._both.append((self._both_since, frame.pts))
-            self._both_since = None
+    def _emit_span(self, span: Span) -> list[Turn]:
+        # Closed by a speaker change: the next span starts at this one's end (or before
+        # it, where both spoke at once), so the boundary between them may move.
+        adjacent = span.closed_by == "speaker"
+        lines, end = self._claim_lines(span, adjacent)
+        words, start, end = self._claim_words(span.start, end, adjacent)
+        if adjacent:
+            self._move_boundary(span.end, end)
+        after_change = self._last is not None and self._last.closed_by == "speaker" \
+            and self._last.end >= start - 1e-9
+        if after_change and not lines and not words and end - start < self.config.min_turn_s:
+            return []  # the listener's face winning the voice's hangover: no turn
+        return self._turns(span, start, end, lines, words)
 
-    def _overlaps(self, start: float, end: float,
-                  lines: list[TranscriptLine]) -> tuple[tuple[float, float], ...]:
-        """Where, inside [start, end], another line was spoken or two faces spoke at once."""
-        others = [o for o in itertools.chain(self._spoken, self._lines) if o not in lines]
-        spans = [(max(a.start, b.start), min(a.end, b.end)) for a in lines for b in others]
-        spans += self._both
-        if self._both_since is not None and self._media_now - self._both_since >= \
-                self.config.min_overlap_s:
-            spans.append((self._both_since, self._media_now))
-        clipped = sorted((max(lo, start), min(hi, end)) for lo, hi in spans)
-        merged: list[tuple[float, float]] = []
-        for lo, hi in clipped:
-            if hi - lo < self.config.min_overlap_s:
+    def _move_boundary(self, old: float, new: float) -> None:
+        """The next span (closed or still open) starts where this one now ends."""
+        if new == old:
+            return
+        if self._pending:
+            nxt = self._pending[0]
+            if nxt.start >= old - 1e-9:
+                self._pending[0] = dataclasses.replace(nxt, start=min(new, nxt.end))
+        elif self._floor.start >= old - 1e-9:
+            self._floor.start = new
+
+    def _nothing_after(self, span: Span, until: float) -> bool:
+        """No other speech between the span's end and `until`."""
+        open_from = self._floor.start if self._floor.speaking else math.inf
+        return not self._pending and open_from >= until
+
+    def _claim_lines(self, span: Span, adjacent: bool) -> tuple[list[TranscriptLine], float]:
+        """The lines the span holds, and where it ends now. Across a held speaker change a
+        line reaching less than `snap_s` (and less than it has inside) into the next span
+        moves the boundary to its end, one mostly the next speaker's stays for her, and
+        any other is split there. Past a pause a line goes whole to the span holding most
+        of it."""
+        snap, end = self.config.snap_s, span.end
+        claimed: list[TranscriptLine] = []
+        split = False
+        for line in sorted(self._lines, key=lambda ln: ln.start):
+            inside, beyond = self._share(line, span), line.end - span.end
+            if inside <= 0:
                 continue
-            if merged and lo <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+            if beyond <= 0:
+                claimed.append(line)
+            elif not adjacent:
+                if inside < beyond and not self._nothing_after(span, line.end):
+                    continue  # mostly the next speech's line
+                claimed.append(line)
+                if not span.cut and self._nothing_after(span, line.end):
+                    end = max(end, line.end)  # what the voice activity missed of it
+            elif beyond <= snap and inside >= beyond:
+                claimed.append(line)
+                end = max(end, line.end)
+            elif inside < min(snap, beyond):
+                continue  # mostly the next speaker's line
             else:
-                merged.append((lo, hi))
-        return tuple(merged)
+                head, tail = split_line(line, span.end)
+                self._lines.append(tail)
+                self._lines.remove(line)
+                claimed.append(head)
+                split = True
+                continue
+            self._lines.remove(line)
+        if adjacent and claimed and not split and end == span.end:
+            last_end = max(line.end for line in claimed)
+            if 0 < end - last_end <= snap and last_end - span.start >= self.config.min_turn_s:
+                end = last_end
+        return claimed, end
 
-    # -- turns -----------------------------------------------------------
-    def _close_segment(self, segment: SpeechSegment, closed_by: str,
-                       holder: str | None = None, reach_back: float | None = None
-                       ) -> list[Turn]:
-        """Turns for the speech in `segment`, one per transcript line it claims. Between
-        lines with a pause the split is its middle; lines that overlap keep their own
-        ends, so their turns overlap too."""
-        claimed = [line for line in self._lines if self._belongs(line, segment)]
-        self._lines = [line for line in self._lines if line not in claimed]
-        claimed.sort(key=lambda line: line.start)
-        first = segment.start
-        if reach_back is not None and claimed:
-            first = min(first, max(claimed[0].start, reach_back))
-        starts, ends = [first], []
-        for before, after in itertools.pairwise(claimed):
-            middle = (before.end + after.start) / 2
-            ends.append(before.end if after.start < before.end else middle)
-            starts.append(after.start if after.start < before.end else middle)
-        ends.append(segment.end)
-        turns = []
-        for i, lines in enumerate([[line] for line in claimed] or [[]]):
-            start = min(max(starts[i], turns[-1].start if turns else first), segment.end)
-            end = min(max(ends[i], start), segment.end)
-            turns.append(self._turn(
-                start, end, lines, segment.pts,
-                (SpeechSegment(pts=segment.pts, start=start, end=end),), "speech",
-                closed_by=closed_by if i == len(claimed) - 1 or not claimed else "line",
-                holder=holder))
-        self._spoken.extend(claimed)
-        return turns
+    def _claim_words(self, start: float, end: float, adjacent: bool
+                     ) -> tuple[list[Word], float, float]:
+        """Words whose middle is inside the span, and any before it no earlier turn took;
+        a boundary inside a word moves to the word's edge. Past a pause, a word that
+        starts inside the span is its own (the recognizer's times run a little over)."""
+        words = [w for w in self._words
+                 if (w.start + w.end) / 2 < end or (not adjacent and w.start < end)]
+        if not words:
+            return [], start, end
+        for w in words:
+            self._words.remove(w)
+        words.sort(key=lambda w: w.start)
+        floor = self._last.end if self._last is not None else -math.inf
+        start = min(start, max(words[0].start, floor))
+        end = max(end, words[-1].end)
+        if adjacent and self._words:
+            end = min(end, max(min(w.start for w in self._words), words[-1].end))
+        return words, start, end
 
-    def _belongs(self, line: TranscriptLine, segment: SpeechSegment) -> bool:
-        """A line is judged by the part of it the audio reached: speech that the end of
-        the audio cut short takes the line it was saying, rather than leaving an empty
-        turn and the same words again as a transcript turn."""
-        overlap = min(line.end, segment.end) - max(line.start, segment.start)
-        heard_end = min(line.end, segment.end) if segment.cut else line.end
-        length = max(heard_end - line.start, 1e-6)
-        return overlap > 0 and overlap >= self.config.min_line_overlap * length
-
+    # -- orphans ---------------------------------------------------------------------
     def _orphans(self, final: bool) -> list[Turn]:
-        turns = []
-        for line in list(self._lines):
+        """Lines and words that no speech claimed become turns of their own, once no
+        speech can claim them any more."""
+        if self._pending:
+            return []
+        turns: list[Turn] = []
+        open_from = self._floor.start if self._floor.speaking else math.inf
+        for line in sorted(self._lines, key=lambda ln: ln.start):
             if final:
                 ready = line.start < self._media_now
             else:
-                claimable = ((self._open_start is not None and self._open_start < line.end)
-                             or (self._cut is not None and line.start < self._cut[0].end))
-                ready = self._media_now >= line.end + self.orphan_delay_s and not claimable
-            if not ready:
-                continue
-            self._lines.remove(line)
-            turns.append(self._turn(line.start, line.end, [line], max(self._now, line.pts), (),
-                                    "transcript", closed_by="transcript"))
-            self._spoken.append(line)
+                ready = self._media_now >= line.end + self.orphan_delay_s \
+                    and line.end <= open_from
+            if ready:
+                self._lines.remove(line)
+                turns += self._loose([line], [], line.start, line.end,
+                                     max(self._now, line.pts))
         if final and self._lines:
             self.unused_lines += len(self._lines)
             log.warning("%d transcript line(s) start after the media's last moment (%.2fs) and "
                         "were not used (first: %s)", len(self._lines), self._media_now,
                         self._lines[0].origin or f"{self._lines[0].start:.2f}s")
             self._lines.clear()
+        wait = self.orphan_delay_s + self.config.line_wait_s
+        loose = sorted((w for w in self._words if final or (
+            w.end <= min(open_from, self._transcribed) and self._media_now >= w.end + wait)),
+            key=lambda w: w.start)
+        if loose:
+            for w in loose:
+                self._words.remove(w)
+            turns += self._loose([], loose, loose[0].start, loose[-1].end,
+                                 max(self._now, loose[-1].pts))
         return turns
 
-    def _turn(self, start: float, end: float, lines: list[TranscriptLine], pts: float,
-              segments: tuple[SpeechSegment, ...], origin: str, *, closed_by: str,
-              holder: str | None = None) -> Turn:
+    def _loose(self, lines: list[TranscriptLine], words: list[Word], start: float,
+               end: float, pts: float) -> list[Turn]:
+        if self._last is not None:
+            start = max(start, self._last.end)
+            end = max(end, start)
+        span = Span(start, end, pts, None, "transcript")
+        return self._turns(span, start, end, lines, words, origin="transcript")
+
+    # -- turns -----------------------------------------------------------------------
+    def _turns(self, span: Span, start: float, end: float, lines: list[TranscriptLine],
+               words: list[Word], origin: str = "speech") -> list[Turn]:
+        """One turn per line the span holds, split midway between them; lines that
+        overlap keep their own ends, and the later turn declares the overlap."""
+        lines.sort(key=lambda line: line.start)
+        if span.closed_by != "transcript" and lines and self._last is not None:
+            reach = self._last.start
+            first = lines[0].start
+            if first < start:
+                start = max(first, reach)
+        starts, ends = [start], []
+        for before, after in itertools.pairwise(lines):
+            middle = (before.end + after.start) / 2
+            ends.append(before.end if after.start < before.end else middle)
+            starts.append(after.start if after.start < before.end else middle)
+        ends.append(end)
+        groups = [[line] for line in lines] or [[]]
+        turns: list[Turn] = []
+        for i, group in enumerate(groups):
+            lo = min(max(starts[i], turns[-1].start if turns else start), end)
+            hi = min(max(ends[i], lo), end)
+            last = i == len(groups) - 1
+            mine = [w for w in words if last or (w.start + w.end) / 2 < hi]
+            words = [w for w in words if w not in mine]
+            turns.append(self._turn(lo, hi, group, mine, span, origin,
+                                    closed_by=span.closed_by if last else "line"))
+        return turns
+
+    def _turn(self, start: float, end: float, lines: list[TranscriptLine], words: list[Word],
+              span: Span, origin: str, *, closed_by: str) -> Turn:
         speakers = {line.speaker for line in lines}
-        keyframes = self._keyframes(start, end)
-        seen = [players for t, players in self._seen if start <= t <= end]
+        keyframes = self._keyframes.within(start, end)
+        seen = [players for t, players in self._seen if start <= t < end]
+        holder = span.holder
         if holder is not None:
             # A speaker out of view is still the speaker: count the frames she was seen in.
             with_holder = [f for f in seen if any(v.player == holder for v in f)]
             seen = with_holder or seen
+        # Known now: a turn waits for its words, and is emitted when they are in.
+        pts = max(span.pts, self._now)
+        text = " ".join(line.text for line in lines) if lines else \
+            "".join(w.text for w in words).strip()
         turn = Turn(
-            pts=pts, index=self._index, start=start, end=end,
-            text=" ".join(line.text for line in lines),
+            pts=pts, index=self._index, start=start, end=end, text=text,
             speaker_name=speakers.pop() if len(speakers) == 1 else None,
-            segments=segments, origin=origin,
+            segments=(SpeechSegment(pts=span.pts, start=start, end=end),)
+            if origin == "speech" else (),
+            origin=origin,
             keyframes=tuple(f.frame if isinstance(f, PerceivedFrame) else f for f in keyframes),
             views=tuple(f.players if isinstance(f, PerceivedFrame) else () for f in keyframes),
             vote=None if self.speaker is None else vote(seen, self.speaker),
             known_at=min(pts, self._media_now) if math.isfinite(self._media_now) else pts,
-            overlap=self._overlaps(start, end, lines),
+            overlap=self._overlaps.within(start, end, lines, self._lines, self._last),
             closed_by=closed_by,
+            words=tuple(sorted(words, key=lambda w: w.start)),
+            words_from=("transcript" if lines else "asr" if words else None),
         )
+        self._overlaps.spoken(lines)
         self._index += 1
+        self._last = turn
         return turn
 
 
+def split_line(line: TranscriptLine, at: float) -> tuple[TranscriptLine, TranscriptLine]:
+    """A line cut at `at`, its words divided by time (a line has no word times: each word
+    is taken to last in proportion to its letters)."""
+    words = line.text.split()
+    share = (at - line.start) / max(line.end - line.start, 1e-9)
+    letters = [len(w) + 1 for w in words]
+    total, run, cut = sum(letters), 0, 0
+    for i, n in enumerate(letters):
+        if run + n / 2 > share * total:
+            break
+        run += n
+        cut = i + 1
+    head = dataclasses.replace(line, end=at, text=" ".join(words[:cut]))
+    tail = dataclasses.replace(line, start=at, text=" ".join(words[cut:]))
+    return head, tail
+
+
 class TurnStage(Stage):
-    """Video frames, speech events and transcript lines in; turns out."""
+    """Video frames, speech events, transcript lines and words in; turns out."""
 
     name = "turns"
 
@@ -416,6 +438,3 @@ class TurnStage(Stage):
 
     async def finish(self) -> Sequence[Item]:
         return self.core.flush()
-
-    def holdback(self) -> float | None:
-        return self.core.held_since
