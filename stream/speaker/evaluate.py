@@ -22,6 +22,10 @@ class SpeakerScore:
     """Per true turn: media seconds from its start to the first correct per-frame decision."""
     boundary_errors: tuple[float, ...] = ()
     """Per true turn start and end: seconds to the nearest emitted turn start (or end)."""
+    refined_accuracy: float = 0.0
+    """The same speech frames, each given the speaker of the turn holding it: the refined
+    decision, which looks ahead as far as a turn waits (a change is known once the new
+    speaker has held, and placed where her rise began)."""
 
 
 def score(frames: Sequence[PerceivedFrame], turns: Sequence[Turn],
@@ -35,6 +39,7 @@ def score(frames: Sequence[PerceivedFrame], turns: Sequence[Turn],
                 for f in frames]
     speech = [(f, who) for f, who in speaking if who]
     hits = sum(1 for f, who in speech if f.speaker in who)
+    refined = sum(1 for f, who in speech if refined_speakers(turns, f.pts) & who)
     total = len(speech)
     voted = sum(
         1 for turn, spoken in zip(turns, truth["turns"], strict=False)
@@ -44,7 +49,14 @@ def score(frames: Sequence[PerceivedFrame], turns: Sequence[Turn],
         turn_accuracy=voted / len(truth["turns"]) if len(turns) == len(truth["turns"]) else 0.0,
         onset_lags=tuple(lags),
         boundary_errors=boundary_errors(turns, truth),
+        refined_accuracy=refined / total if total else 0.0,
     )
+
+
+def refined_speakers(turns: Sequence[Turn], t: float) -> set[str]:
+    """Who the turns say spoke at `t` (two where turns overlap)."""
+    return {turn.vote.speaker for turn in turns if turn.start <= t < turn.end
+            and turn.vote is not None and turn.vote.speaker is not None}
 
 
 def boundary_errors(turns: Sequence[Turn], truth: dict[str, Any]) -> tuple[float, ...]:

@@ -205,9 +205,7 @@ class TurnAssembler:
     def _transcript_past(self, span: Span) -> bool:
         """A line that starts after the span has ended: no later line covers the span
         (lines are known in order of their ends)."""
-        return any(line.start >= span.end for line in self._lines) or bool(
-            self._last is not None and self._last.origin == "transcript"
-            and self._last.start >= span.end)
+        return any(line.start >= span.end for line in self._lines)
 
     def _share(self, line: TranscriptLine, span: Span) -> float:
         return min(line.end, span.end) - max(line.start, span.start)
@@ -218,11 +216,17 @@ class TurnAssembler:
         adjacent = span.closed_by == "speaker"
         lines, end = self._claim_lines(span, adjacent)
         words, start, end = self._claim_words(span.start, end, adjacent)
+        if adjacent and not lines and not words and self.text is not None:
+            # No words before the change: the scores changed hands before the words did
+            # (a face model's lag, a listener's lips), so the time is the next speaker's.
+            self._move_boundary(span.end, span.start)
+            return []
         if adjacent:
             self._move_boundary(span.end, end)
         after_change = self._last is not None and self._last.closed_by == "speaker" \
             and self._last.end >= start - 1e-9
-        if after_change and not lines and not words and end - start < self.config.min_turn_s:
+        fresh = end - max(start, self._last.end if self._last is not None else start)
+        if after_change and not lines and not words and fresh < self.config.min_turn_s:
             return []  # the listener's face winning the voice's hangover: no turn
         return self._turns(span, start, end, lines, words)
 
@@ -232,9 +236,9 @@ class TurnAssembler:
             return
         if self._pending:
             nxt = self._pending[0]
-            if nxt.start >= old - 1e-9:
+            if nxt.start >= old - 1e-9 or new < nxt.start:
                 self._pending[0] = dataclasses.replace(nxt, start=min(new, nxt.end))
-        elif self._floor.start >= old - 1e-9:
+        elif self._floor.start >= old - 1e-9 or new < self._floor.start:
             self._floor.start = new
 
     def _nothing_after(self, span: Span, until: float) -> bool:
@@ -350,11 +354,11 @@ class TurnAssembler:
         """One turn per line the span holds, split midway between them; lines that
         overlap keep their own ends, and the later turn declares the overlap."""
         lines.sort(key=lambda line: line.start)
-        if span.closed_by != "transcript" and lines and self._last is not None:
-            reach = self._last.start
-            first = lines[0].start
-            if first < start:
-                start = max(first, reach)
+        if span.closed_by != "transcript" and lines and lines[0].start < start:
+            # Her line began before the speech did (talking over the end of the last
+            # turn): the turn reaches back to it, but not before the last turn began.
+            start = max(lines[0].start, self._last.start if self._last is not None
+                        else -math.inf)
         starts, ends = [start], []
         for before, after in itertools.pairwise(lines):
             middle = (before.end + after.start) / 2
