@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/socialstream replay examples/demo.mp4 $(DEMO_ARGS)
+	$(BIN)/socialstream replay examples/demo.mp4 --no-transcript $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -43,7 +43,12 @@ HELP = {
     "video_fps": "decimate video for the vision path to this frame rate",
     "session": "session id written into events (default: MEDIA's stem)",
     "verbose": "log more (repeat for debug)",
-    "asr": "without a transcript, transcribe speech offline with PocketSphinx (rough)",
+    "no_transcript": "leave a transcript beside MEDIA unread: the words are recognised from "
+                     "the audio (as on a live feed)",
+    "no_asr": "without a transcript, do not recognise words from the audio (by default "
+              "Whisper base does, on the CPU; docs/words.md)",
+    "asr_model": "recognise words with this local CTranslate2 Whisper folder instead of the "
+                 "bundled Whisper base (docs/words.md)",
     "model": "after every turn, answer who is addressed, referred to and mentioned with this "
              "model: a checkpoint directory, a model id in the local Hugging Face cache, or "
              "smollm2 (README: Engine)",
@@ -68,7 +73,8 @@ FLAGS = {"source.realtime": "--realtime", "source.speed": "--speed",
          "source.video_fps": "--video-fps", "output.out": "--out", "output.session": "--session",
          "output.annotate": "--annotate", "output.web": "--web",
          "output.attention": "--attention",
-         "mqtt.url": "--mqtt", "recognizer.enabled": "--asr", "engine.model": "--model",
+         "mqtt.url": "--mqtt", "recognizer.enabled": "--no-asr",
+         "recognizer.model": "--asr-model", "engine.model": "--model",
          "engine.url": "--engine",
          "live.give_up_s": "--give-up", "predictions.predictor": "--predictor"}
 """Config keys the flags set: a bad value is reported as the flag the user typed."""
@@ -82,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay", help="replay a recorded conversation")
     replay.add_argument("media", help=HELP["media"])
     replay.add_argument("--transcript", type=Path, help=HELP["transcript"])
+    replay.add_argument("--no-transcript", action="store_true", help=HELP["no_transcript"])
     replay.add_argument("--json", action="store_true", help=HELP["json"])
     replay.add_argument("--realtime", action="store_true", default=None, help=HELP["realtime"])
     replay.add_argument("--speed", type=float, help=HELP["speed"])
@@ -94,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--attention", action="store_true", default=None,
                         help=HELP["attention"])
     replay.add_argument("--web", metavar="[HOST:]PORT", help=HELP["web"])
-    replay.add_argument("--asr", action="store_true", default=None, help=HELP["asr"])
+    _asr_arguments(replay)
     replay.add_argument("--model", help=HELP["model"])
     replay.add_argument("--engine", metavar="URL", help=HELP["engine"])
     replay.add_argument("--predictor", help=HELP["predictor"])
@@ -123,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     live.add_argument("--attention", action="store_true", default=None,
                         help=HELP["attention"])
     live.add_argument("--web", metavar="[HOST:]PORT", help=HELP["web"])
-    live.add_argument("--asr", action="store_true", default=None, help=HELP["asr"])
+    _asr_arguments(live)
     live.add_argument("--model", help=HELP["model"])
     live.add_argument("--engine", metavar="URL", help=HELP["engine"])
     live.add_argument("--predictor", help=HELP["predictor"])
@@ -137,6 +144,15 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                              help=HELP["verbose"])
     return parser
+
+
+def _asr_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-asr", dest="asr", action="store_false", default=None,
+                        help=HELP["no_asr"])
+    parser.add_argument("--asr-model", metavar="PATH", help=HELP["asr_model"])
+    # Before the recognizer was on by default, --asr turned it on: still accepted.
+    parser.add_argument("--asr", dest="asr", action="store_true", default=None,
+                        help=argparse.SUPPRESS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,7 +191,7 @@ def _replay_config(args: argparse.Namespace) -> ReplayConfig:
         "output": {"out": args.out, "session": args.session, "annotate": args.annotate,
                    "attention": args.attention, "web": args.web},
         "mqtt": {"url": args.mqtt},
-        "recognizer": {"enabled": args.asr},
+        "recognizer": {"enabled": args.asr, "model": args.asr_model},
         "engine": {"model": args.model, "url": args.engine},
         "predictions": {"predictor": args.predictor},
     }, flags=FLAGS)
@@ -184,7 +200,11 @@ def _replay_config(args: argparse.Namespace) -> ReplayConfig:
 def _replay(args: argparse.Namespace, stderr: Console) -> int:
     config = _replay_config(args)
     sinks = _sinks(args, config, session_id(args.media, config))
-    replay = build_replay(args.media, config, sinks, args.transcript)
+    if args.transcript is not None and args.no_transcript:
+        raise UserError("--transcript FILE and --no-transcript contradict each other: "
+                        "give one")
+    replay = build_replay(args.media, config, sinks, args.transcript,
+                          sidecar=not args.no_transcript)
     _feed_metrics(sinks, replay.pipeline)
     try:
         report = _run_with_progress(replay, config, stderr)
@@ -215,7 +235,7 @@ def _live(args: argparse.Namespace, stderr: Console) -> int:
         "output": {"out": args.out, "session": args.session, "annotate": args.annotate,
                    "attention": args.attention, "web": args.web},
         "mqtt": {"url": args.mqtt},
-        "recognizer": {"enabled": args.asr},
+        "recognizer": {"enabled": args.asr, "model": args.asr_model},
         "engine": {"model": args.model, "url": args.engine},
         "predictions": {"predictor": args.predictor},
     }, model=LivePipelineConfig, flags=FLAGS)

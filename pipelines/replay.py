@@ -2,6 +2,7 @@
 
     media ─┬─ audio ─ vad ─┬─ voice frames ─┐
            │               └─ speech events ┼──────────────────┐
+           ├─ audio + speech events ─ asr ─ words ─────────────┤  (without a transcript)
            └─ video ─────────── perception ─┴─ perceived frames ┼─ turns ─ sinks
     transcript sidecar ─ lines ────────────────────────────────┘
 """
@@ -29,10 +30,12 @@ from stream.frames import (
     Prediction,
     SpeechSegment,
     SpeechStarted,
+    Transcribed,
     TranscriptLine,
     Turn,
     VideoFrame,
     VoiceFrame,
+    Word,
 )
 from stream.runtime import Pipeline, Policy, Stage
 from stream.sources.media import MediaInfo, MediaSource
@@ -102,18 +105,22 @@ def replay_and_collect(media: str, config: ReplayConfig
     return [f for f in frames.items if isinstance(f, PerceivedFrame)], turns.turns
 
 
-def resolve_transcript(media: str, transcript: Path | None) -> Transcript | None:
-    path = transcript or find_sidecar(media)
+def resolve_transcript(media: str, transcript: Path | None, sidecar: bool = True
+                       ) -> Transcript | None:
+    path = transcript or (find_sidecar(media) if sidecar else None)
     return read_transcript(path) if path is not None else None
 
 
 def build_replay(media: str, config: ReplayConfig, sinks: Sequence[Stage],
-                 transcript: Path | None = None) -> Replay:
-    """Wire the graph. Raises `UserError` for unusable media or transcript."""
+                 transcript: Path | None = None, *, sidecar: bool = True) -> Replay:
+    """Wire the graph. Raises `UserError` for unusable media or transcript.
+
+    `sidecar=False` leaves a transcript beside the media unread, so that the words come
+    from the recognizer (when it is enabled)."""
     src = config.source
     source = MediaSource(media, pacer=Pacer(src.speed if src.realtime else None),
                          video_fps=src.video_fps, video_size=src.video_size)
-    lines = resolve_transcript(media, transcript)
+    lines = resolve_transcript(media, transcript, sidecar)
     inputs = {"the media": media, "the transcript": lines and lines.path}
     refuse_input_as_output(config.output.out, inputs)
     refuse_input_as_output(config.output.annotate, inputs, flag="--annotate")
@@ -131,6 +138,9 @@ def build_replay(media: str, config: ReplayConfig, sinks: Sequence[Stage],
 LAG_SLACK = 16
 """Room on the edges beside perception's hold-back: more speech events than VAD can make
 in that time."""
+WORD_SLACK = 128
+"""Room on the recognizer's edge to the turns beside perception's hold-back: the words of
+a few decodes (a `max_chunk_s` chunk holds about 15)."""
 
 
 def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has_audio: bool,
@@ -153,9 +163,11 @@ def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has
         if perceive else None
     lagging = perception is not None and perception.model == "light_asd"
     slack = max(size, LAG_SLACK) if lagging else size
+    recognize = transcript is None and has_audio and config.recognizer.enabled
     assembler = TurnAssembler(config.turns, has_audio=has_audio,
                               orphan_delay_s=config.vad.hangover_s + config.vad.frame_s,
-                              speaker=config.perception.speaker if perceive else None)
+                              speaker=config.perception.speaker if perceive else None,
+                              text="asr" if recognize else "transcript" if transcript else None)
     if has_audio:
         pipe.add(VadStage(config.vad, emit_frames=perceive))
         pipe.connect(media, "vad", AudioChunk, maxsize=size)
@@ -167,13 +179,14 @@ def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has
         if perception.model == "light_asd":
             pipe.connect(media, "perception", AudioChunk, maxsize=slack)
     pipe.add(TurnStage(assembler))
-    # Lines first: a recognizer's line shares its pts with the segment it transcribes.
-    if transcript is None and has_audio and config.recognizer.enabled:
+    # Words first: the recognizer's words and progress share their pts with the segment
+    # whose closing decoded them, and the turn it closes waits for them.
+    if recognize:
         pipe.add(RecognizerStage(config.recognizer))
         pipe.connect(media, "asr", AudioChunk, maxsize=size)
-        pipe.connect("vad", "asr", SpeechSegment, maxsize=slack)
-        transcript = "asr"
-    if transcript is not None:
+        pipe.connect("vad", "asr", SpeechStarted, SpeechSegment, maxsize=slack)
+        pipe.connect("asr", "turns", Word, Transcribed, maxsize=max(size, WORD_SLACK))
+    elif transcript is not None:
         pipe.connect(transcript, "turns", TranscriptLine, maxsize=slack)
     if has_audio:
         pipe.connect("vad", "turns", SpeechStarted, SpeechSegment, maxsize=slack)

@@ -127,6 +127,12 @@ def test_bench_replay_reports_ratios_as_json(demo: Path) -> None:
     assert figures["turns"] == 12
     assert figures["replay_rtf"] > 0 and figures["decode_rtf"] > 0
     assert abs(figures["replay_over_decode"] - figures["replay_s"] / figures["decode_s"]) < 0.01
+    assert "asr" not in figures  # the recogniser is timed only when asked (--asr)
+
+
+def test_bench_replay_paced_needs_asr() -> None:
+    result = run_cli("bench", "replay", "--paced")
+    assert result.returncode == 2 and "add --asr" in result.stderr
 
 
 @pytest.mark.slow

@@ -268,7 +268,7 @@ def test_a_truncated_mp4_that_still_decodes_says_so(tmp_path: Path) -> None:
     _ffmpeg("-i", str(DEMO), "-c", "copy", "-movflags", "+faststart", str(fast))
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(fast.read_bytes()[: fast.stat().st_size * 6 // 10])
-    done = run_cli("replay", str(cut), "--json")
+    done = run_cli("replay", str(cut), "--json", "--no-asr")  # the media, not its words
     assert done.returncode == 0, done.stderr
     said = "".join(done.stderr.split())  # the log wraps long lines, even inside a word
     assert "butthecontainersaysitlasts33.7s:thefilemaybetruncated" in said
@@ -279,13 +279,14 @@ def test_a_truncated_mp4_that_still_decodes_says_so(tmp_path: Path) -> None:
 # -- live inputs that are not there ---------------------------------------------------------
 
 def test_a_camera_that_is_not_there_is_one_line() -> None:
-    _one_line(run_cli("live", "/dev/video9", "--give-up", "2"), 2, "/dev/video9: no such camera")
+    _one_line(run_cli("live", "/dev/video9", "--give-up", "2", "--no-asr"), 2,
+              "/dev/video9: no such camera")
 
 
 def test_a_stream_that_never_sends_is_an_error_at_give_up() -> None:
     from tests.broker import free_port
 
-    done = run_cli("live", f"tcp://127.0.0.1:{free_port()}", "--give-up", "2")
+    done = run_cli("live", f"tcp://127.0.0.1:{free_port()}", "--give-up", "2", "--no-asr")
     _one_line(done, 2, "no data before giving up after 2.0s")
 
 

@@ -47,7 +47,7 @@ def _live(port: int, tmp_path: Path, give_up: float, stall: float = 3.0,
                       f"  reconnect_max_s: 0.5\n{MOUTH}")
     return subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "live", url or _udp(port), "--json",
-         "--give-up", str(give_up), "--config", str(config), *extra],
+         "--give-up", str(give_up), "--config", str(config), "--no-asr", *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -55,14 +55,15 @@ MOUTH = "perception:\n  speaker:\n    model: mouth\n"
 """These tests check the transport (a live feed gives the file's turns), not the speaker
 model: Light-ASD's real-time factor here (about 0.75 for the demo's 3 faces on 2 cores)
 leaves no headroom beside ffmpeg pushing the stream, and a pipeline behind a live feed
-drops video by design, which changes the speakers. Its cost is in `bench perception`."""
+drops video by design, which changes the speakers. Its cost is in `bench perception`.
+For the same reason the recognizer is off (`--no-asr`): the turns, not their words."""
 
 
 def _assert_same_turns_as_the_file_replay(events: list[dict], tmp_path: Path) -> None:
     config = tmp_path / "replay.yaml"
     config.write_text(MOUTH)
     replayed = turn_events(run_cli("replay", str(DEMO), "--json", "--config",
-                                   str(config)).stdout)
+                                   str(config), "--no-asr").stdout)
     assert len(events) == len(replayed) == 12
     for got, want in zip(events, replayed, strict=True):
         assert abs(got["start"] - want["start"]) <= 0.02, "within one VAD frame"
@@ -119,6 +120,7 @@ def test_video_edges_keep_the_newest_and_audio_loses_nothing() -> None:
     assert policies[("media", "perception", (VideoFrame,))] == "latest"
     assert policies[("media", "perception", (AudioChunk,))] == "block"  # Light-ASD's audio
     assert policies[("media", "vad", (AudioChunk,))] == "block"
+    assert policies[("media", "asr", (AudioChunk,))] == "block"  # the recognizer's audio
     assert policies[("perception", "turns", (PerceivedFrame,))] == "block"
     edge = next(e for e in live.pipeline.edges if e.dst == "vad")
     assert edge.types == (AudioChunk,)
@@ -207,8 +209,8 @@ def test_a_pipe_is_read_once_to_its_end(tmp_path: Path) -> None:
     config = tmp_path / "voice.yaml"
     config.write_text("perception:\n  enabled: false\n")
     with stream.open("rb") as stdin:
-        result = run_cli("live", "-", "--json", "--config", str(config), stdin=stdin,
-                         timeout=120)
+        result = run_cli("live", "-", "--json", "--config", str(config), "--no-asr",
+                         stdin=stdin, timeout=120)
     assert result.returncode == 0, result.stderr
     events = turn_events(result.stdout)
     assert len(events) == 12 and events[0]["start"] == 0.8

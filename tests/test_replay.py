@@ -9,10 +9,11 @@ from pathlib import Path
 
 import jsonschema
 
+from pipelines.bench_words import normalise
 from pipelines.config import load_config
 from pipelines.replay import Collect, build_replay, run_replay
 from stream.events import dumps, turn_event, turn_schema
-from stream.frames import Item, PerceivedFrame, Prediction, Turn
+from stream.frames import Item, PerceivedFrame, Prediction, Transcribed, Turn, Word
 from stream.runtime import Stage
 from stream.sinks.jsonl import JsonlSink
 from tests.conftest import PREDICTION, ROOT, TURN, events_of
@@ -77,7 +78,7 @@ def test_small_queues_and_decimated_video_still_lose_nothing(demo: Path, tmp_pat
 def test_audio_only_and_video_only_inputs(tmp_path: Path) -> None:
     voice = write_media(tmp_path / "voice.m4a", video=False,
                         audio=tone_track([(0.5, 1.5), (2.5, 3.2)], 4.0))
-    events = replay_events(voice, tmp_path)
+    events = replay_events(voice, tmp_path, recognizer={"enabled": False})  # tones, no words
     assert [e["keyframes"] for e in events] == [[], []]
     silent = write_media(tmp_path / "silent.mp4", duration=3.0)
     (tmp_path / "silent.jsonl").write_text('{"start": 0.5, "end": 1.5, "text": "hi"}\n')
@@ -99,17 +100,31 @@ def test_collect_keeps_turn_objects_with_frames(demo: Path) -> None:
     assert turn_event(collect.turns[0], "s", run="r1")["id"] == "s/r1/turn/0"
 
 
-def test_offline_recognizer_gives_turns_words(demo: Path, tmp_path: Path) -> None:
+def test_without_a_transcript_whisper_gives_the_turns_their_words(demo: Path) -> None:
     import shutil
+    import tempfile
 
-    bare = tmp_path / "bare" / "demo.mp4"  # no transcript beside it
-    bare.parent.mkdir()
-    shutil.copy(demo, bare)
-    events = replay_events(bare, tmp_path, recognizer={"enabled": True},
-                           perception={"enabled": False})
-    assert len(events) == 12 and all(e["origin"] == "speech" for e in events)
-    assert all(e["text"] for e in events), "every turn got words"
-    assert "map" in events[0]["text"].split(), "rough, but real: 'finish the map'"
+    with tempfile.TemporaryDirectory() as folder:
+        bare = Path(shutil.copy(demo, Path(folder) / "demo.mp4"))  # no transcript beside it
+        collect = Collect()
+        replay = build_replay(str(bare), load_config(None, {"perception": {"enabled": False},
+                                                            "predictions": {"predictor":
+                                                                            "none"}}),
+                              [collect])
+        heard: list[Item] = []
+        replay.pipeline.observe(lambda node, item: heard.append(item) if node == "asr" else None)
+        asyncio.run(run_replay(replay))
+    words = [item for item in heard if isinstance(item, Word)]
+    progress = [item for item in heard if isinstance(item, Transcribed)]
+    assert len(progress) == 12, "one decode per turn's speech"
+    assert progress[-1].until >= collect.turns[-1].end
+    said = " ".join(normalise(w.text) for w in words)
+    for phrase in ("did you finish the map for our trip", "the shortcut", "here it is"):
+        assert phrase in said
+    turns = collect.turns
+    assert len(turns) == 12 and all(t.words_from == "asr" and t.words for t in turns)
+    assert [w for t in turns for w in t.words] == words, "every word, in its turn"
+    assert "map" in normalise(turns[0].text).split()
 
 
 class _SlowEngine(Stage):

@@ -95,8 +95,10 @@ def test_a_speech_frame_counts_once_and_either_overlapping_speaker_is_right() ->
 
 
 def _perceive(media: Path, model: str = "light_asd") -> tuple[list[PerceivedFrame], list[Turn]]:
+    # The speakers, not the words: the recognizer stays off for a copy without transcript.
     return replay_and_collect(str(media), load_config(None, {
-        "perception": {"speaker": {"model": model}}, "predictions": {"predictor": "none"}}))
+        "perception": {"speaker": {"model": model}}, "predictions": {"predictor": "none"},
+        "recognizer": {"enabled": False}}))
 
 
 @pytest.mark.parametrize(("scene", "seats", "model", "per_frame"), [
