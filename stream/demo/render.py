@@ -23,6 +23,9 @@ YAW_TIME_CONSTANT = 0.25
 LIGHT_PERIOD_S = 7.0
 MOUTH_RELEASE = 0.5
 """Per-frame decay of mouth opening when the voice drops (jaw closes smoothly)."""
+SWAY_YAW = 0.6
+SWAY_HZ = 0.7
+"""A swaying listener's head yaw swings this far either side of her gaze, this often."""
 
 
 @dataclass(frozen=True)
@@ -122,19 +125,36 @@ class Renderer:
         for line in near:
             speaker = self.ids.index(self.scene.lines[line.index].speaker)
             frame = round((t - line.start) * self.scene.fps)
+            said = 0.0
             if line.start <= t <= line.end and frame < len(self.voices[line.index]):
-                voice[speaker] = max(voice[speaker], self.voices[line.index][frame])
+                said = self.voices[line.index][frame]
+                voice[speaker] = max(voice[speaker], said)
             for i, player in enumerate(self.scene.players):
                 if player.mumbles and i != speaker and line.start <= t <= line.end:
                     # Silent lips and a nod while listening: motion that is not speech.
                     voice[i] = 0.6 * max(0.0, np.sin(2 * np.pi * 3.0 * t))
                     self.nod[i] = 5.0 * max(0.0, np.sin(2 * np.pi * 0.8 * t))
+                if player.echoes and i != speaker:
+                    # Mouthing the words along, silently: lips that move with the sound.
+                    voice[i] = max(voice[i], player.echoes * said)
         for i, player in enumerate(self.scene.players):
             if player.turned:
                 self.target[i] = player.turned
         step = 1.0 / self.scene.fps
-        self.yaw += (self.target - self.yaw) * (1 - np.exp(-step / YAW_TIME_CONSTANT))
+        goal = self._swayed(t, near)
+        self.yaw += (goal - self.yaw) * (1 - np.exp(-step / YAW_TIME_CONSTANT))
         self.mouth = np.maximum(voice, self.mouth * MOUTH_RELEASE)
+
+    def _swayed(self, t: float, near: list[PlacedLine]) -> np.ndarray:
+        """The yaw each head turns towards: its target, swung to and fro for a swaying
+        listener (no one else's is touched, so scenes without one render as before)."""
+        goal = self.target.copy()
+        speaking = {self.scene.lines[pl.index].speaker for pl in near if pl.start <= t <= pl.end}
+        for i, player in enumerate(self.scene.players):
+            if player.sways and self.ids[i] not in speaking:
+                swing = SWAY_YAW * np.sin(2 * np.pi * SWAY_HZ * t)
+                goal[i] = np.clip(goal[i] + swing, -1.0, 1.0)
+        return goal
 
     def _facing(self, i: int, j: int) -> float:
         if i == j:

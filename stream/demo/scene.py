@@ -22,6 +22,11 @@ class Player:
     """Head yaw held while speaking and listening (-1..1, 1 is about 45 degrees)."""
     mumbles: bool = False
     """Nods and moves the lips without sound while others speak."""
+    sways: bool = False
+    """Sways her head from side to side (yaw) while she is not speaking."""
+    echoes: float = 0.0
+    """Mouths the words along without a sound while others speak: her mouth follows their
+    voice, opening this share of theirs (0: never)."""
 
 
 @dataclass(frozen=True)
@@ -205,5 +210,35 @@ HANDOVER = Scene(
 """Real handovers: no pause between speakers (twice), a reply that starts while the
 other still talks (twice), and a speaker who turns her back while she talks."""
 
+LOOKALIKE = Scene(
+    players=(
+        Player("P1", "Nora", "en-us+f2", look=1),
+        Player("P2", "Carol", "en+f4", look=0, mouth="lips", echoes=0.45),
+        Player("P3", "Dora", "en-us+f3", look=0, sways=True),
+        Player("P4", "Sam", "en-gb+m3", look=2),
+    ),
+    lines=(
+        Line("P4", "P3", "Dora, if that is true, then who is the wolf?", mentions=("P3",)),
+        Line("P3", "P4", "I think it is Nora. She accused two people for no reason.",
+             mentions=("P1",), pronouns=(_p("She", "P1"),)),
+        Line("P1", "P2", "Carol, you were the seer last night, tell us what you saw.",
+             mentions=("P2",)),
+        Line("P2", "P1", "I looked at Dora. She is a villager, like me.", mentions=("P3",),
+             pronouns=(_p("She", "P3"),)),
+        Line("P3", "P2", "Thank you, Carol. Then I vote for Nora.", mentions=("P2", "P1")),
+        Line("P4", "P1", "Nora, you have been very quiet today.", mentions=("P1",)),
+        Line("P1", "P4", "Sam, I was only listening.", mentions=("P4",)),
+    ),
+    scale=0.6,
+    top=200,
+    audio_noise=0.006,
+    video_noise=3.0,
+    gaps=(0.0, 0.8, 0.0, 0.0, 0.7, 0.0),
+)
+"""Two people with the same face side by side: Carol mouths the words along without a
+sound while others speak, Dora sways her head while she listens. While Dora says her
+first line, Light-ASD's scores for her and Carol hover near a tie. Four handovers without
+a pause, one between the look-alikes."""
+
 SCENES = {"demo": DEMO, "duo": DUO, "quartet": QUARTET, "varied": VARIED,
-          "handover": HANDOVER}
+          "handover": HANDOVER, "lookalike": LOOKALIKE}
