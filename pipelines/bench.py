@@ -2,7 +2,9 @@
 
 `replay`: decode+VAD+turns, without and with perception, on a clip against
 decoding the same clip alone, as real-time factors (processing seconds per
-media second).
+media second). With `--asr`, also with the words recognised from the audio (the
+transcript beside the clip left unread) and how long after a turn's end its words
+are out, in media time; with `--paced` too, in wall-clock time at live pace.
 `perception`: decode-only frame rate, face detection per frame, the whole
 perception path as a real-time factor for live 30 fps input, and the wall-clock
 latency from a frame's media time to its speaker decision in a paced replay.
@@ -32,7 +34,8 @@ from pipelines.bench_view import bench_view
 from pipelines.config import ReplayConfig, load_config
 from pipelines.replay import Collect, build_replay, replay_and_collect, run_replay
 from stream.errors import UserError
-from stream.frames import Item, PerceivedFrame
+from stream.events import turn_event
+from stream.frames import Item, PerceivedFrame, Turn
 from stream.runtime import Stage
 from stream.sources.media import MediaSource, probe
 from stream.sources.pacing import Pacer
@@ -56,6 +59,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                        help="mqtt: broker to load (default: a private mosquitto)")
     bench.add_argument("--json", action="store_true",
                        help="end the output with one JSON object of the figures")
+    bench.add_argument("--asr", action="store_true",
+                       help="replay: also replay with the words recognised from the audio "
+                            "(the transcript left unread), and time the words")
+    bench.add_argument("--paced", action="store_true",
+                       help="replay --asr: also once at live pace, for the wall-clock delay "
+                            "from a turn's end to its recognised words")
     engine = bench.add_argument_group("engine")
     engine.add_argument("--turns", type=int, default=30, help="engine: conversation length")
     engine.add_argument("--shape", choices=["tiny", "0.5b", "3b"], default="0.5b",
@@ -156,13 +165,15 @@ def _median_seconds(work: Any, repeat: int, stderr: Console, label: str) -> tupl
 
 
 def bench_replay(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
+    if args.paced and not args.asr:
+        raise UserError("--paced times the recognised words at live pace: add --asr")
     duration = probe(args.media).duration or 0.0
     decode, _ = _median_seconds(lambda: _decode_only(args.media), args.repeat, stderr, "decode")
     audio, _ = _median_seconds(lambda: _replay_once(args.media, perception=False), args.repeat,
                                stderr, "replay without perception")
     full, turns = _median_seconds(lambda: _replay_once(args.media), args.repeat, stderr,
                                   "replay")
-    return {
+    figures = {
         "media": args.media,
         "media_s": round(duration, 3),
         "turns": turns,
@@ -175,6 +186,84 @@ def bench_replay(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
         "replay_no_perception_over_decode": round(audio / decode, 3),
         "replay_over_decode": round(full / decode, 3),
     }
+    if args.asr:
+        figures["asr"] = _bench_asr(args, stderr, duration)
+    return figures
+
+
+def _bench_asr(args: argparse.Namespace, stderr: Console, duration: float) -> dict[str, Any]:
+    """The full replay with the words from the transcript and with them recognised, paired
+    in each round (this shared machine drifts between rounds), and the recogniser's delay
+    (`eval_words.word_latencies`)."""
+    from pipelines.eval_words import percentiles, word_latencies
+
+    walls: dict[str, list[float]] = {"transcript": [], "asr": []}
+    events: list[dict[str, Any]] = []
+    for round_ in range(args.repeat + 1):  # round 0 warms caches and Whisper, not counted
+        for kind in ("asr", "transcript") if round_ % 2 else ("transcript", "asr"):
+            began = time.perf_counter()
+            if kind == "asr":
+                events = asyncio.run(_replay_asr(args.media))
+            else:
+                asyncio.run(_replay_once(args.media))
+            wall = time.perf_counter() - began
+            if round_:
+                walls[kind].append(wall)
+            stderr.log(f"replay, words from {kind}: round {round_ + 1}/{args.repeat + 1} "
+                       f"{wall:.3f}s{' (warm-up)' if round_ == 0 else ''}")
+    rounds = [a / t for a, t in zip(walls["asr"], walls["transcript"], strict=True)]
+    figures: dict[str, Any] = {
+        "transcript_rtf": round(statistics.median(walls["transcript"]) / duration, 4),
+        "asr_rtf": round(statistics.median(walls["asr"]) / duration, 4),
+        "asr_over_transcript": round(statistics.median(rounds), 3),
+        "asr_over_transcript_rounds": [round(r, 3) for r in rounds],
+        "turns": len(events),
+        "recognised_turns": len(word_latencies(events)),
+        "word_latency_media": percentiles(word_latencies(events)),
+    }
+    if args.paced:
+        stderr.log("replay with the words recognised, at live pace")
+        figures["word_latency_wall"] = percentiles(asyncio.run(_paced_word_lags(args.media)))
+    return figures
+
+
+async def _replay_asr(media: str) -> list[dict[str, Any]]:
+    from pipelines.eval_scene import build_scene_replay
+
+    collect = Collect()
+    await run_replay(build_scene_replay(media, _config(), [collect], asr=True))
+    return [turn_event(t, "bench") for t in collect.turns]
+
+
+class _WordLagProbe(Stage):
+    """Wall-clock delay from a recognised turn's end being due (paced) to the turn, with its
+    words, reaching a sink."""
+
+    name = "word-lag"
+    inputs = (Turn,)
+
+    def __init__(self, pacer: Pacer) -> None:
+        self.pacer = pacer
+        self.delays: list[float] = []
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        if isinstance(item, Turn) and item.words_from == "asr":
+            due = self.pacer.wall_time(item.end)
+            if due is not None:
+                self.delays.append(time.monotonic() - due)
+        return ()
+
+
+async def _paced_word_lags(media: str) -> list[float]:
+    from pipelines.eval_scene import build_scene_replay
+
+    config = _config(source={"realtime": True})
+    replay = build_scene_replay(media, config, [], asr=True)
+    lag = _WordLagProbe(replay.media.pacer)
+    replay.pipeline.add(lag)
+    replay.pipeline.connect("turns", lag.name, Turn)
+    await run_replay(replay)
+    return lag.delays
 
 
 def bench_perception(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:

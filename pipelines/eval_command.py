@@ -42,6 +42,9 @@ def add_parsers(commands: argparse._SubParsersAction, help_text: dict[str, str])
                     help="with --rttm: the scored regions (default: each whole recording)")
     ev.add_argument("--config", type=Path, metavar="FILE",
                     help="with --rttm: replay with this YAML config (as configs/replay.yaml)")
+    ev.add_argument("--asr", action="store_true",
+                    help="scenes: leave the transcript beside each scene unread and "
+                         "recognise the words from the audio, to score the recogniser")
     ev.add_argument("--json", action="store_true",
                     help="end stdout with one JSON object (tables go to stderr)")
     ev.add_argument("--out", type=Path, help="also write the JSON report to this file")
@@ -89,6 +92,8 @@ def run_eval(args: argparse.Namespace, stderr: Console) -> int:
             raise UserError(f"--{flag} applies to an --rttm evaluation: give --rttm REF.rttm "
                             "too")
     if args.rttm is not None:
+        if args.asr:
+            raise UserError("--asr applies to scenes with truth, not to an --rttm evaluation")
         if data:
             raise UserError(f"{data[0]}: --rttm scores recordings (audio or video), not "
                             "labelled dialogue; run those without --rttm")
@@ -96,6 +101,9 @@ def run_eval(args: argparse.Namespace, stderr: Console) -> int:
 
         result = evaluate_turns(scenes, args.rttm, args.uem, out, config=args.config)
         return _finish(args, result)
+    if args.asr and not scenes:
+        raise UserError("--asr recognises the words of scenes (media with a MEDIA.truth.json "
+                        "beside it): give one")
     if data:
         loaded = _load(data, stderr)
         reports = _reports(args, loaded, stderr)
@@ -106,8 +114,8 @@ def run_eval(args: argparse.Namespace, stderr: Console) -> int:
     if scenes:
         from pipelines.eval_scene import evaluate_scenes
 
-        result["scenes"] = evaluate_scenes(scenes, args.predictor, args.weights, args.model,
-                                           out)
+        result["scenes"], result["words"] = evaluate_scenes(
+            scenes, args.predictor, args.weights, args.model, out, asr=args.asr)
     return _finish(args, result)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipelines.eval_words import normalise
 from tests.conftest import run_cli
 from tests.tasks.helpers import write_jsonl
 from tests.tasks.test_predictors import _dataset
@@ -47,7 +48,7 @@ def test_eval_bad_input_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2 and "schema is None" in done.stderr
 
 
-def test_eval_a_scene_with_ground_truth(demo: Path) -> None:
+def test_eval_a_scene_with_ground_truth(demo: Path, truth: dict) -> None:
     done = run_cli("eval", str(demo), "--json", timeout=300)
     assert done.returncode == 0, done.stderr
     scene = json.loads(done.stdout.splitlines()[-1])["scenes"][str(demo)]
@@ -56,3 +57,35 @@ def test_eval_a_scene_with_ground_truth(demo: Path) -> None:
     # Above the previous-speaker rule on the demo (6/12), without any model.
     assert scene["tasks"]["addressee"]["accuracy"] > \
         scene["tasks"]["addressee"]["baselines"]["previous_speaker"]
+    # The words come from the transcript beside it, which is the truth's: no word error,
+    # and one turn out per truth turn, each with its words.
+    words = scene["words"]
+    assert words["wer"]["rate"] == words["cpwer"]["rate"] == 0.0
+    assert words["wer"]["reference_words"] == sum(
+        len(normalise(t["text"]).split()) for t in truth["turns"]) == 84
+    assert (words["turns_out"], words["turns_truth"]) == (12, 12)
+    assert words["empty_speech_turns"] == words["overlapping_turns"] == 0
+    assert words["words_from"] == {"transcript": 12}
+    assert words["word_latency"]["n"] == 0  # nothing was recognised
+    assert "cpWER" in done.stderr  # the words table
+
+
+def test_eval_asr_is_refused_where_there_is_no_scene(tmp_path: Path, demo: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", _dataset(2))
+    done = run_cli("eval", str(data), "--asr")
+    assert done.returncode == 2 and "--asr recognises the words of scenes" in done.stderr
+    done = run_cli("eval", str(demo), "--asr", "--rttm", str(data))
+    assert done.returncode == 2 and "not to an --rttm evaluation" in done.stderr
+
+
+def test_a_scene_replayed_for_asr_leaves_its_transcript_unread(demo: Path) -> None:
+    from pipelines.config import load_config
+    from pipelines.eval_scene import build_scene_replay
+
+    config = load_config(None, {"output": {"progress": False}})
+    assert build_scene_replay(str(demo), config, []).transcript is not None
+    replay = build_scene_replay(str(demo), config, [], asr=True)
+    assert replay.transcript is None and replay.session == "demo"
+    assert {stage.name for stage in replay.pipeline.stages} >= {"asr", "vad", "turns"}
+    feeds = {(e.src, e.dst) for e in replay.pipeline.edges}
+    assert ("asr", "turns") in feeds and ("transcript", "turns") not in feeds
