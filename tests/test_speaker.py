@@ -132,7 +132,10 @@ def test_speaker_per_turn_and_per_frame(scene: str, seats: int, model: str,
     # the frames later (before it: 14 within 0.3 s, max 0.358, both overlaps found), so
     # the first overlapping reply is found only where the other stopped.
     (True, 16, 0.115, {3, 5}),
-    (False, 12, 0.713, {5}),
+    # The floor's margin (a lead of 0.2 held 0.2 s, against flicker) decides two handovers
+    # a little later than the old per-frame speaker did: 10 within 0.3 s (the two next
+    # at 0.311 s), still max 0.713 s, every speaker right.
+    (False, 10, 0.713, {5}),
 ])
 def test_handovers_without_pauses_are_split_where_the_speaker_changes(
         transcript: bool, found: int, worst: float, overlaps: set[int], tmp_path: Path) -> None:
