@@ -241,8 +241,8 @@ class TurnAssembler:
         elif self._floor.start >= old - 1e-9 or new < self._floor.start:
             self._floor.start = new
 
-    def _nothing_after(self, span: Span, until: float) -> bool:
-        """No other speech between the span's end and `until`."""
+    def _nothing_after(self, until: float) -> bool:
+        """No other speech closed or open before `until` (after the span being settled)."""
         open_from = self._floor.start if self._floor.speaking else math.inf
         return not self._pending and open_from >= until
 
@@ -262,10 +262,10 @@ class TurnAssembler:
             if beyond <= 0:
                 claimed.append(line)
             elif not adjacent:
-                if inside < beyond and not self._nothing_after(span, line.end):
+                if inside < beyond and not self._nothing_after(line.end):
                     continue  # mostly the next speech's line
                 claimed.append(line)
-                if not span.cut and self._nothing_after(span, line.end):
+                if not span.cut and self._nothing_after(line.end):
                     end = max(end, line.end)  # what the voice activity missed of it
             elif beyond <= snap and inside >= beyond:
                 claimed.append(line)

@@ -90,9 +90,6 @@ class Floor:
         self.holder: str | None = None
         self.rival: str | None = None
         self.rival_since = -math.inf
-        self.reach_back: float | None = None
-        """After a speaker change: where the closed span began. The next span's words may
-        reach back to there (talking over the end of the last turn)."""
 
     @property
     def speaking(self) -> bool:
@@ -100,7 +97,6 @@ class Floor:
 
     def speech_started(self, event: SpeechStarted) -> None:
         self.phase, self.start, self.holder, self.rival = Phase.SPEAKING, event.start, None, None
-        self.reach_back = None
 
     def speech_ended(self, segment: SpeechSegment) -> Span | None:
         """Close the open span (or, with no SpeechStarted seen, the whole segment)."""
@@ -148,7 +144,7 @@ class Floor:
         if end - self.start < self.rules.min_turn_s:
             return None  # too short to be a turn: the start joins the new speaker's
         span = Span(self.start, end, now, holder, "speaker")
-        self.reach_back, self.start = self.start, at
+        self.start = at
         return span
 
     def _rise(self, since: float, rival: str) -> float:
