@@ -160,7 +160,7 @@ def _served_ms(args: argparse.Namespace, model: str, turns: list[Turn], budget: 
         stderr.log("Ray Serve is not installed (extra [serve]): no serve_overhead_ms")
         return None
     from stream.engine.service import APP, HEADER, deployment
-    from stream.engine.turnlog import turn_to_json
+    from stream.engine.wire import turn_to_json
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -175,7 +175,7 @@ def _served_ms(args: argparse.Namespace, model: str, turns: list[Turn], budget: 
 
     stderr.log("starting a local Ray Serve replica ...")
     with tempfile.TemporaryDirectory() as log_dir:
-        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             cpus = float(ray.available_resources().get("CPU", 1.0))

@@ -213,7 +213,7 @@ def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has
         if config.engine.url is not None:
             # A conversation per run, as with a model in process: a second replay of the
             # same media starts afresh instead of going on from the first.
-            engine = RemoteEngineStage(config.engine, f"{session}/{new_run()}")
+            engine = RemoteEngineStage(config.engine, f"{session}/{new_run()}", names)
         elif config.engine.model is not None:
             engine = EngineStage(config.engine, names, attention=attention)
         if predictor == "engine" and engine is None:

@@ -12,26 +12,33 @@ prediction event goes to `<prefix>/<session>/prediction` with the edge run's id.
 A conversation is one run of a session (`<session>/<run>`), as in process: a second
 replay of the same file starts a fresh one. Turns of one conversation are answered in
 order, conversations side by side. The bridge's subscription is a persistent MQTT
-session (QoS 1, a fixed client id), so turns published while it is down wait at the
-broker. A turn is acknowledged to the broker only once its prediction is published (or
-once it is known to need none), so a turn the bridge had taken but not answered when it
-died comes again to the next bridge. A bridge that restarts mid-conversation takes the
-conversation's words again from the service's turn log, up to the first turn it gets
-(so does a conversation that was idle for `idle_s` and closed here); the service
-answers a turn it took before as it did then (`SessionPool`). A turn delivered twice is
-answered once. A turn that cannot be answered at all (the service unreachable, a
-damaged turn log) is one error line and is let go, so that it holds no other turn back.
+session (QoS 1, a client id of its service: its prefix, turn log and engine URL), so
+turns published while it is down wait at the broker, and another service's bridge on the
+same broker does not take its place. A turn is acknowledged to the broker only once its
+prediction is published (or once it is known to need none), so a turn the bridge had
+taken but not answered when it died comes again to the next bridge. A bridge that
+restarts mid-conversation takes the conversation's words again from the service's turn
+log, up to the first turn it gets (so does a conversation that was idle for `idle_s` and
+closed here); the service answers a turn it took before as it did then (`SessionPool`).
+A turn delivered twice is answered once. A turn that cannot be answered at all (the
+service unreachable, a damaged turn log) is one error line and is let go, so that it
+holds no other turn back; so is anything that is not a turn (too deep, not finite, a key
+frame that is no PNG, names that are not names): an error about one message never stops
+the bridge, nor any conversation, and a task that dies anyway says why in the log.
 Predictions wait in memory while the broker is away and go out, in order, when it is
-back. A turn event without an `engine` part (an edge that was not
-started with `--engine mqtt://...`) is skipped with one warning per session.
+back. A turn event without an `engine` part (an edge that was not started with `--engine
+mqtt://...`) is skipped with one warning per session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import math
+import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -43,7 +50,9 @@ import aiomqtt
 from stream.broker import MqttConfig, broker_address, mqtt_client
 from stream.engine.config import PredictorConfig
 from stream.engine.remote import RemoteEngineStage
-from stream.engine.turnlog import TurnLog, turn_from_json
+from stream.engine.service import TOKEN_ENV, token_scope
+from stream.engine.turnlog import TurnLog
+from stream.engine.wire import ViewWire, turn_from_json, turn_to_json
 from stream.events import dumps, prediction_event
 from stream.frames import PlayerView, Turn
 from stream.tasks.stage import SocialStage
@@ -61,8 +70,6 @@ def engine_part(turn: Turn, names: dict[str, str] | None,
     """What a turn event carries for the bridge: the turn as the engine takes it (give it
     only the key frames the engine takes), the edge's player names and which predictor
     answers (`predictions.predictor`)."""
-    from stream.engine.turnlog import turn_to_json
-
     return {"turn": turn_to_json(turn), "names": dict(names or {}), "predictor": predictor}
 
 
@@ -72,11 +79,24 @@ def bridged_turns(event: dict[str, Any]) -> tuple[Turn, Turn]:
     ValueError, KeyError or TypeError when it is not one."""
     taken = turn_from_json(event["engine"]["turn"])
     views = tuple(
-        tuple(PlayerView(player=p["id"], track=-1, box=tuple(p["box"]), detected=p["detected"],
-                         yaw=p["yaw"], mouth=p["mouth"], share=0.0, p_speaking=p["p_speaking"])
+        tuple(PlayerView(**{**ViewWire.model_validate(
+            {"player": p["id"], "track": -1, "box": p["box"], "detected": p["detected"],
+             "yaw": p["yaw"], "mouth": p["mouth"], "share": 0.0,
+             "p_speaking": p["p_speaking"]}).model_dump(), "box": tuple(p["box"])})
               for p in frame["players"])
         for frame in event["keyframes"])
-    return taken, replace(taken, keyframes=(), views=views, known_at=float(event["emitted_at"]))
+    known_at = float(event["emitted_at"])
+    if not math.isfinite(known_at):
+        raise ValueError(f"emitted_at {known_at} is not a time")
+    return taken, replace(taken, keyframes=(), views=views, known_at=known_at)
+
+
+def _names(part: dict[str, Any]) -> dict[str, str] | None:
+    names = part.get("names") or None
+    if names is not None and not (isinstance(names, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in names.items())):
+        raise ValueError("names: not an object of player ids to names")
+    return names
 
 
 @dataclass
@@ -96,6 +116,12 @@ class MqttBridge:
         assert mqtt.url is not None and engine.url is not None
         self.mqtt, self.engine, self.turn_log, self.idle_s = mqtt, engine, turn_log, idle_s
         self.host, self.port, _, _ = broker_address(mqtt.url)
+        token = engine.token or os.environ.get(TOKEN_ENV)
+        self.scope = token_scope(token) if token else ""
+        """Where the service keeps the sessions of the bridge's token (its turn log)."""
+        service = f"{turn_log.folder.resolve()}|{engine.url}".encode()
+        self.identifier = (f"socialstream-serve-{quote(mqtt.prefix, safe='')}-"
+                           f"{hashlib.sha256(service).hexdigest()[:8]}")
         self.conversations: dict[str, _Conversation] = {}
         self.outbox: deque[tuple[str | None, bytes, Ack]] = deque()
         """What goes to the broker, in order: predictions (topic, payload) and the
@@ -109,6 +135,7 @@ class MqttBridge:
         being answered and sent. A turn still unanswered then stays unacknowledged: the
         broker gives it to the next bridge."""
         connection = asyncio.create_task(self._connect_forever())
+        connection.add_done_callback(_said)
         await stop.wait()
         workers = [c.task for c in self.conversations.values() if c.task is not None]
         for conversation in self.conversations.values():
@@ -135,9 +162,8 @@ class MqttBridge:
         delay, outage = self.mqtt.reconnect_min_s, False
         topic = f"{self.mqtt.prefix}/+/turn"
         while True:
-            client = mqtt_client(
-                self.mqtt, identifier=f"socialstream-serve-{quote(self.mqtt.prefix)}",
-                clean_session=False, keepalive=5)
+            client = mqtt_client(self.mqtt, identifier=self.identifier, clean_session=False,
+                                 keepalive=5)
             # Before connecting: a persistent session's waiting turns come at once. aiomqtt
             # has no option for it, so it is set on the paho client underneath.
             client._client.manual_ack_set(True)
@@ -152,8 +178,13 @@ class MqttBridge:
                     sender = asyncio.create_task(self._send(client))
                     try:
                         async for message in client.messages:
-                            self._receive(str(message.topic), bytes(message.payload),
-                                          self._acknowledger(client, message.mid))
+                            ack = self._acknowledger(client, message.mid)
+                            try:
+                                self._receive(str(message.topic), bytes(message.payload), ack)
+                            except Exception as e:  # one bad message stops nothing
+                                log.error("%s: not answered (%s: %s); skipped", message.topic,
+                                          type(e).__name__, e)
+                                self._done(ack)
                     finally:
                         sender.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
@@ -203,12 +234,16 @@ class MqttBridge:
                 return
             run = str(event["run"])
             taken, seen = bridged_turns(event)
-        except (ValueError, KeyError, TypeError) as e:
+            names = _names(event["engine"])
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
             log.warning("%s: not a turn event (%s); skipped", topic, e)
             self._done(ack)
             return
         key = f"{session}/{run}"
         conversation = self.conversations.get(key)
+        if conversation is not None and conversation.task is not None \
+                and conversation.task.done():  # died (and said why): start it again
+            conversation = None
         if conversation is None:
             part = event["engine"]
             predictor = part.get("predictor", "fusion")
@@ -217,11 +252,11 @@ class MqttBridge:
                             ", ".join(PREDICTORS))
                 self._done(ack)
                 return
-            stage = SocialStage(predictor, part.get("names") or None,
-                                RemoteEngineStage(self.engine, key))
+            stage = SocialStage(predictor, names, RemoteEngineStage(self.engine, key, names))
             conversation = self.conversations[key] = _Conversation(stage)
             conversation.task = asyncio.create_task(
                 self._answer(session, run, key, conversation))
+            conversation.task.add_done_callback(_said)
         conversation.turns.put_nowait((taken, seen, ack))
 
     async def _answer(self, session: str, run: str, key: str,
@@ -252,7 +287,7 @@ class MqttBridge:
                 if conversation.last is None:
                     # A restarted bridge, or a conversation closed when idle: the words of
                     # the turns before this one, as the service took them.
-                    for old in self.turn_log.turns(key):
+                    for old in self.turn_log.turns(self.scope + key):
                         if old.index < taken.index:
                             stage.predict(old)
                 prediction = await stage.respond(taken, seen)
@@ -268,3 +303,11 @@ class MqttBridge:
                 continue
             self._done(ack, f"{self.mqtt.prefix}/{session}/prediction",
                        dumps(prediction_event(prediction, session, run)).encode())
+
+
+def _said(task: asyncio.Task[None]) -> None:
+    """A task of the bridge that ended with an error says so (else it would die silently)."""
+    if not task.cancelled() and task.exception() is not None:
+        error = task.exception()
+        log.error("bridge: a task stopped (%s: %s)", type(error).__name__, error,
+                  exc_info=error)

@@ -54,6 +54,9 @@ class PredictorConfig(EngineConfig):
     """An engine service (`socialstream serve`) to send each turn to instead of loading
     `model` here: http://HOST:PORT/; or mqtt://BROKER (`serve --mqtt`): the turns go out on
     that broker and the service publishes the predictions there."""
+    token: str | None = Field(None, repr=False)
+    """The bearer token `socialstream serve` was started with (default: the environment
+    variable SOCIALSTREAM_ENGINE_TOKEN)."""
     url_timeout_s: float = Field(60.0, gt=0)
     """How long one turn may wait for the service (retries included: a replica that died
     is routed around within seconds) before its engine answers are given up."""

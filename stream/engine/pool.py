@@ -14,18 +14,29 @@ With a `TurnLog` the turns are on disk instead of in memory, and a new pool over
 same folder (another process, after a crash) continues every conversation where it
 stopped, with the answers an uninterrupted run gives (a test checks it). Pools may
 share a log: one that finds a session's log grown since it last served it (another
-replica took turns) rebuilds that session before taking the next turn. A session's
-turns must still come one at a time (each after the answer to the one before). Either way
-only the key frames the engine takes are kept.
+replica took turns) rebuilds that session before taking the next turn. Either way only
+the key frames the engine takes are kept.
+
+One turn index, one answer, by construction: a turn is decided and taken while holding
+the pool's lock (one thread at a time) and, with a log, the session's lock in the log
+(one process at a time), so whoever holds them sees every turn taken before. The
+ordering contract: a session takes turns in the order they arrive, and each index must
+be above every index it took. A gap is taken (the edge gave a turn up) with a warning. An
+index it took before is a repeat: answered as the first time, taken once. A lower
+index it never took arrived late (turns sent side by side instead of each after the
+answer to the one before) and is refused (`TurnConflict`), as are other words under an
+index it took.
 
 The session being served is never evicted, so the budget holds whenever more than one
 session is in memory; a single session larger than the budget stays alone (its own
-context budget, `engine.max_tokens`, bounds it). The pool is not thread-safe: one
-caller at a time, as the engine stage and a service's request loop are.
+context budget, `engine.max_tokens`, bounds it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -40,6 +51,12 @@ from stream.frames import Prediction, Turn
 if TYPE_CHECKING:
     from stream.engine.backends import Backend
 
+log = logging.getLogger(__name__)
+
+
+class TurnConflict(ValueError):
+    """The session cannot take the turn as sent, and sending it again would not help."""
+
 
 @dataclass
 class _Conversation:
@@ -51,6 +68,8 @@ class _Conversation:
     last: int | None = None
     """The index of the last turn taken (from the kept turns when the session was not in
     memory)."""
+    names: dict[str, str] | None = None
+    """The edge's player names, as its last turn gave them."""
 
 
 @dataclass(frozen=True)
@@ -74,12 +93,22 @@ class SessionPool:
         self._resident: OrderedDict[str, Predictor] = OrderedDict()
         """Sessions in memory, least recently used first."""
         self.evictions = self.rebuilds = self.rebuilt_turns = 0
+        self._lock = threading.Lock()
 
-    def turn(self, session: str, turn: Turn) -> Prediction:
+    def turn(self, session: str, turn: Turn, names: dict[str, str] | None = None
+             ) -> Prediction:
         """Take the turn into the conversation's session (rebuilt first if it was evicted)
-        and answer its questions; then evict other sessions until the budget holds."""
+        and answer its questions; then evict other sessions until the budget holds.
+        `names`: the edge's player names (default: the pool's). Safe from any thread."""
+        with self._lock, (self.log.hold(session) if self.log is not None
+                          else contextlib.nullcontext()):
+            return self._turn(session, turn, names)
+
+    def _turn(self, session: str, turn: Turn, names: dict[str, str] | None) -> Prediction:
         began = time.perf_counter()
         conversation = self._conversations.setdefault(session, _Conversation())
+        if names:
+            conversation.names = names
         predictor = self._current(session)
         history = None if predictor is not None else self._history(session)
         if history is not None:
@@ -87,6 +116,9 @@ class SessionPool:
         if conversation.last is not None and turn.index <= conversation.last:
             return self._again(session, turn, began,
                                self._history(session) if history is None else history)
+        if conversation.last is not None and turn.index > conversation.last + 1:
+            log.warning("session %r: turn %d follows turn %d; the turns between never came",
+                        session, turn.index, conversation.last)
         if predictor is None:
             predictor = self._rebuild(session, history or [])
         try:
@@ -102,6 +134,10 @@ class SessionPool:
         self._fit(keep=session)
         return prediction
 
+    def _predictor(self, session: str) -> Predictor:
+        return Predictor(self.backend, self.config,
+                         self._conversations[session].names or self.names)
+
     def _again(self, session: str, turn: Turn, began: float, history: list[Turn]
                ) -> Prediction:
         """A turn the session took before, sent again: its answer never reached the caller
@@ -111,10 +147,16 @@ class SessionPool:
         conversation stays as it is. When it is the last turn and the session is not in
         memory (the usual case: another replica took it and died), the session built to
         answer it is the whole conversation, and stays: the next turn needs no rebuild."""
-        if not any(t.index == turn.index and t.text == turn.text for t in history):
-            raise ValueError(f"session {session!r} took other words as turn {turn.index}; "
-                             "a turn index comes once per conversation")
-        predictor = Predictor(self.backend, self.config, self.names)
+        first = next((t for t in history if t.index == turn.index), None)
+        if first is None:
+            raise TurnConflict(
+                f"session {session!r}: turn {turn.index} came after turn {history[-1].index}"
+                "; a session takes turns in order, each sent after the answer to the one "
+                "before")
+        if first.text != turn.text:
+            raise TurnConflict(f"session {session!r} took other words as turn {turn.index}; "
+                               "a turn index comes once per conversation")
+        predictor = self._predictor(session)
         before = [t for t in history if t.index < turn.index]
         self.rebuilds += 1
         self.rebuilt_turns += len(before)
@@ -134,10 +176,11 @@ class SessionPool:
 
     def forget(self, session: str) -> None:
         """The conversation is over: its cache and turns go."""
-        self._conversations.pop(session, None)
-        self._resident.pop(session, None)
-        if self.log is not None:
-            self.log.forget(session)
+        with self._lock:
+            self._conversations.pop(session, None)
+            self._resident.pop(session, None)
+            if self.log is not None:
+                self.log.forget(session)
 
     def cached_bytes(self) -> int:
         return sum(cache_bytes(p.session.cache) for p in self._resident.values())
@@ -170,7 +213,7 @@ class SessionPool:
 
     def _rebuild(self, session: str, history: list[Turn]) -> Predictor:
         """The session from the turns it took (none for a new conversation)."""
-        predictor = Predictor(self.backend, self.config, self.names)
+        predictor = self._predictor(session)
         if history:
             self.rebuilds += 1
             self.rebuilt_turns += len(history)

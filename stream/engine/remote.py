@@ -7,12 +7,16 @@ is sent with the key frames the engine takes, the session id in the
 `serve_multiplexed_model_id` header, one at a time (the next after the answer).
 
 The service must answer when the stage starts (else a one-line error says where it
-was looked for). Later, a turn that fails (a replica that died, a restart) is retried
-until `url_timeout_s`, then its engine answers are given up with a warning: the
-fusion predictor still answers that turn, and the service's turn log keeps the
-conversation whole for the turns after it. A turn the service refuses (HTTP 4xx: not a
-turn, other words under an index it took) is not retried: it would be refused again;
-408 and 429 (timed out, too many requests) ask for a later try and get one.
+was looked for). Later, only what can succeed is tried again: a turn that got no
+answer (a replica that died, a restart: no connection, 502, 503, 504) or was asked to
+come later (408, 429) is retried until `url_timeout_s`, then its engine answers are
+given up with a warning: the fusion predictor still answers that turn, and the
+service's turn log keeps the conversation whole for the turns after it. Any other
+status is the service's judgement of the turn (4xx: not a turn, late, other words under
+an index it took; 500: the engine failed on it; 507: no room) and is given up at once.
+A service that gave no answer for a whole `url_timeout_s` is taken for down: until it
+answers again each turn gets one try, so that a dead service costs a live session one
+timeout, not one per turn.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,16 +34,16 @@ import aiohttp
 
 from stream.engine.config import PredictorConfig
 from stream.engine.predict import key_frames
-from stream.engine.service import HEADER
-from stream.engine.turnlog import turn_to_json
+from stream.engine.service import HEADER, TOKEN_ENV
+from stream.engine.wire import turn_to_json
 from stream.errors import UserError
 from stream.frames import Answer, Item, Prediction, Turn
 from stream.runtime import Stage
 
 log = logging.getLogger(__name__)
 RETRY_S = 0.5
-LATER = frozenset((408, 429))
-"""4xx statuses that ask the client to try again later."""
+AGAIN = frozenset((408, 429, 502, 503, 504))
+"""Statuses a later try can change: asked to come later, or no replica answered."""
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,8 @@ class Failure:
 
     @property
     def refused(self) -> bool:
-        """The service judged the turn itself: sending it again would be refused again."""
-        return self.status is not None and 400 <= self.status < 500 and self.status not in LATER
+        """The service judged the turn itself: sending it again would be answered the same."""
+        return self.status is not None and self.status not in AGAIN
 
     def __str__(self) -> str:
         return self.reason if self.status is None else f"HTTP {self.status}: {self.reason}"
@@ -61,22 +66,37 @@ class RemoteEngineStage(Stage):
     name = "engine"
     inputs = (Turn,)
 
-    def __init__(self, config: PredictorConfig, session: str) -> None:
-        """`session`: the conversation's id at the service (its cache and turn log)."""
+    def __init__(self, config: PredictorConfig, session: str,
+                 names: dict[str, str] | None = None) -> None:
+        """`session`: the conversation's id at the service (its cache and turn log);
+        `names`: the players' names (`perception.names`), for the service's predictor."""
         assert config.url is not None and not bridged(config), "needs an http(s) engine.url"
-        self.config, self.session, self.url = config, session, config.url
+        self.config, self.session, self.url, self.names = config, session, config.url, names
         self.http: aiohttp.ClientSession | None = None
+        self.down = False
+        """No answer for a whole `url_timeout_s`: one try per turn until it answers."""
+        token = config.token or os.environ.get(TOKEN_ENV)
+        self.headers = {HEADER: session, "Content-Type": "application/json",
+                        **({"Authorization": f"Bearer {token}"} if token else {})}
 
     async def start(self) -> None:
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
             total=self.config.url_timeout_s))
-        try:  # anything but a refused connection says a service is there
-            async with self.http.post(self.url, data=b"{}") as response:
+        # Anything but a refused connection says a service is there; without a session id
+        # it answers 400, or 401 to a token it does not know.
+        knock = {k: v for k, v in self.headers.items() if k != HEADER}
+        try:
+            async with self.http.post(self.url, data=b"{}", headers=knock) as response:
                 await response.read()
+                status = response.status
         except (TimeoutError, aiohttp.ClientError) as e:
             await self.http.close()
             raise UserError(f"--engine {self.url}: no engine service answers there ({e}); "
                             "start one with socialstream serve") from None
+        if status == 401:
+            await self.http.close()
+            raise UserError(f"--engine {self.url}: the service wants a token it knows; set "
+                            f"{TOKEN_ENV} (or engine.token) to one it was started with")
 
     async def stop(self) -> None:
         if self.http is not None:
@@ -87,21 +107,27 @@ class RemoteEngineStage(Stage):
             return ()
         assert self.http is not None, "start() opens the connection"
         taken = key_frames(item, self.config.frames_per_turn)
-        body = json.dumps(turn_to_json(taken)).encode()
+        body = json.dumps(turn_to_json(taken, self.names)).encode()
         began = time.perf_counter()
         until = time.monotonic() + self.config.url_timeout_s
         while True:
             problem = await self._post(body)
             if isinstance(problem, dict):
+                if self.down:
+                    log.warning("engine service %s answers again", self.url)
+                self.down = False
                 return (prediction_from_event(problem, item, time.perf_counter() - began),)
             if problem.refused:
                 log.warning("engine service %s: turn %d refused (%s); the turn goes on "
                             "without the engine's scores", self.url, item.index, problem)
                 return ()
-            if time.monotonic() + RETRY_S > until:
-                log.warning("engine service %s: turn %d got no answer in %.0f s (%s); the "
-                            "turn goes on without the engine's scores", self.url, item.index,
-                            self.config.url_timeout_s, problem)
+            if self.down or time.monotonic() + RETRY_S > until:
+                if not self.down:
+                    log.warning("engine service %s: turn %d got no answer in %.0f s (%s); "
+                                "turns go on without the engine's scores, one try each, "
+                                "until it answers", self.url, item.index,
+                                self.config.url_timeout_s, problem)
+                self.down = True
                 return ()
             await asyncio.sleep(RETRY_S)
 
@@ -109,8 +135,7 @@ class RemoteEngineStage(Stage):
         """The prediction event, or what went wrong."""
         assert self.http is not None
         try:
-            async with self.http.post(self.url, data=body, headers={
-                    HEADER: self.session, "Content-Type": "application/json"}) as response:
+            async with self.http.post(self.url, data=body, headers=self.headers) as response:
                 if response.status == 200:
                     return await response.json()
                 return Failure((await response.text())[:200], response.status)

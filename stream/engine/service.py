@@ -9,16 +9,33 @@ shared file system for a cluster): a replica that dies loses nothing, the sessio
 next turn goes to another replica, which rebuilds it from the log and answers as the
 lost one would have (a test kills a replica mid-conversation).
 
-Requests are HTTP POSTs of one turn (`turn_to_json`) with the session id in the
-`serve_multiplexed_model_id` header; the answer is the prediction event
-(`socialstream.prediction/*`) plus `replica` and `pid`. A replica answers one turn at a
-time (the pool is not thread-safe, and one model computes one turn at a time anyway).
+Requests are HTTP POSTs of one turn (`stream/engine/wire.py`, with the edge's player
+names) with the session id in the `serve_multiplexed_model_id` header and, when the
+service has tokens, `Authorization: Bearer TOKEN`; a session belongs to its token (the
+same id under another token is another conversation). The answer is the prediction
+event (`socialstream.prediction/*`) plus `replica` and `pid`, or an error:
+
+- 400: not a turn (the reason names the field), or no or a bad session id;
+- 401: no token, or not one of the service's;
+- 409: the session cannot take the turn (`TurnConflict`: late, or other words under an
+  index it took); sending it again is refused again;
+- 413: the body is larger than the service takes;
+- 507: no room: the turn log's disk is full, or the service holds `max_sessions`;
+- 500: the engine failed on the turn (the reason says how); the session is rebuilt
+  from the log for the next one.
+
+A replica computes one turn at a time: the pool's lock is taken by the thread that does
+the work, so a request cancelled while it waits (a client that went away) cannot let a
+second turn into the pool beside the first.
 Ray is an extra: `pip install 'socialstream[serve]'`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import logging
 import os
 import time
 from pathlib import Path
@@ -31,18 +48,30 @@ from stream.frames import Turn
 if TYPE_CHECKING:
     from starlette.requests import Request
 
+    from stream.engine.pool import SessionPool
+
+log = logging.getLogger(__name__)
 HEADER = "serve_multiplexed_model_id"
+TOKEN_ENV = "SOCIALSTREAM_ENGINE_TOKEN"
+"""Where an edge, or `serve`, finds the bearer token when none is configured."""
 PRUNE_EVERY_S = 60.0
 APP = "socialstream-engine"
+
+
+MAX_BODY = 32 * 2**20
+"""Bytes of one request (a turn with two 4K key frames is a few MB)."""
+MAX_SESSIONS = 1000
 
 
 class EngineService:
     """One model and the sessions it serves; what each replica runs."""
 
     def __init__(self, config: dict[str, Any], budget_bytes: int, log_dir: str,
-                 keep_s: float = 24 * 3600.0) -> None:
+                 keep_s: float = 24 * 3600.0, *, tokens: tuple[str, ...] = (),
+                 max_sessions: int = MAX_SESSIONS, max_body: int = MAX_BODY) -> None:
         """`keep_s`: a session without a turn for this long is forgotten, its log removed
-        (checked at most once a minute, as turns come)."""
+        (checked at most once a minute, as turns come). `tokens`: the bearer tokens a
+        request must carry one of (none: no credential, for a service on loopback)."""
         from stream.engine.loading import load_backend
         from stream.engine.pool import SessionPool
         from stream.engine.turnlog import TurnLog
@@ -53,22 +82,89 @@ class EngineService:
                                pixels=self.config.pixels, prompting=self.config.prompting,
                                video=self.config.video)
         self.log = TurnLog(Path(log_dir))
-        self.pool = SessionPool(backend, self.config, budget_bytes, log=self.log)
-        self.keep_s = keep_s
+        self.pool: SessionPool = SessionPool(backend, self.config, budget_bytes, log=self.log)
+        self.keep_s, self.tokens = keep_s, tokens
+        self.max_sessions, self.max_body = max_sessions, max_body
         self._pruned_at = float("-inf")
 
-    def turn(self, session: str, turn: Turn) -> dict[str, Any]:
+    def turn(self, session: str, turn: Turn, names: dict[str, str] | None = None,
+             scope: str = "") -> dict[str, Any]:
+        """The prediction event of the session's turn; `scope` keeps the sessions of one
+        token apart from another's (`token_scope`)."""
         now = time.monotonic()
         if now - self._pruned_at >= PRUNE_EVERY_S:
             self._pruned_at = now
             for idle in self.log.prune(self.keep_s):
                 self.pool.forget(idle)
-        return prediction_event(self.pool.turn(session, turn), session)
+        return prediction_event(self.pool.turn(scope + session, turn, names), session)
+
+    def session(self, session: str | None, authorization: str | None
+                ) -> str | tuple[int, dict[str, Any]]:
+        """The scope of the request's session (`token_scope` of its token; "" without
+        tokens), or the error to answer."""
+        from stream.engine.turnlog import check_session
+
+        scope = ""
+        if self.tokens:
+            given = (authorization or "").removeprefix("Bearer ").strip().encode()
+            if not any(hmac.compare_digest(given, t.encode()) for t in self.tokens):
+                return 401, {"error": "no valid token: send Authorization: Bearer TOKEN, "
+                                      "a token the service was started with"}
+            scope = token_scope(given.decode())
+        if not session:
+            return 400, {"error": f"no session id: set the {HEADER} header"}
+        try:
+            check_session(session)
+        except ValueError as e:
+            return 400, {"error": f"session id: {e}"}
+        return scope
+
+    async def answer(self, session: str, scope: str, body: bytes
+                     ) -> tuple[int, dict[str, Any]]:
+        """The status and JSON answer to one turn of `session` (checked, with its scope, by
+        `session`)."""
+        from stream.engine.pool import TurnConflict
+        from stream.engine.turnlog import TurnLogFull
+        from stream.engine.wire import NotATurn, decode_turn, parse_turn
+
+        if len(body) > self.max_body:
+            return 413, {"error": f"the body has {len(body):,} bytes, more than the "
+                                  f"{self.max_body:,} the service takes"}
+        try:
+            wire = await asyncio.to_thread(parse_turn, body)
+            if self.config.frames_per_turn and len(wire.frames) > self.config.frames_per_turn:
+                raise NotATurn(f"frames: {len(wire.frames)} key frames; the engine takes "
+                               f"{self.config.frames_per_turn}")
+            turn = await asyncio.to_thread(decode_turn, wire)
+        except NotATurn as e:
+            return 400, {"error": f"not a turn ({e})"}
+        if self.log.size(scope + session) == 0 and len(self.log.sessions()) >= self.max_sessions:
+            return 507, {"error": f"the service holds {self.max_sessions} sessions, its "
+                                  "most; try when idle ones are pruned"}
+        try:
+            # The thread holds the pool's lock: cancelling this coroutine (a client gone)
+            # leaves the lock held until the work is done.
+            return 200, await asyncio.to_thread(self.turn, session, turn, wire.names, scope)
+        except TurnConflict as e:
+            return 409, {"error": str(e)}
+        except TurnLogFull as e:
+            return 507, {"error": str(e)}
+        except Exception as e:
+            log.exception("session %r: turn %d failed", session, turn.index)
+            return 500, {"error": f"the engine failed on turn {turn.index} "
+                                  f"({type(e).__name__}: {e})"}
+
+
+def token_scope(token: str) -> str:
+    """What a token's sessions are kept under: a digest, never the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16] + "."
 
 
 def deployment(config: dict[str, Any], budget_bytes: int, log_dir: str, *,
                keep_s: float = 24 * 3600.0, replicas: int = 1, sessions_per_replica: int = 64,
-               cpus_per_replica: float = 1.0, max_replicas: int | None = None) -> Any:
+               cpus_per_replica: float = 1.0, max_replicas: int | None = None,
+               tokens: tuple[str, ...] = (), max_sessions: int = MAX_SESSIONS,
+               max_body: int = MAX_BODY) -> Any:
     """The Serve application: `replicas` copies of `EngineService` behind one route, or
     from `replicas` up to `max_replicas` as the load asks (a replica answers one turn at
     a time, so Serve adds one while turns wait)."""
@@ -86,8 +182,9 @@ def deployment(config: dict[str, Any], budget_bytes: int, log_dir: str, *,
                       **scale)
     class Engine:
         def __init__(self) -> None:
-            self.service = EngineService(config, budget_bytes, log_dir, keep_s)
-            self.lock = asyncio.Lock()
+            self.service = EngineService(config, budget_bytes, log_dir, keep_s,
+                                         tokens=tokens, max_sessions=max_sessions,
+                                         max_body=max_body)
 
         @serve.multiplexed(max_num_models_per_replica=sessions_per_replica)
         async def session(self, session_id: str) -> str:
@@ -95,23 +192,22 @@ def deployment(config: dict[str, Any], budget_bytes: int, log_dir: str, *,
             return session_id
 
         async def __call__(self, request: Request) -> JSONResponse:
-            from stream.engine.turnlog import turn_from_json
-
             session = serve.get_multiplexed_model_id()
-            if not session:
-                return JSONResponse({"error": f"no session id: set the {HEADER} header"},
-                                    status_code=400)
-            try:
-                turn = turn_from_json(await request.json())
-            except (ValueError, KeyError, TypeError) as e:
-                return JSONResponse({"error": f"not a turn ({e})"}, status_code=400)
+            scope = self.service.session(session, request.headers.get("authorization"))
+            if isinstance(scope, tuple):
+                status, answer = scope
+                return JSONResponse(answer, status_code=status, headers=(
+                    {"WWW-Authenticate": "Bearer"} if status == 401 else None))
+            length = request.headers.get("content-length", "")
+            if length.isdigit() and int(length) > self.service.max_body:
+                return JSONResponse({"error": f"the body has {int(length):,} bytes, more "
+                                     f"than the {self.service.max_body:,} the service "
+                                     "takes"}, status_code=413)
             await self.session(session)
-            async with self.lock:
-                try:
-                    event = await asyncio.to_thread(self.service.turn, session, turn)
-                except ValueError as e:  # a turn the session cannot take (pool.turn)
-                    return JSONResponse({"error": str(e)}, status_code=409)
-            replica = serve.get_replica_context().replica_id.unique_id
-            return JSONResponse({**event, "replica": replica, "pid": os.getpid()})
+            status, answer = await self.service.answer(session, scope, await request.body())
+            if status == 200:
+                answer = {**answer, "replica": serve.get_replica_context().replica_id.unique_id,
+                          "pid": os.getpid()}
+            return JSONResponse(answer, status_code=status)
 
     return Engine.bind()

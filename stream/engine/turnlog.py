@@ -2,40 +2,65 @@
 
 A session's cache is a function of its turns, so the turns are what must survive: a
 pool that evicted a session, or a new process after a crash, takes them again and has
-the same cache (`SessionPool`). Per session, `folder/<session id, %-quoted>.jsonl`
+the same cache (`SessionPool`). Per session, `folder/<session id, %-quoted>.turns.jsonl`
 holds one line per turn in the format the engine service receives turns in
-(`turn_to_json`): its times, words, speaker, vote, and the key frames the engine takes
-as PNG (lossless, so a rebuilt session sees the same pixels) with the players seen in
-each. Each line is flushed with fsync before the turn is answered.
+(`stream/engine/wire.py`): its times, words, speaker, vote, and the key frames the
+engine takes as PNG with the players seen in each. Each line is flushed with fsync
+before the turn is answered.
 
-A line cut short by a crash is the last one and is left out (with a warning); the
-turn it held had not been answered. The log grows with the conversation (about
-0.5 MB per turn at 640x480 with two key frames) and lives until `forget` (the
-conversation is over) or `prune` (no turn for a while: the engine service prunes
-sessions idle for `--log-keep-hours`) removes it.
+Replicas (processes) share the folder, so a session is changed only while holding its
+lock (`hold`, an exclusive `flock` on `.<session>.lock`): whoever holds it reads the
+log, decides and appends, and no other replica can append the same turn meanwhile. A
+line cut short by a crash or a full disk is the last one; reading leaves it out (with a
+warning: the turn it held had not been answered) and the next append cuts it off before
+writing, so a torn line never glues itself to the next turn. An append that finds the
+disk full leaves the log as it was and raises `TurnLogFull`.
+
+The log grows with the conversation (about 0.5 MB per turn at 640x480 with two key
+frames) and lives until `forget` (the conversation is over) or `prune` (no turn for a
+while: the engine service prunes sessions idle for `--log-keep-hours`) removes it. Both
+touch only the files the log writes (`*.turns.jsonl` and their locks), so the folder
+may hold other things.
 """
 
 from __future__ import annotations
 
-import base64
+import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote, unquote
 
-import cv2
-import numpy as np
-
-from stream.frames import PlayerView, SpeakerVote, Turn, VideoFrame
+from stream.engine.wire import MAX_ID, NotATurn, turn_from_json, turn_to_json
+from stream.frames import Turn
 
 log = logging.getLogger(__name__)
+SUFFIX = ".turns.jsonl"
+_CHUNK = 1 << 16
 
 
 class TurnLogError(RuntimeError):
     pass
+
+
+class TurnLogFull(TurnLogError):
+    """No room on the log's disk: the turn was not kept (nor answered)."""
+
+
+def check_session(session: str) -> None:
+    """A session id the log can name a file after; ValueError says why not."""
+    if not isinstance(session, str) or not 0 < len(session) <= MAX_ID:
+        raise ValueError(f"a session id has 1 to {MAX_ID} characters")
+    if not session.isprintable():
+        raise ValueError("a session id has no control characters")
+    if len(quote(session, safe="").encode()) > 240 - len(SUFFIX):
+        raise ValueError("the session id is too long as a file name; use a shorter "
+                         "(or ASCII) one")
 
 
 class TurnLog:
@@ -48,31 +73,63 @@ class TurnLog:
                                ) from None
 
     def _path(self, session: str) -> Path:
-        return self.folder / f"{quote(session, safe='')}.jsonl"
+        return self.folder / f"{quote(session, safe='')}{SUFFIX}"
+
+    def _lock(self, session: str) -> Path:
+        return self.folder / f".{quote(session, safe='')}.lock"
 
     def sessions(self) -> list[str]:
-        return sorted(unquote(p.stem) for p in self.folder.glob("*.jsonl"))
+        return sorted(_session(p) for p in self.folder.glob(f"*{SUFFIX}"))
+
+    @contextlib.contextmanager
+    def hold(self, session: str) -> Iterator[None]:
+        """The session's lock, across processes: read, decide and append while holding it.
+        Not re-entrant."""
+        try:
+            fd = os.open(self._lock(session), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise _error(self._lock(session), e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def append(self, session: str, turn: Turn) -> None:
-        """The turn with the key frames it carries (give it only those the engine takes)."""
-        with open(self._path(session), "a", encoding="utf-8") as out:
-            out.write(json.dumps(turn_to_json(turn), allow_nan=False) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+        """The turn with the key frames it carries (give it only those the engine takes).
+        Hold the session (`hold`) while deciding to append."""
+        line = (json.dumps(turn_to_json(turn), allow_nan=False) + "\n").encode()
+        path = self._path(session)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as e:
+            raise _error(path, e) from None
+        try:
+            size = _cut_torn_tail(fd, path)
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError as e:
+                os.ftruncate(fd, size)  # the log as it was: no torn line left behind
+                raise _error(path, e) from None
+        finally:
+            os.close(fd)
 
     def turns(self, session: str) -> list[Turn]:
         """The session's turns in order; [] for a session never logged."""
         path = self._path(session)
         if not path.is_file():
             return []
-        lines = path.read_text(encoding="utf-8").split("\n")
+        lines = path.read_bytes().split(b"\n")
         turns = []
         for number, text in enumerate(lines, 1):
             if not text:
                 continue
             try:
-                turns.append(turn_from_json(json.loads(text)))
-            except (ValueError, KeyError, TypeError) as e:
+                turns.append(turn_from_json(text))
+            except NotATurn as e:
                 if number == len(lines):  # no newline: cut short while being written
                     log.warning("%s:%d: a turn cut short, left out (%s)", path, number, e)
                     break
@@ -87,60 +144,54 @@ class TurnLog:
             return 0
 
     def forget(self, session: str) -> None:
-        self._path(session).unlink(missing_ok=True)
+        with self.hold(session):
+            self._path(session).unlink(missing_ok=True)
+        self._lock(session).unlink(missing_ok=True)
 
     def prune(self, idle_s: float) -> list[str]:
         """Remove the logs of sessions no turn was appended to for `idle_s` seconds; their
         ids. Such a conversation, if it ever comes back, starts afresh."""
         until = time.time() - idle_s
         gone = []
-        for path in self.folder.glob("*.jsonl"):
-            try:
-                if path.stat().st_mtime < until:
+        for path in self.folder.glob(f"*{SUFFIX}"):
+            session = _session(path)
+            with self.hold(session):
+                try:
+                    if path.stat().st_mtime >= until:
+                        continue
                     path.unlink()
-                    gone.append(unquote(path.stem))
-            except FileNotFoundError:  # another replica pruned it first
-                continue
+                except FileNotFoundError:  # another replica pruned it first
+                    continue
+            self._lock(session).unlink(missing_ok=True)
+            gone.append(session)
         return sorted(gone)
 
 
-def turn_to_json(turn: Turn) -> dict[str, Any]:
-    """What the engine needs of a turn, as JSON; frames as base64 PNG."""
-    frames = []
-    for frame, views in zip(turn.keyframes, turn.views, strict=True):
-        ok, png = cv2.imencode(".png", cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise ValueError(f"turn {turn.index}: a key frame cannot be encoded")
-        frames.append({"png": base64.b64encode(png.tobytes()).decode("ascii"),
-                       "pts": frame.pts, "source": frame.source, "seq": frame.seq,
-                       "views": [_view(v) for v in views]})
-    vote = turn.vote
-    return {"index": turn.index, "pts": turn.pts, "start": turn.start, "end": turn.end,
-            "text": turn.text, "speaker_name": turn.speaker_name, "frames": frames,
-            "vote": None if vote is None else {
-                "speaker": vote.speaker, "confidence": vote.confidence,
-                "scores": vote.scores, "cues": vote.cues}}
+def _session(path: Path) -> str:
+    return unquote(path.name[:-len(SUFFIX)])
 
 
-def turn_from_json(data: dict[str, Any]) -> Turn:
-    """The turn `turn_to_json` made; ValueError, KeyError or TypeError when it is not one."""
-    keyframes, views = [], []
-    for f in data["frames"]:
-        png = np.frombuffer(base64.b64decode(f["png"], validate=True), np.uint8)
-        image = cv2.imdecode(png, cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError("a key frame is not a PNG")
-        keyframes.append(VideoFrame(pts=float(f["pts"]), source=str(f["source"]),
-                                    seq=int(f["seq"]), image=np.ascontiguousarray(
-                                        cv2.cvtColor(image, cv2.COLOR_BGR2RGB))))
-        views.append(tuple(PlayerView(**{**v, "box": tuple(v["box"])}) for v in f["views"]))
-    vote = data["vote"]
-    return Turn(pts=float(data["pts"]), index=int(data["index"]), start=float(data["start"]),
-                end=float(data["end"]), text=str(data["text"]),
-                speaker_name=data["speaker_name"], keyframes=tuple(keyframes),
-                views=tuple(views), vote=None if vote is None else SpeakerVote(**vote))
+def _error(path: Path, e: OSError) -> TurnLogError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TurnLogFull(f"{path}: the turn log's disk is full; free space there "
+                           "(or prune old sessions) and send the turn again")
+    return TurnLogError(f"{path}: {e.strerror or e}")
 
 
-def _view(v: PlayerView) -> dict[str, object]:
-    return {"player": v.player, "track": v.track, "box": list(v.box), "detected": v.detected,
-            "yaw": v.yaw, "mouth": v.mouth, "share": v.share, "p_speaking": v.p_speaking}
+def _cut_torn_tail(fd: int, path: Path) -> int:
+    """Cut a last line without its newline (a write cut short) off the file; its size."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    end = size
+    while end > 0:
+        begin = max(0, end - _CHUNK)
+        newline = os.pread(fd, end - begin, begin).rfind(b"\n")
+        if newline >= 0:
+            end = begin + newline + 1
+            break
+        end = begin
+    log.warning("%s: a turn cut short (%d bytes) is cut off before the next", path,
+                size - end)
+    os.ftruncate(fd, end)
+    return end

@@ -180,7 +180,7 @@ class MqttSink(Stage):
 
     def _connect(self) -> aiomqtt.Client:
         return mqtt_client(
-            self.config, identifier=f"socialstream-{quote(self.session, safe='')}",
+            self.config, identifier=f"socialstream-{quote(self.session, safe='')}-{self.run}",
             will=aiomqtt.Will(f"{self.topic}/status", b"offline", qos=1, retain=True),
             keepalive=5)
 

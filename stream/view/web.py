@@ -57,7 +57,7 @@ MAX_WIDTH = 960
 """Frames wider than this are scaled down before encoding."""
 
 
-def parse_address(text: str) -> tuple[str, int]:
+def parse_address(text: str, flag: str = "--web") -> tuple[str, int]:
     """`PORT` or `HOST:PORT` (`[::1]:PORT` for IPv6); the host defaults to 127.0.0.1."""
     host, sep, port = text.rpartition(":")
     if not sep:
@@ -68,12 +68,12 @@ def parse_address(text: str) -> tuple[str, int]:
     except ValueError:
         number = -1
     if not 0 <= number <= 65535:
-        raise UserError(f"--web {text}: give a port (0-65535) or HOST:PORT, e.g. 8080 or "
+        raise UserError(f"{flag} {text}: give a port (0-65535) or HOST:PORT, e.g. 8080 or "
                         "0.0.0.0:8080")
     return host, number
 
 
-def _loopback(host: str) -> bool:
+def loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -197,7 +197,7 @@ class WebServer:
         self.bound: tuple[str, int] | None = None
 
     async def start(self) -> None:
-        if not _loopback(self.host) and self.token is None:
+        if not loopback(self.host) and self.token is None:
             log.warning("--web %s:%s: reachable from other machines without a token; set $%s "
                         "to require one", self.host, self.port, TOKEN_ENV)
         app = web.Application()

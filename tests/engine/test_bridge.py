@@ -21,7 +21,7 @@ from stream.engine.bridge import MqttBridge, bridged_turns, engine_part
 from stream.engine.config import PredictorConfig
 from stream.engine.predict import key_frames
 from stream.engine.service import HEADER, EngineService
-from stream.engine.turnlog import TurnLog, turn_from_json
+from stream.engine.turnlog import TurnLog
 from stream.events import dumps, turn_event, turn_schema
 from stream.frames import Turn
 from tests.broker import Broker
@@ -64,20 +64,20 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 
 @contextlib.asynccontextmanager
 async def _engine(model: Path, log_dir: Path, gate: asyncio.Event) -> AsyncIterator[str]:
-    """The engine service's HTTP protocol on a free port; yields its URL. A turn waits for
-    the gate to be open before the service takes it."""
+    """The engine service (its requests answered as its Ray deployment answers them) on a
+    free port; yields its URL. A turn waits for the gate to be open before the service
+    takes it."""
     service = EngineService({"model": str(model)}, 2**30, str(log_dir))
-    lock = asyncio.Lock()
 
     async def answer(request: web.Request) -> web.Response:
         session = request.headers.get(HEADER)
-        if not session:
-            return web.json_response({"error": "no session"}, status=400)
-        turn = turn_from_json(await request.json())
+        scope = service.session(session, request.headers.get("Authorization"))
+        if isinstance(scope, tuple):
+            return web.json_response(scope[1], status=scope[0])
+        body = await request.read()
         await gate.wait()
-        async with lock:
-            event = await asyncio.to_thread(service.turn, session, turn)
-        return web.json_response(event)
+        status, event = await service.answer(session or "", scope, body)
+        return web.json_response(event, status=status)
 
     async with serving(answer) as url:
         yield url
@@ -211,7 +211,7 @@ async def test_a_turn_that_cannot_be_answered_holds_no_other_back(
     the broker (at most 20 unacknowledged per client) would send nothing more."""
     damaged = tmp_path / "bridge-log"
     damaged.mkdir()
-    (damaged / "bad%2Fr1.jsonl").write_text("{broken\n{broken\n")
+    (damaged / "bad%2Fr1.turns.jsonl").write_text("{broken\n{broken\n")
     turns = [_turn(k, SPEAKERS[k % 4], LINES[k % 4]) for k in range(25)]
     async with _served(broker, tmp_path) as (mqtt, engine, watcher):
         events = [_event(t, "bad", "r1") for t in turns] + [_event(turns[0], "good", "r1")]

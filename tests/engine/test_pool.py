@@ -134,22 +134,6 @@ def test_a_new_pool_over_the_turn_log_continues_every_conversation(
     assert second.log.sessions() == ["cam/2"]
 
 
-def test_a_turn_cut_short_by_a_crash_is_left_out(tmp_path: Path,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
-    log = TurnLog(tmp_path)
-    log.append("a", _turn(0, "P1", LINES[0]))
-    log.append("a", _turn(1, "P2", LINES[1]))
-    path = tmp_path / "a.jsonl"
-    whole = path.read_text()
-    path.write_text(whole[:-40])  # the second line lost its end
-    assert [t.text for t in log.turns("a")] == [LINES[0]]
-    assert "a turn cut short, left out" in caplog.text
-    path.write_text("{broken\n" + whole)  # damage that is not a cut-short last line
-    with pytest.raises(TurnLogError, match=r"a.jsonl:1: not a logged turn"):
-        log.turns("a")
-    assert log.turns("never") == []
-
-
 def test_a_turn_log_where_nothing_can_be_written_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(TurnLogError, match="cannot keep the turn log there"):

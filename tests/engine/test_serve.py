@@ -22,7 +22,7 @@ from stream.engine.loading import load_backend
 from stream.engine.predict import Predictor
 from stream.engine.service import HEADER
 from stream.engine.synthetic import random_llama, word_tokenizer
-from stream.engine.turnlog import turn_to_json
+from stream.engine.wire import turn_to_json
 from stream.events import prediction_event
 from stream.frames import Turn
 from tests.broker import Broker

@@ -1,0 +1,173 @@
+"""A turn as JSON: what the engine service receives, the MQTT bridge reads from a turn
+event, and the turn log keeps.
+
+Whatever arrives over a network is checked here before anything is decoded or
+computed, so that a hostile or broken request costs a parse and a one-line reason, not
+a replica: numbers must be finite, ids short, the text and the frames bounded, and a key
+frame's size is read from its PNG header before its pixels are. The limits are far above
+what an edge sends (a turn of a minute is about a thousand characters; the engine takes
+two key frames of a camera's picture) and far below what hurts a replica.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import struct
+from typing import Annotated, Any
+
+import cv2
+import numpy as np
+from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, ValidationError
+
+from stream.frames import PlayerView, SpeakerVote, Turn, VideoFrame
+
+MAX_TEXT = 10_000
+"""Characters of a turn's words."""
+MAX_FRAMES = 16
+MAX_PIXELS = 3840 * 2160
+"""Pixels of one key frame (4K)."""
+MAX_PLAYERS = 64
+"""People in one frame, or scored in one vote."""
+MAX_INDEX = 2**31 - 1
+MAX_ID = 128
+"""Characters of a session id, a player id or a name."""
+
+Number = Annotated[float, Strict(), AllowInfNan(False)]
+Coordinate = Annotated[int, Strict()] | Number
+"""Ints stay ints: a rebuilt session draws the boxes it drew the first time."""
+Count = Annotated[int, Strict(), Field(ge=0, le=MAX_INDEX)]
+Id = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_ID)]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ViewWire(_Wire):
+    player: Id
+    track: Annotated[int, Strict()]
+    box: Annotated[list[Coordinate], Field(min_length=4, max_length=4)]
+    detected: Annotated[bool, Strict()]
+    yaw: Number
+    mouth: Number
+    share: Number
+    p_speaking: Number
+
+
+class FrameWire(_Wire):
+    png: Annotated[str, Strict(), Field(min_length=1)]
+    pts: Number
+    source: Annotated[str, Strict(), Field(max_length=MAX_ID)]
+    seq: Count
+    views: Annotated[list[ViewWire], Field(max_length=MAX_PLAYERS)]
+
+
+class VoteWire(_Wire):
+    speaker: Id | None
+    confidence: Number
+    scores: Annotated[dict[Id, Number], Field(max_length=MAX_PLAYERS)]
+    cues: Annotated[dict[Id, Annotated[dict[Id, Number], Field(max_length=8)]],
+                    Field(max_length=MAX_PLAYERS)]
+
+
+class TurnWire(_Wire):
+    index: Count
+    pts: Number
+    start: Number
+    end: Number
+    text: Annotated[str, Strict(), Field(max_length=MAX_TEXT)]
+    speaker_name: Id | None = None
+    frames: Annotated[list[FrameWire], Field(max_length=MAX_FRAMES)]
+    vote: VoteWire | None = None
+    names: Annotated[dict[Id, Id], Field(max_length=MAX_PLAYERS)] | None = None
+    """The edge's player names (`perception.names`), so that the service's predictor
+    names people as the edge's would."""
+
+
+class NotATurn(ValueError):
+    """What was received is not a turn the engine takes; the message says why, in one line."""
+
+
+def turn_to_json(turn: Turn, names: dict[str, str] | None = None) -> dict[str, Any]:
+    """What the engine needs of a turn, as JSON; frames as base64 PNG (lossless, so a
+    rebuilt session sees the same pixels)."""
+    frames = []
+    for frame, views in zip(turn.keyframes, turn.views, strict=True):
+        ok, png = cv2.imencode(".png", cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise ValueError(f"turn {turn.index}: a key frame cannot be encoded")
+        frames.append({"png": base64.b64encode(png.tobytes()).decode("ascii"),
+                       "pts": frame.pts, "source": frame.source, "seq": frame.seq,
+                       "views": [_view(v) for v in views]})
+    vote = turn.vote
+    data: dict[str, Any] = {
+        "index": turn.index, "pts": turn.pts, "start": turn.start, "end": turn.end,
+        "text": turn.text, "speaker_name": turn.speaker_name, "frames": frames,
+        "vote": None if vote is None else {
+            "speaker": vote.speaker, "confidence": vote.confidence,
+            "scores": vote.scores, "cues": vote.cues}}
+    if names:
+        data["names"] = dict(names)
+    return data
+
+
+def parse_turn(data: str | bytes | dict[str, Any]) -> TurnWire:
+    """The checked turn, from its JSON text or the object it parsed to; `NotATurn` when it
+    is not one (too deep, not finite, too big, a field of the wrong type)."""
+    try:
+        if isinstance(data, dict):
+            return TurnWire.model_validate(data)
+        return TurnWire.model_validate_json(data)
+    except ValidationError as e:
+        first = e.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the body"
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise NotATurn(f"{where}: {first['msg']}{more}") from None
+    except RecursionError:
+        raise NotATurn("nested too deep") from None
+
+
+def decode_turn(wire: TurnWire) -> Turn:
+    """The `Turn` a checked turn describes, its key frames decoded; `NotATurn` for a frame
+    that is not a PNG of at most `MAX_PIXELS`."""
+    keyframes, views = [], []
+    for number, f in enumerate(wire.frames):
+        image = _png(f.png, f"frames.{number}.png")
+        keyframes.append(VideoFrame(pts=f.pts, source=f.source, seq=f.seq, image=image))
+        views.append(tuple(PlayerView(**{**v.model_dump(), "box": tuple(v.box)})
+                           for v in f.views))
+    vote = wire.vote
+    return Turn(pts=wire.pts, index=wire.index, start=wire.start, end=wire.end,
+                text=wire.text, speaker_name=wire.speaker_name, keyframes=tuple(keyframes),
+                views=tuple(views),
+                vote=None if vote is None else SpeakerVote(**vote.model_dump()))
+
+
+def turn_from_json(data: str | bytes | dict[str, Any]) -> Turn:
+    """The turn `turn_to_json` made; `NotATurn` (a ValueError) when it is not one."""
+    return decode_turn(parse_turn(data))
+
+
+def _png(text: str, where: str) -> np.ndarray:
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise NotATurn(f"{where}: not base64") from None
+    # The size is in the header (IHDR, right after the signature): checked before a
+    # small file can decode to gigabytes.
+    if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise NotATurn(f"{where}: not a PNG")
+    width, height = struct.unpack(">II", data[16:24])
+    if width * height > MAX_PIXELS:
+        raise NotATurn(f"{where}: {width}x{height} is more than {MAX_PIXELS:,} pixels; "
+                       "send smaller key frames")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise NotATurn(f"{where}: not a PNG")
+    return np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+
+
+def _view(v: PlayerView) -> dict[str, object]:
+    return {"player": v.player, "track": v.track, "box": list(v.box), "detected": v.detected,
+            "yaw": v.yaw, "mouth": v.mouth, "share": v.share, "p_speaking": v.p_speaking}
