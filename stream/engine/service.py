@@ -106,8 +106,10 @@ class EngineService:
 
         scope = ""
         if self.tokens:
-            given = (authorization or "").removeprefix("Bearer ").strip().encode()
-            if not any(hmac.compare_digest(given, t.encode()) for t in self.tokens):
+            scheme, _, value = (authorization or "").partition(" ")
+            given = value.strip().encode()
+            if scheme.lower() != "bearer" \
+                    or not any(hmac.compare_digest(given, t.encode()) for t in self.tokens):
                 return 401, {"error": "no valid token: send Authorization: Bearer TOKEN, "
                                       "a token the service was started with"}
             scope = token_scope(given.decode())

@@ -256,3 +256,60 @@ async def test_the_bridge_answers_with_the_predictor_the_edge_asked_for(
         probabilities = event["addressee"]["probabilities"]
         assert event["addressee"]["answer"] == (
             best if predictor == "engine" else max(probabilities, key=probabilities.__getitem__))
+
+
+def _malformed() -> list[tuple[str, bytes]]:
+    """Messages that once killed the bridge (and killed it again on every restart, the
+    broker sending them again), or one conversation's task before it acknowledged."""
+    def event(**engine_turn: Any) -> dict[str, Any]:
+        good = _event(_turn(0, "P1", LINES[0]), "bad", "r1")
+        good["engine"]["turn"].update(engine_turn)
+        return good
+
+    names = _event(_turn(0, "P1", LINES[0]), "bad", "r1")
+    names["engine"]["names"] = 5
+    png = event()
+    png["engine"]["turn"]["frames"][0]["png"] = ""
+    raw = [b"[" * 100_000, json.dumps(event(index=float("inf"))).encode(),
+           dumps(png).encode(), dumps(names).encode()]
+    # More turns with NaN in them than the broker lets a client hold unacknowledged (20).
+    raw += [json.dumps(event(index=k, start=float("nan"))).encode() for k in range(25)]
+    return [("socialstream/bad/turn", payload) for payload in raw]
+
+
+async def test_malformed_turns_are_skipped_acknowledged_and_stop_nothing(
+        broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Each malformed turn is one error line and is acknowledged; the conversations after
+    them are answered, and a restarted bridge is not given them again."""
+    async with _served(broker, tmp_path) as (mqtt, engine, watcher):
+        async with _running(MqttBridge(mqtt, engine, TurnLog(tmp_path / "log")), broker.url):
+            async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+                for topic, payload in _malformed():
+                    await client.publish(topic, payload, qos=1)
+            await _publish(broker.url, [_event(t, "good", "r1") for t in _turns(2)])
+            got = await _collect(watcher, 2)
+        skipped = caplog.text.count("not a turn event")
+        caplog.clear()
+        async with _running(MqttBridge(mqtt, engine, TurnLog(tmp_path / "log")), broker.url,
+                            [_event(_turns(3)[2], "good", "r1")]):
+            got += await _collect(watcher, 1)
+    assert [(e["session"], e["turn"]) for e in got] == [("good", 0), ("good", 1), ("good", 2)]
+    assert skipped == len(_malformed())
+    assert "not a turn event" not in caplog.text, "the broker sent skipped turns again"
+
+
+async def test_bridges_of_different_services_and_edges_of_different_runs_have_their_own_ids(
+        tmp_path: Path) -> None:
+    """A fixed client id let two bridges, or two edges replaying files of the same name,
+    knock each other off the broker; one service's bridge keeps its id across restarts
+    (its persistent session holds the turns sent while it is down)."""
+    from stream.sinks.mqtt import MqttSink
+
+    mqtt = MqttConfig(url="mqtt://127.0.0.1:1883")
+
+    def bridge(log: str, url: str = "http://127.0.0.1:8000/") -> str:
+        return MqttBridge(mqtt, PredictorConfig(url=url), TurnLog(tmp_path / log)).identifier
+
+    assert bridge("a") == bridge("a") != bridge("b") != bridge("a", "http://127.0.0.1:8001/")
+    edges = [MqttSink(mqtt, "clip", run=run)._connect()._client._client_id for run in "12"]
+    assert edges[0] != edges[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -13,12 +14,14 @@ from tests.engine.test_predict import _turn
 from tests.serving import serving
 
 
-@pytest.mark.parametrize(("status", "tries"), [(409, 1), (503, None), (429, None)])
+@pytest.mark.parametrize(("status", "tries"), [
+    (409, 1), (400, 1), (500, 1), (507, 1), (503, None), (502, None), (429, None)])
 async def test_a_refused_turn_is_not_retried_a_failed_one_is(
         status: int, tries: int | None, caplog: pytest.LogCaptureFixture) -> None:
-    """409 (the service took other words under this index) would be refused again; 503 (no
-    replica yet) and 429 (too many requests) may pass on a later try, until
-    url_timeout_s."""
+    """409 (late, or other words under this index), 400 (not a turn), 500 (the engine
+    failed on it) and 507 (no room) would be answered the same again: retrying them for
+    a minute made an 8 s clip take 185 s. 503 and 502 (no replica yet) and 429 (too many
+    requests) may pass on a later try, until url_timeout_s."""
     posts: list[bytes] = []
 
     async def answer(request: web.Request) -> web.Response:
@@ -41,3 +44,73 @@ async def test_a_refused_turn_is_not_retried_a_failed_one_is(
         assert len(posts) > 1 and "got no answer in 2 s" in caplog.text
     else:
         assert len(posts) == tries and f"refused (HTTP {status}" in caplog.text
+
+
+async def test_a_service_that_stopped_answering_costs_one_timeout_not_one_per_turn(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """After one turn found no answer for a whole url_timeout_s, each turn gets one try
+    until the service answers again; the turn it answers goes through as before."""
+    posts: list[int] = []
+    up = False
+
+    async def answer(request: web.Request) -> web.Response:
+        body = await request.read()
+        if body == b"{}":
+            return web.json_response({"error": "not a turn"}, status=400)
+        posts.append(json.loads(body)["index"])
+        if not up:
+            return web.json_response({"error": "no replica"}, status=503)
+        return web.json_response({"speaker": "P1", "turn": posts[-1], "predictor": "engine"})
+
+    async with serving(answer) as url:
+        stage = RemoteEngineStage(PredictorConfig(url=url, url_timeout_s=1.0), "s/r")
+        await stage.start()
+        try:
+            with caplog.at_level(logging.WARNING):
+                assert await stage.process(_turn(0, "P1", "Ben, hello.")) == ()
+                tried = len(posts)
+                assert await stage.process(_turn(1, "P2", "Hi.")) == ()
+                assert len(posts) == tried + 1, "one try while the service is down"
+                up = True
+                (prediction,) = await stage.process(_turn(2, "P1", "Where were you?"))
+        finally:
+            await stage.stop()
+    assert tried > 1 and prediction.turn == 2
+    assert "one try each, until it answers" in caplog.text and "answers again" in caplog.text
+
+
+async def test_the_edge_sends_its_names_and_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service's predictor names people as the edge's does (a turn named only by
+    the transcript got "Ben" remotely, "P2" in process), and the token goes in a header,
+    from the environment when the config has none."""
+    seen: list[tuple[str | None, dict]] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        body = await request.read()
+        if body != b"{}":
+            seen.append((request.headers.get("Authorization"), json.loads(body)))
+        return web.json_response({"error": "stop here"}, status=400)
+
+    monkeypatch.setenv("SOCIALSTREAM_ENGINE_TOKEN", "secret")
+    async with serving(answer) as url:
+        stage = RemoteEngineStage(PredictorConfig(url=url), "s/r", {"P2": "Ben"})
+        await stage.start()
+        try:
+            await stage.process(_turn(0, "P1", "Ben, hello."))
+        finally:
+            await stage.stop()
+    ((authorization, body),) = seen
+    assert authorization == "Bearer secret" and body["names"] == {"P2": "Ben"}
+
+
+async def test_an_edge_without_the_services_token_is_one_clear_error() -> None:
+    from stream.errors import UserError
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"error": "no valid token"}, status=401)
+
+    async with serving(answer) as url:
+        stage = RemoteEngineStage(PredictorConfig(url=url), "s/r")
+        with pytest.raises(UserError, match="wants a token it knows; set "
+                                            "SOCIALSTREAM_ENGINE_TOKEN"):
+            await stage.start()

@@ -87,7 +87,10 @@ def _serve(model: Path, port: int, log_dir: Path, replicas: int,
         [sys.executable, "-m", "pipelines.cli", "serve", "--model", str(model),
          "--replicas", str(replicas), "--cpus-per-replica", "0.5", "--http",
          f"127.0.0.1:{port}", "--log-dir", str(log_dir), *(["--mqtt", mqtt] if mqtt else [])],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # A Ray said to be running elsewhere: serve starts its own all the same (it used
+        # to join whatever Ray the machine ran, and another service's application).
+        env={**os.environ, "RAY_ADDRESS": "127.0.0.1:9"})
 
 
 def _stop(server: subprocess.Popen[str]) -> str:
@@ -211,12 +214,37 @@ def test_serve_without_a_model_is_one_clear_error() -> None:
     assert "serve needs a model: --model NAME or engine.model in --config" in done.stderr
 
 
-@pytest.mark.parametrize("flag", ["--replicas", "--budget-mb", "--log-keep-hours"])
-def test_serve_refuses_nothing_to_serve_with(flag: str) -> None:
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--replicas", "0"), ("--budget-mb", "0"), ("--budget-mb", "nan"),
+    ("--log-keep-hours", "inf"), ("--max-sessions", "0"), ("--max-body-mb", "-1")])
+def test_serve_refuses_nothing_to_serve_with(flag: str, value: str) -> None:
+    """Before Ray starts (`--budget-mb nan` was a traceback from inside it)."""
     done = subprocess.run([sys.executable, "-m", "pipelines.cli", "serve", "--model", "x",
-                           flag, "0"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          check=False)
-    assert done.returncode == 2 and "must be positive" in done.stderr
+                           flag, value], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 2 and "must be positive numbers" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_refuses_a_port_in_use_and_names_its_own_flag(tmp_path: Path) -> None:
+    """Serve's proxy would share a busy port (SO_REUSEPORT), splitting sessions between two
+    services."""
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pipelines.cli", "serve", "--model",
+                               "x", "--log-dir", str(tmp_path), *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = serve("--http", f"127.0.0.1:{port}")
+    assert done.returncode == 2
+    assert f"--http 127.0.0.1:{port}: the port is in use" in done.stderr
+    done = serve("--http", "nonsense:port")
+    assert done.returncode == 2 and "--http nonsense:port: give a port" in done.stderr
+    done = serve("--http", "192.0.2.1:8000")  # an address this machine does not have
+    assert done.returncode == 2 and "choose an address of this machine" in done.stderr
 
 
 def test_serve_refuses_fewer_max_replicas_than_replicas() -> None:

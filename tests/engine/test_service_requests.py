@@ -1,0 +1,183 @@
+"""What the engine service answers to bad, hostile, oversized and unauthorised requests,
+through the code its Ray deployment runs for every request (`EngineService.session`
+and `EngineService.answer`)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from stream.engine.config import PredictorConfig
+from stream.engine.loading import load_backend
+from stream.engine.predict import Predictor
+from stream.engine.service import EngineService
+from stream.engine.synthetic import random_llama, word_tokenizer
+from stream.engine.wire import turn_to_json
+from stream.frames import Turn
+from tests.engine.test_predict import _turn
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("model")
+    tokenizer = word_tokenizer()
+    random_llama(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _service(model: Path, log: Path, **options: Any) -> EngineService:
+    return EngineService({"model": str(model)}, 2**30, str(log), **options)
+
+
+async def _ask(service: EngineService, session: str | None, body: bytes | dict[str, Any],
+               authorization: str | None = None) -> tuple[int, dict[str, Any]]:
+    scope = service.session(session, authorization)
+    if isinstance(scope, tuple):
+        return scope
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return await service.answer(session or "", scope, raw)
+
+
+def _body(turn: Turn | None = None, **changes: Any) -> dict[str, Any]:
+    data = turn_to_json(turn or _turn(0, "P1", "Ben, did you finish the map?"))
+    return {**data, **changes}
+
+
+def _frame(**changes: Any) -> dict[str, Any]:
+    return {**_body()["frames"][0], **changes}
+
+
+def _view(**changes: Any) -> dict[str, Any]:
+    return {**_body()["frames"][0]["views"][0], **changes}
+
+
+def _huge_png() -> str:
+    """A real PNG whose header says 10000x10000 (it would decode to 300 MB)."""
+    _, png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
+    data = bytearray(png.tobytes())
+    data[16:24] = struct.pack(">II", 10000, 10000)
+    return base64.b64encode(bytes(data)).decode()
+
+
+BAD = {
+    "index Infinity": (b'{"index": Infinity}', "index"),
+    "index 1e999": (b'{"index": 1e999}', "index"),
+    "a deep array": (b"[" * 100_000, "the body"),
+    "start NaN": (json.dumps(_body(start=float("nan"))).encode(), "start"),
+    "an empty png": (_body(frames=[_frame(png="")]), "frames.0.png"),
+    "a png that is not one": (_body(frames=[_frame(png="aGVsbG8=")]), "frames.0.png: not"),
+    "a box of strings": (_body(frames=[_frame(views=[_view(box=["a", "b", 1, 2])])]),
+                         "frames.0.views.0.box"),
+    "a name that is an object": (_body(speaker_name={"a": 1}), "speaker_name"),
+    "names that are a number": (_body(names=5), "names"),
+    "a NaN vote": (_body(vote={"speaker": "P1", "confidence": float("nan"), "scores": {},
+                               "cues": {}}), "vote.confidence"),
+    "a text of 20,000 characters": (_body(text="word " * 4000), "text"),
+    "10000x10000 pixels": (_body(frames=[_frame(png=_huge_png())]), "more than"),
+    "three key frames": (_body(frames=[_frame()] * 3), "the engine takes 2"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+async def test_a_bad_turn_is_400_with_the_reason_and_leaves_no_log(
+        case: str, model: Path, tmp_path: Path) -> None:
+    body, where = BAD[case]
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    status, answer = await _ask(_service(model, tmp_path / "log"), "s", raw)
+    assert status == 400 and answer["error"].startswith("not a turn"), answer
+    assert where in answer["error"]
+    assert not list((tmp_path / "log").glob("*.jsonl"))
+
+
+@pytest.mark.parametrize(("session", "why"), [
+    (None, "no session id"), ("x" * 300, "1 to 128 characters"),
+    ("é" * 100, "too long as a file name"), ("a\nb", "control characters")])
+async def test_a_bad_session_id_is_400(session: str | None, why: str, model: Path,
+                                       tmp_path: Path) -> None:
+    status, answer = await _ask(_service(model, tmp_path), session, _body())
+    assert status == 400 and why in answer["error"]
+
+
+async def test_a_body_over_the_limit_is_413(model: Path, tmp_path: Path) -> None:
+    service = _service(model, tmp_path, max_body=1000)
+    status, answer = await _ask(service, "s", _body())
+    assert status == 413 and "more than the 1,000 the service takes" in answer["error"]
+
+
+async def test_sessions_beyond_the_limit_are_507_until_one_goes(
+        model: Path, tmp_path: Path) -> None:
+    service = _service(model, tmp_path, max_sessions=1)
+    assert (await _ask(service, "a", _body()))[0] == 200
+    status, answer = await _ask(service, "b", _body())
+    assert status == 507 and "holds 1 sessions" in answer["error"]
+    assert (await _ask(service, "a", _body(_turn(1, "P2", "Yes."))))[0] == 200
+    service.pool.forget("a")
+    assert (await _ask(service, "b", _body()))[0] == 200
+
+
+async def test_a_token_is_needed_and_each_tokens_sessions_are_its_own(
+        model: Path, tmp_path: Path) -> None:
+    """Without a valid token, 401 (a non-ASCII one too, which was a 500). With one, the
+    session id names a conversation of that token only: another token's "a" is another
+    conversation, and cannot be probed, written or blocked through the shared id."""
+    service = _service(model, tmp_path, tokens=("one", "two"))
+    for authorization in (None, "Bearer three", "Bearer é", "one"):
+        status, answer = await _ask(service, "a", _body(), authorization)
+        assert status == 401 and "Authorization: Bearer TOKEN" in answer["error"]
+    assert (await _ask(service, "a", _body(), "Bearer one"))[0] == 200
+    other = _body(_turn(0, "P2", "Other words as turn 0."))
+    status, answer = await _ask(service, "a", other, "Bearer two")
+    assert status == 200 and answer["session"] == "a"
+    assert (await _ask(service, "a", other, "Bearer one"))[0] == 409
+    assert len(service.log.sessions()) == 2
+    assert not any("one" in s or "two" in s for s in service.log.sessions())
+
+
+async def test_late_and_conflicting_turns_are_409_with_the_reason(
+        model: Path, tmp_path: Path) -> None:
+    service = _service(model, tmp_path)
+    assert (await _ask(service, "s", _body(_turn(5, "P1", "Hello.")), None))[0] == 200
+    status, answer = await _ask(service, "s", _body(_turn(3, "P1", "Earlier.")))
+    assert status == 409 and "turn 3 came after turn 5" in answer["error"]
+    status, answer = await _ask(service, "s", _body(_turn(5, "P1", "Other words.")))
+    assert status == 409 and "took other words as turn 5" in answer["error"]
+
+
+async def test_the_service_names_people_as_the_edge_does(model: Path, tmp_path: Path
+                                                         ) -> None:
+    """A turn named only by its transcript ("Ben"): the edge's names make it P2, in
+    process and at the service alike."""
+    names = {"P1": "Ann", "P2": "Ben"}
+    turn = replace(_turn(0, "P1", "I did most of it, honestly."), vote=None, speaker_name="Ben")
+    here = Predictor(load_backend(str(model)), PredictorConfig(model=str(model)), names)
+    expected = here.turn(turn).speaker
+    status, answer = await _ask(_service(model, tmp_path), "s", turn_to_json(turn, names))
+    assert status == 200 and answer["speaker"] == expected == "P2"
+
+
+async def test_a_full_disk_is_507_and_the_turn_can_come_again(
+        model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from stream.engine import turnlog
+
+    service = _service(model, tmp_path)
+
+    def full(fd: int, data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(turnlog.os, "write", full)
+    status, answer = await _ask(service, "s", _body())
+    assert status == 507 and "disk is full" in answer["error"]
+    monkeypatch.undo()
+    status, answer = await _ask(service, "s", _body())
+    assert status == 200 and answer["turn"] == 0
