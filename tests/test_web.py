@@ -11,7 +11,15 @@ import pytest
 
 from stream.errors import UserError
 from stream.frames import PerceivedFrame, PlayerView, Turn, VideoFrame
-from stream.view.web import END, VIEWER_QUEUE, Hub, WebServer, WebView, parse_address
+from stream.view.web import (
+    END,
+    UNAUTHORISED,
+    VIEWER_QUEUE,
+    Hub,
+    WebServer,
+    WebView,
+    parse_address,
+)
 
 
 @pytest.mark.parametrize(("text", "address"), [
@@ -89,22 +97,72 @@ async def test_a_viewer_gets_history_then_live_events_and_pictures() -> None:
         await view.server.stop()
 
 
-async def test_a_token_guards_page_and_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_token_guards_the_socket_and_stays_out_of_requests(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The printed URL carries the token after '#', which no request line holds; the page
+    (no data in it) needs none, the socket does: as its first message (the page's way)
+    or a Bearer header. A wrong one, a non-ASCII one (a 500 before) or none closes it."""
     monkeypatch.setenv("SOCIALSTREAM_WEB_TOKEN", "s3cret")
     server = WebServer(Hub("s"), "127.0.0.1", 0)
     await server.start()
     try:
         base = f"http://127.0.0.1:{server.bound[1]}"
+        assert server.url == base + "/#token=s3cret"
         async with aiohttp.ClientSession() as client:
-            assert (await client.get(base + "/")).status == 401
-            assert (await client.get(base + "/?token=wrong")).status == 401
-            assert (await client.get(base + "/ws")).status == 401
-            assert (await client.get(server.url)).status == 200
-            async with client.ws_connect(base + "/ws?token=s3cret") as socket:
+            assert (await client.get(base + "/")).status == 200
+            for first in ({"type": "auth", "token": "wrong"}, {"type": "auth", "token": "é"},
+                          {"type": "hello"}):
+                async with client.ws_connect(base + "/ws") as socket:
+                    await socket.send_json(first)
+                    message = await asyncio.wait_for(socket.receive(), 10)
+                    assert message.type == aiohttp.WSMsgType.CLOSE
+                    assert message.data == UNAUTHORISED
+            async with client.ws_connect(base + "/ws") as socket:
+                await socket.send_json({"type": "auth", "token": "s3cret"})
+                texts, _ = await _receive(socket, "hello")
+                assert texts[0]["type"] == "hello"
+            async with client.ws_connect(base + "/ws",
+                                         headers={"Authorization": "Bearer s3cret"}) as socket:
                 texts, _ = await _receive(socket, "hello")
                 assert texts[0]["type"] == "hello"
     finally:
         await server.stop()
+
+
+async def test_only_this_page_may_open_a_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page of another site open in the operator's browser (its Origin), or another
+    site's name rebound to 127.0.0.1 (its Host), is refused; so is a viewer beyond the
+    cap (301 were held)."""
+    monkeypatch.setattr("stream.view.web.MAX_VIEWERS", 2)
+    server = WebServer(Hub("s", pictures=False), "127.0.0.1", 0)
+    await server.start()
+    try:
+        port = server.bound[1]
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as client:
+            for headers in ({"Origin": "http://evil.example"},
+                            {"Origin": f"http://evil.example:{port}",
+                             "Host": f"evil.example:{port}"}):
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await client.ws_connect(base + "/ws", headers=headers)
+                assert refused.value.status == 403
+            same = {"Origin": base}
+            async with client.ws_connect(base + "/ws", headers=same) as one, \
+                    client.ws_connect(f"http://localhost:{port}/ws") as two:
+                for socket in (one, two):
+                    assert (await _receive(socket, "hello"))[0][0]["type"] == "hello"
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await client.ws_connect(base + "/ws")
+                assert refused.value.status == 503
+    finally:
+        await server.stop()
+
+
+async def test_an_address_this_machine_lacks_says_so() -> None:
+    server = WebServer(Hub("s"), "192.0.2.1", 0)  # TEST-NET-1: nobody's
+    with pytest.raises(UserError, match=r"192.0.2.1:0: cannot listen .*choose an address of "
+                                        "this machine"):
+        await server.start()
 
 
 async def test_a_viewer_that_falls_behind_is_resynced_and_never_waited_for() -> None:

@@ -6,6 +6,16 @@ has the picture, the latest frame as a JPEG (binary message) right after its spe
 event, so boxes and picture match. `subscribe --web` feeds the same page from MQTT,
 without pictures.
 
+Who may watch: the page itself holds no data; the WebSocket that feeds it does, so a
+socket is accepted only from this page (a browser sends its Origin, which must be this
+server, reached by the name it was asked under, a loopback name unless a token is set:
+a page of another site, or a name of another site rebound to this machine, is
+refused), at most `MAX_VIEWERS` at a time, and, with a token ($SOCIALSTREAM_WEB_TOKEN),
+only after the token. The printed URL carries the token after `#`, which a browser
+keeps to itself (never in a request line, a proxy's log or the history sent to a
+server); the page sends it as the socket's first message. A program may send
+`Authorization: Bearer TOKEN` with its handshake instead.
+
 Nothing a viewer does can slow the pipeline: the pipeline only hands events to a
 `Hub`, which never awaits a viewer. Each viewer has a bounded queue; one that falls
 behind is emptied and sent a fresh snapshot instead. Frames are not queued at all:
@@ -18,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import io
 import ipaddress
@@ -31,6 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import numpy as np
 from aiohttp import WSMsgType, web
@@ -55,6 +67,12 @@ END_WAIT_S = 0.5
 """At the end of a run, how long the viewers get to receive the end."""
 MAX_WIDTH = 960
 """Frames wider than this are scaled down before encoding."""
+MAX_VIEWERS = 32
+AUTH_WAIT_S = 10.0
+"""How long a socket may take to send its token."""
+UNAUTHORISED = 4401
+"""The close code of a socket whose token is missing or wrong (the page stops retrying)."""
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 def parse_address(text: str, flag: str = "--web") -> tuple[str, int]:
@@ -210,8 +228,10 @@ class WebServer:
             await site.start()
         except OSError as exc:
             await self._runner.cleanup()
+            advice = ("choose an address of this machine" if exc.errno == errno.EADDRNOTAVAIL
+                      else "choose another port")
             raise UserError(f"--web {self.host}:{self.port}: cannot listen ({exc.strerror}); "
-                            "choose another port") from exc
+                            f"{advice}") from exc
         sockets = site._server.sockets if site._server is not None else ()  # type: ignore[union-attr]
         address = sockets[0].getsockname() if sockets else (self.host, self.port)
         self.bound = (str(address[0]), int(address[1]))
@@ -223,8 +243,8 @@ class WebServer:
     def url(self) -> str:
         assert self.bound is not None, "start() binds"
         host = f"[{self.bound[0]}]" if ":" in self.bound[0] else self.bound[0]
-        query = f"?token={self.token}" if self.token else ""
-        return f"http://{host}:{self.bound[1]}/{query}"
+        fragment = f"#token={quote(self.token, safe='')}" if self.token else ""
+        return f"http://{host}:{self.bound[1]}/{fragment}"
 
     async def stop(self) -> None:
         if self._runner is None:
@@ -242,21 +262,39 @@ class WebServer:
         runner, self._runner = self._runner, None
         await runner.cleanup()
 
-    def _allowed(self, request: web.Request) -> bool:
-        if self.token is None:
-            return True
-        return hmac.compare_digest(request.query.get("token", ""), self.token)
+    def _token(self, given: str | None) -> bool:
+        assert self.token is not None
+        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+
+    def _refusal(self, request: web.Request) -> str | None:
+        """Why a socket may not be opened before its token is seen; None when it may."""
+        host = (request.host or "").lower()
+        name = (request.url.host or "").lower()
+        if self.token is None and name not in (*LOOPBACK_NAMES, self.host.lower()):
+            return f"Host {host!r} is not this machine's name for the view"
+        origin = request.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc.lower() != host:
+            return f"Origin {origin!r} is another site"
+        if len(self.hub.viewers) >= MAX_VIEWERS:
+            return f"{MAX_VIEWERS} viewers already"
+        return None
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
-        if not self._allowed(request):
-            raise web.HTTPUnauthorized(text=f"add ?token=... (the value of ${TOKEN_ENV})")
         return web.Response(text=_page(), content_type="text/html")
 
     async def _socket(self, request: web.Request) -> web.StreamResponse:
-        if not self._allowed(request):
-            raise web.HTTPUnauthorized(text="bad or missing token")
+        refusal = self._refusal(request)
+        if refusal is not None:
+            log.warning("web view: a viewer refused (%s)", refusal)
+            raise (web.HTTPServiceUnavailable if "viewers" in refusal
+                   else web.HTTPForbidden)(text=refusal)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         socket = web.WebSocketResponse(heartbeat=20)
         await socket.prepare(request)
+        if self.token is not None and not (scheme.lower() == "bearer" and self._token(given)) \
+                and not self._token(await _first_token(socket)):
+            await socket.close(code=UNAUTHORISED, message=b"bad or missing token")
+            return socket
         viewer = _Viewer(backlog=deque(self.hub.snapshot()),
                          frames=request.query.get("frames", "1") != "0")
         self.hub.viewers.add(viewer)
@@ -309,6 +347,17 @@ class WebServer:
             await asyncio.sleep(1.0)
             if self.hub.metrics is not None and self.hub.viewers:
                 self.hub.publish({"type": "metrics", "stages": self.hub.metrics()}, keep=False)
+
+
+async def _first_token(socket: web.WebSocketResponse) -> str | None:
+    """The token of the socket's first message (`{"type": "auth", "token": ...}`)."""
+    try:
+        message = await asyncio.wait_for(socket.receive(), AUTH_WAIT_S)
+        data = json.loads(message.data) if message.type == WSMsgType.TEXT else None
+    except (TimeoutError, ValueError, RecursionError):
+        return None
+    token = data.get("token") if isinstance(data, dict) else None
+    return token if isinstance(token, str) else None
 
 
 class WebView(Stage):
