@@ -20,7 +20,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from pipelines import bench, eval_command, serve, subscribe
 from pipelines.config import ReplayConfig, load_config
 from pipelines.live import LivePipelineConfig, build_live, live_inputs, run_live
-from pipelines.replay import Replay, ReplayReport, build_replay, run_replay, session_id
+from pipelines.replay import (
+    Replay,
+    ReplayReport,
+    build_replay,
+    refuse_one_file_twice,
+    run_replay,
+    session_id,
+)
 from stream.engine.remote import bridged
 from stream.errors import UserError
 from stream.events import check_session, new_run
@@ -276,6 +283,7 @@ def _sinks(args: argparse.Namespace, config: ReplayConfig, session: str) -> list
     names = config.perception.names
     run = new_run()  # one per run, shared by every sink: ids match across outputs
     out = config.output.out
+    refuse_one_file_twice(out, config.output.annotate)
     if args.json:  # one sink for stdout and --out: both get the same lines in one order
         sinks: list[Stage] = [JsonlSink(session, out, names, run, echo=True)]
     else:

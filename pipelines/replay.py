@@ -280,6 +280,17 @@ def refuse_input_as_output(out: Path | None, inputs: dict[str, str | None],
                             "there would destroy it: choose another file")
 
 
+def refuse_one_file_twice(out: Path | None, annotate: Path | None) -> None:
+    """Two writers on one file leave neither output readable."""
+    if out is None or annotate is None:
+        return
+    same = out.resolve() == annotate.resolve() or (
+        out.exists() and annotate.exists() and os.path.samefile(out, annotate))
+    if same:
+        raise UserError(f"--annotate {annotate}: is also --out; both would write one file "
+                        "and destroy each other: choose two files")
+
+
 def session_id(media: str, config: ReplayConfig) -> str:
     """The configured session id (checked), else one made from the media's stem (`stdin`
     for a pipe)."""

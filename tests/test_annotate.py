@@ -135,6 +135,11 @@ def test_annotate_refuses_what_it_cannot_write(tmp_path: Path) -> None:
     assert result.returncode == 2 and "write .mp4 (fragmented MP4) or .ts" in result.stderr
     result = run_cli("replay", demo, "--annotate", demo)
     assert result.returncode == 2 and "is an input of this run" in result.stderr
+    # One file for both outputs: both were destroyed with exit 0.
+    both = tmp_path / "both.mp4"
+    result = run_cli("replay", demo, "--annotate", str(both), "--out", str(both))
+    assert result.returncode == 2 and "is also --out" in result.stderr
+    assert not both.exists()
     wav = tmp_path / "sound.wav"
     subprocess.run(["ffmpeg", "-v", "error", "-i", demo, "-vn", str(wav)], check=True)
     result = run_cli("replay", str(wav), "--annotate", str(tmp_path / "out.mp4"))

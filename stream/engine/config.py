@@ -35,6 +35,10 @@ class EngineConfig(BaseModel):
     """Utterances never evicted: the most recent ones."""
     evict_to: float = Field(0.8, gt=0, le=1)
     """An eviction frees down to this share of the budget, so it does not run every turn."""
+    max_turn_words: int = Field(200, ge=2)
+    """Words of one turn the engine takes: of a longer one (a transcript line of 12,000
+    words would not fit any context budget, and asks a question per pronoun), its first
+    and last halves of this many. About a minute and a half of speech."""
 
     @model_validator(mode="after")
     def _layers_ordered(self) -> EngineConfig:

@@ -15,6 +15,7 @@ running while it computes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import time
@@ -26,6 +27,8 @@ from stream.engine.config import PredictorConfig
 from stream.errors import ModelError
 from stream.frames import Answer, Item, Prediction, Turn
 from stream.runtime import Stage
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from stream.engine.backends import Backend
@@ -85,6 +88,7 @@ class Predictor:
         self.session = Session(backend, config)
         self.session.append_system(config.system)
         self.frames_per_turn = config.frames_per_turn
+        self.max_words = config.max_turn_words
         self.players = {name: player for player, name in (names or {}).items()}
         """Name -> player id (`perception.names` the other way round)."""
 
@@ -108,9 +112,21 @@ class Predictor:
         taken = key_frames(turn, self.frames_per_turn)
         if taken.keyframes:
             self.session.append_frames(taken.keyframes, taken.views)
-        report = self.session.append_utterance(speaker, turn.text or "(no words)",
-                                               export=self.attention)
+        words = self.words(turn, warn=True) or "(no words)"
+        report = self.session.append_utterance(speaker, words, export=self.attention)
         return speaker, report
+
+    def words(self, turn: Turn, warn: bool = False) -> str:
+        """The turn's words as the engine takes them: at most `max_turn_words`, the first
+        and the last half of a longer turn."""
+        words = turn.text.split()
+        if len(words) <= self.max_words:
+            return turn.text
+        if warn:
+            log.warning("turn %d has %d words; the engine takes its first and last %d",
+                        turn.index, len(words), self.max_words // 2)
+        half = self.max_words // 2
+        return " ".join([*words[:half], "...", *words[-half:]])
 
     def answer(self, turn: Turn, speaker: str | None, report: UtteranceReport,
                began: float) -> Prediction:
@@ -123,7 +139,7 @@ class Predictor:
             asked.append(("addressee", f"Question: whom does {who} address? Answer:", others,
                           None))
             asked += [("pronoun", f'Question: when {who} says "{word}", who is it? Answer:',
-                       others, word) for word in pronouns(turn.text)]
+                       others, word) for word in pronouns(self.words(turn))]
         if seen:
             asked.append(("mentioned", f"Question: whom does {who} mention? Answer:",
                           [*seen, NOBODY], None))

@@ -10,9 +10,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
+import pytest
 
 from stream.broker import MqttConfig
-from stream.engine.backends import QwenVLBackend
+from stream.engine.backends import QwenVLBackend, TextBackend
 from stream.engine.config import PredictorConfig
 from stream.engine.evaluate import score_predictions
 from stream.engine.predict import NOBODY, Predictor, pronouns, spread
@@ -141,3 +142,18 @@ def test_each_answer_is_the_candidate_the_model_scored_best(qwen: QwenVLBackend,
     for answer in prediction.answers:
         assert list(answer.scores) == candidates[answer.question]
         assert answer.scores[answer.answer] == -0.5
+
+
+def test_a_turn_of_twelve_thousand_words_is_cut_and_the_session_goes_on(
+        llama: TextBackend, caplog: pytest.LogCaptureFixture) -> None:
+    """One transcript line (or MQTT inbox message) that long stopped the whole run: the
+    context budget could not hold it. The engine takes its first and last 100 words."""
+    predictor = Predictor(llama, PredictorConfig(model="tiny", max_positions=4096))
+    predictor.turn(_turn(0, "P1", "Ben, did you finish the map for our trip?"))
+    long = " ".join(["he walked and talked"] * 3000)
+    prediction = predictor.turn(_turn(1, "P2", f"Ann, {long} and you?"))
+    assert next(a.task for a in prediction.answers) == "addressee"
+    assert sum(a.task == "pronoun" for a in prediction.answers) <= 100
+    assert "turn 1 has 12003 words; the engine takes its first and last 100" in caplog.text
+    after = predictor.turn(_turn(2, "P3", "Then show me the shortcut, please."))
+    assert after.speaker == "P3"
