@@ -21,6 +21,7 @@ from stream.runtime import Pipeline, Stage
 from stream.sources.live import CAMERA, LiveConfig, LiveInput, LiveSource
 from stream.sources.mqtt_inbox import MqttInbox
 from stream.speaker.perception import PerceptionStage
+from stream.tasks.stage import SocialStage
 
 LISTEN_OPTIONS = {"rtsp": {"rtsp_flags": "listen", "listen_timeout": "10"}, "tcp": {"listen": "1"},
                   "srt": {"mode": "listener"}, "rtmp": {"listen": "1"}}
@@ -41,13 +42,14 @@ class Live:
     stopped_remotely: bool = False
 
     def control(self, command: str) -> None:
-        """`stop`: drain and end; `reset`: forget players and tracks."""
+        """`stop`: drain and end; `reset`: new people at the table: forget players and
+        tracks, and the conversation (names heard, history, the engine's session)."""
         if command == "stop":
             self.stopped_remotely = True
             self.pipeline.request_stop()
         elif command == "reset":
             for stage in self.pipeline.stages:
-                if isinstance(stage, PerceptionStage):
+                if isinstance(stage, PerceptionStage | SocialStage):
                     stage.reset()
 
 

@@ -214,3 +214,20 @@ def test_a_pipe_is_read_once_to_its_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     events = turn_events(result.stdout)
     assert len(events) == 12 and events[0]["start"] == 0.8
+
+
+def test_a_reset_command_resets_the_conversation_too() -> None:
+    """`reset` forgot players and tracks but kept the old group's names and history."""
+    from pipelines.live import Live
+    from stream.frames import Turn
+    from stream.runtime import Pipeline
+    from stream.tasks.stage import SocialStage
+
+    pipeline = Pipeline()
+    social = SocialStage("fusion")
+    pipeline.add(social)
+    social.predict(Turn(pts=1.0, index=0, start=0.0, end=0.9, text="Ben, hi.",
+                        speaker_name="Ann"))
+    old = social.dialogue
+    Live(pipeline, source=None, session="s").control("reset")  # type: ignore[arg-type]
+    assert social.dialogue is not old and not social.dialogue.said

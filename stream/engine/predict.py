@@ -162,6 +162,11 @@ class EngineStage(Stage):
                  attention: bool = False) -> None:
         self.config, self.names, self.attention = config, names, attention
         self.predictor: Predictor | None = None
+        self._fresh = False
+
+    def reset(self) -> None:
+        """The next turn starts a new session (a turn being computed finishes in the old)."""
+        self._fresh = True
 
     async def start(self) -> None:
         from stream.engine.loading import load_backend  # slow to import, see Predictor
@@ -177,4 +182,9 @@ class EngineStage(Stage):
         if not isinstance(item, Turn):
             return ()
         assert self.predictor is not None, "start() loads the model"
+        if self._fresh:
+            self._fresh = False
+            self.predictor = await asyncio.to_thread(
+                Predictor, self.predictor.session.backend, self.config, self.names,
+                attention=self.attention)
         return (await asyncio.to_thread(self.predictor.turn, item),)

@@ -98,6 +98,14 @@ class RemoteEngineStage(Stage):
             raise UserError(f"--engine {self.url}: the service wants a token it knows; set "
                             f"{TOKEN_ENV} (or engine.token) to one it was started with")
 
+    def reset(self) -> None:
+        """New people at the table: the next turns are a new conversation at the service."""
+        from stream.events import new_run
+
+        base = self.session.rpartition("/")[0] or self.session
+        self.session = f"{base}/{new_run()}"
+        self.headers[HEADER] = self.session
+
     async def stop(self) -> None:
         if self.http is not None:
             await self.http.close()

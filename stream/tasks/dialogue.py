@@ -12,7 +12,9 @@ likely the one who answers next or the one just answered. Evidence accumulates p
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -20,6 +22,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from stream.tasks.items import MASK, EvalItem, Target, Utterance
+from stream.tasks.memory import LONGEST
 
 TRANSCRIPT_WEIGHT = 5.0
 VOCATIVE_WEIGHT = 1.0
@@ -103,13 +106,16 @@ class Question:
 
 @dataclass
 class Dialogue:
-    """The conversation so far, as player-tagged utterances."""
+    """The conversation so far, as player-tagged utterances: the last `LONGEST`, as eval's
+    memory keeps, so that a session of hours costs per turn what one of minutes does."""
 
     names: Names = field(default_factory=Names)
-    said: list[Utterance] = field(default_factory=list)
-    raw: list[tuple[str | None, str]] = field(default_factory=list)
+    said: deque[Utterance] = field(default_factory=lambda: deque(maxlen=LONGEST))
+    raw: deque[tuple[str | None, str]] = field(default_factory=lambda: deque(maxlen=LONGEST))
     """Each turn's speaker and words as heard (names not yet replaced)."""
     players: set[str] = field(default_factory=set)
+    turns: int = 0
+    """Turns appended in all (`said` keeps the last `LONGEST`)."""
 
     @classmethod
     def with_names(cls, names: Mapping[str, str] | None) -> Dialogue:
@@ -146,10 +152,10 @@ class Dialogue:
             return []
         known = self.names.known()
         tagged = self.tagged(text, known)
-        history = tuple(self.said[-10:])
+        history = tuple(itertools.islice(self.said, max(0, len(self.said) - 10), None))
 
         def item(task: str, words: str, target: Target | None = None) -> EvalItem:
-            return EvalItem(id=f"live/{len(self.said)}/{task}", task=task,
+            return EvalItem(id=f"live/{self.turns}/{task}", task=task,
                             players=tuple(players), history=history, speaker=who,
                             text=words, candidates=candidates, target=target, group="live")
 
@@ -173,6 +179,7 @@ class Dialogue:
         known = self.names.known()
         self.raw.append((speaker, text))
         self.said.append(Utterance(speaker or "Someone", self.tagged(text, known)))
+        self.turns += 1
         if speaker is not None:
             self.players.add(speaker)
 

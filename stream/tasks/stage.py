@@ -54,8 +54,17 @@ class SocialStage(Stage):
             raise ValueError("the engine predictor needs a model (engine.model, --model)")
         self.engine_only = predictor == "engine"
         self.predictor: Predictor = text_predictor("fusion" if self.engine_only else predictor)
+        self.names = names
         self.dialogue = Dialogue.with_names(names)
         self.engine = engine
+
+    def reset(self) -> None:
+        """New people at the table: the conversation starts afresh, here (names heard,
+        history) and in the engine (its session), from the next turn on."""
+        self.dialogue = Dialogue.with_names(self.names)
+        reset = getattr(self.engine, "reset", None)
+        if reset is not None:
+            reset()
 
     async def start(self) -> None:
         if self.engine is not None:

@@ -157,3 +157,29 @@ def test_a_turn_of_twelve_thousand_words_is_cut_and_the_session_goes_on(
     assert "turn 1 has 12003 words; the engine takes its first and last 100" in caplog.text
     after = predictor.turn(_turn(2, "P3", "Then show me the shortcut, please."))
     assert after.speaker == "P3"
+
+
+async def test_a_reset_gives_the_engine_a_new_session(tmp_path: Path) -> None:
+    """New people at the table: the next turn goes into a new session (the old group's
+    words stayed in the cache), in process and at a service."""
+    from stream.engine.predict import EngineStage
+    from stream.engine.remote import RemoteEngineStage
+    from stream.engine.service import HEADER
+    from stream.engine.synthetic import random_llama, word_tokenizer
+
+    tokenizer = word_tokenizer()
+    random_llama(len(tokenizer)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    stage = EngineStage(PredictorConfig(model=str(tmp_path)))
+    await stage.start()
+    await stage.process(_turn(0, "P1", "Ben, did you finish the map for our trip?"))
+    await stage.process(_turn(1, "P2", "He did most of it, honestly."))
+    stage.reset()
+    await stage.process(_turn(2, "P1", "Then show me the shortcut, please."))
+    assert stage.predictor is not None
+    kinds = [s.kind for s in stage.predictor.session.ledger.spans]
+    assert kinds.count("utterance") == 1
+    remote = RemoteEngineStage(PredictorConfig(url="http://127.0.0.1:1/"), "clip/r1")
+    remote.reset()
+    assert remote.session.startswith("clip/") and remote.session != "clip/r1"
+    assert remote.headers[HEADER] == remote.session
