@@ -178,3 +178,30 @@ async def test_after_falling_behind_a_reset_keeps_mouth_motion() -> None:
         assert stage.core.scorer is None
     finally:
         await stage.stop()
+
+
+async def test_after_a_gap_light_asd_picks_up_at_the_present() -> None:
+    """A 20 s gap in a live stream (a stall, a reconnect): the frames before it go out,
+    and Light-ASD is not fed the ~500 ticks of the gap (5.8 s blocking the event loop,
+    then mouth motion for the rest of the session)."""
+    from stream.frames import VideoFrame
+    from stream.speaker.perception import PerceptionStage
+
+    stage = PerceptionStage(load_config().perception)
+    await stage.start()
+    try:
+        core = stage.core
+        assert core is not None and core.scorer is not None
+        ticks: list[int] = []
+        tick = core.scorer.tick
+        core.scorer.tick = lambda t, crops: (ticks.append(t), tick(t, crops))[1]  # type: ignore[method-assign]
+        image = np.full((120, 160, 3), 128, np.uint8)
+        times = [k / 25 for k in range(25)] + [21.0 + k / 25 for k in range(25)]
+        out = []
+        for seq, pts in enumerate(times):
+            out += await stage.process(VideoFrame(pts=pts, seq=seq, image=image))
+        out += await stage.finish()
+    finally:
+        await stage.stop()
+    assert [f.pts for f in out] == times
+    assert len(ticks) == 50 and ticks[25] == 21 * 25

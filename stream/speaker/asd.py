@@ -220,6 +220,15 @@ class LightAsdScorer:
             done.update(self.flush())
         return done
 
+    def restart(self) -> dict[int, dict[int, float]]:
+        """Across a gap in the media: what is buffered is computed (its scores), and every
+        track starts again at its next crop, as at a track's first frame, instead of
+        being fed each tick of the gap. The audio stream goes on."""
+        done = self.flush()
+        self.tracks.clear()
+        self._audio.clear()
+        return done
+
     @torch.inference_mode()
     def flush(self) -> dict[int, dict[int, float]]:
         """Compute the buffered ticks now."""

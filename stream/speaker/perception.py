@@ -57,6 +57,10 @@ class PerceptionConfig(BaseModel):
     names: dict[str, str] = Field(default_factory=dict, description="player id -> name")
 
 
+GAP_TICKS = 12
+"""More 25 fps ticks than this (0.48 s) between two frames is a gap, not dropped frames."""
+
+
 @dataclass
 class _Held:
     """A frame waiting for its tick's Light-ASD scores."""
@@ -159,6 +163,14 @@ class Perception:
 
         assert self.scorer is not None
         tick = int(np.floor(video.pts * FPS + 1e-6))
+        out: list[PerceivedFrame] = []
+        if self._tick >= 0 and tick - self._tick > GAP_TICKS:
+            # A gap (a stall, a reconnect): the frames before it go out with what is known,
+            # and Light-ASD picks up at the present instead of scoring every tick of the
+            # gap with the last crops (491 ticks for 20 s, blocking the event loop).
+            self._scores.update(self.scorer.restart())
+            out = self._release(None)
+            self._tick = tick - 1
         if tick > self._tick:  # each tick takes the first frame at or after it
             crops = {track.id: face_crop(gray, track.box) for track in tracks}
         for t in range(self._tick + 1, tick + 1):
@@ -169,7 +181,7 @@ class Perception:
         self._held.append(_Held(video, tick, {t.id: ids[t.id] for t in tracks}, {
             t.id: (t.box, detecting and t.face is not None, self._yaw.get(t.id, 0.0),
                    motion[ids[t.id]]) for t in tracks}))
-        return self._release(self._final)
+        return out + self._release(self._final)
 
     def fall_back(self) -> list[PerceivedFrame]:
         """Light-ASD stops for good: the frames it holds go out with what it has computed,
