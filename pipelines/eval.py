@@ -88,7 +88,9 @@ Answerer = Callable[[int, EvalItem, Sequence[Utterance]], dict[str, float]]
 
 def score(items: Sequence[EvalItem], answer: Answerer, name: str, loaded: Loaded
           ) -> Report:
-    """Answer every item in order (timed), then tally per task and per source."""
+    """Answer every labelled item in order (timed), then tally per task and per source. An
+    item without an answer (asked live) is no evidence either way: it is not counted,
+    here or in the baselines (it still carries its history into the memory)."""
     memory = Memory()
     tasks: dict[str, TaskScore] = {}
     by_source: dict[str, dict[str, TaskScore]] = {}
@@ -96,6 +98,8 @@ def score(items: Sequence[EvalItem], answer: Answerer, name: str, loaded: Loaded
     for k, item in enumerate(items):
         began = time.perf_counter()
         context = memory.context(item)
+        if item.answer is None:
+            continue
         probabilities = answer(k, item, context)
         latencies.append((time.perf_counter() - began) * 1000)
         pick = max(probabilities, key=probabilities.__getitem__) if probabilities else None
@@ -113,7 +117,7 @@ def score(items: Sequence[EvalItem], answer: Answerer, name: str, loaded: Loaded
 
 def _add_baselines(table: dict[str, TaskScore], items: Sequence[EvalItem]) -> None:
     for task, s in table.items():
-        chosen = [i for i in items if i.task == task]
+        chosen = [i for i in items if i.task == task and i.answer is not None]
         s.baselines = {"chance": sum(map(baselines.chance, chosen)) / len(chosen)}
         for base, rule in baselines.BASELINES.items():
             s.baselines[base] = sum(rule(i) == i.answer for i in chosen) / len(chosen)
@@ -151,6 +155,10 @@ class CrossValidation:
 
 
 def cross_validated(items: Sequence[EvalItem], k: int, seed: int = 0) -> CrossValidation:
+    conversations = len({item.group for item in items})
+    if not 2 <= k <= conversations:
+        raise ValueError(f"--cv {k}: folds are whole conversations and the items hold "
+                         f"{conversations}; give 2 to {conversations} folds")
     memory = Memory()
     contexts = [memory.context(item) for item in items]
     rows = [features(item, context) for item, context in zip(items, contexts, strict=True)]

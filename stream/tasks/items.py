@@ -152,22 +152,26 @@ def item_from_json(data: object) -> EvalItem:
             group=group_of(data["id"]))
     except KeyError as e:
         raise ItemError(f"missing field {e.args[0]!r}") from None
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:  # OverflowError: int(Infinity)
         raise ItemError(f"bad field: {e}") from None
     return check(item)
 
 
 def read_jsonl(path: Path) -> Loaded:
     loaded = Loaded()
-    with path.open(encoding="utf-8", errors="replace") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, 1):
+            if not raw.strip():
                 continue
             where = f"{path}:{number}"
             try:
-                loaded.items.append(item_from_json(json.loads(line)))
+                loaded.items.append(item_from_json(json.loads(raw.decode("utf-8"))))
+            except UnicodeDecodeError as e:
+                loaded.problems.append(Problem(where, f"not UTF-8 (byte {e.start + 1})"))
             except json.JSONDecodeError as e:
                 loaded.problems.append(Problem(where, f"not JSON ({e.msg})"))
+            except RecursionError:
+                loaded.problems.append(Problem(where, "not JSON (nested too deep)"))
             except ItemError as e:
                 loaded.problems.append(Problem(where, str(e)))
     return loaded

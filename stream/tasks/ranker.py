@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -27,6 +28,8 @@ import numpy as np
 from stream.tasks.features import feature_names, features
 from stream.tasks.items import TASKS, EvalItem
 from stream.tasks.memory import Memory
+
+log = logging.getLogger(__name__)
 
 SCHEMA = "socialstream.fusion-weights/1"
 CS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
@@ -100,10 +103,18 @@ def load_ranker(path: Path | None = None) -> Ranker:
                 scale=np.array([table.get(n, {}).get("scale", 1.0) for n in names]),
                 coef=np.array([table.get(n, {}).get("weight", 0.0) for n in names]),
                 intercept=float(w["intercept"]), c=float(w["C"]), items=int(w["items"]))
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError, RecursionError) as e:
         if isinstance(e, WeightsError):
             raise
         raise WeightsError(f"{where}: not a fusion weights file ({e})") from None
+    for task, w in tasks.items():
+        if not all(np.isfinite(a).all() for a in (w.mean, w.scale, w.coef, w.intercept)):
+            raise WeightsError(f"{where}: {task} has weights that are not finite numbers "
+                               "(NaN or infinity); train it again")
+    missing = [t for t in TASKS if t not in tasks]
+    if missing:
+        log.warning("%s: no weights for %s; the fusion predictor does not answer those "
+                    "items", where, ", ".join(missing))
     return Ranker(tasks, {k: v for k, v in data.items() if k not in ("schema", "tasks")})
 
 

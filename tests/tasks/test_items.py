@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,22 @@ def test_eval_item_lines_and_every_kind_of_bad_line(tmp_path: Path) -> None:
     assert "not among the candidates" in reasons[f"{path}:4"]
     assert "missing field 'candidates'" in reasons[f"{path}:5"]
     assert "not at offset 2" in reasons[f"{path}:6"]
+
+
+def test_lines_that_crashed_the_reader_are_problems_too(tmp_path: Path) -> None:
+    """A deeply nested line and `start: Infinity` were tracebacks (rc 1) in eval and
+    train-predictor; bytes that are not UTF-8 were replaced without a word."""
+    infinite = item(task="PCR", text="I saw him.", target={"word": "him", "start": 6})
+    text = json.dumps(infinite).replace('"start": 6', '"start": Infinity')
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\n".join([json.dumps(item()).encode(), b"[" * 100_000, text.encode(),
+                                  json.dumps(item(n=1)).encode().replace(b"Did", b"D\xffd")]))
+    loaded = read_items([path])
+    assert len(loaded.items) == 1
+    reasons = {p.where: p.reason for p in loaded.problems}
+    assert reasons == {f"{path}:2": "not JSON (nested too deep)",
+                       f"{path}:3": "bad field: cannot convert float infinity to integer",
+                       f"{path}:4": "not UTF-8 (byte 198)"}
 
 
 def _mmsi(folder: Path, rows: list[dict[str, str]]) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -248,3 +249,71 @@ def test_the_dialogue_is_bounded_as_eval_memory_is() -> None:
     assert question.item.id == f"live/{3 * LONGEST}/STI"
     assert [u.text for u in question.item.history] == [
         f"line {k}" for k in range(3 * LONGEST - 10, 3 * LONGEST)]
+
+
+def test_an_unlabelled_item_is_not_counted_nor_in_the_baselines() -> None:
+    """One labelled and one unlabelled copy of an item: accuracy 1.0 on n 1 (it read 0.5
+    on n 2, the unlabelled copy counted wrong), and the baselines likewise."""
+    labelled = item_from_json(item("STI", [("Player1", "Hi.")], "Player0", "Did you?",
+                                   "Player1"))
+    unlabelled = replace(labelled, id=labelled.id + "-live", answer=None)
+    report = score([labelled, unlabelled], lambda j, i, c: {"Player1": 0.9, "Player2": 0.1},
+                   "fixed", Loaded())
+    sti = report.tasks["STI"]
+    assert (sti.n, sti.right, sti.accuracy) == (1, 1, 1.0)
+    assert sti.baselines["previous_speaker"] == 1.0
+
+
+def test_more_folds_than_conversations_is_refused(tmp_path: Path) -> None:
+    """One conversation and --cv 5 reported 0.0 % everywhere with rc 0."""
+    from tests.conftest import run_cli
+
+    data = write_jsonl(tmp_path / "d.jsonl", _dataset(2))
+    done = run_cli("eval", str(data), "--cv", "5")
+    assert done.returncode == 2
+    assert "--cv 5: folds are whole conversations and the items hold 2; give 2 to 2" \
+        in done.stderr
+    with pytest.raises(ValueError, match="give 2 to 2 folds"):
+        cross_validated(read_items([data]).items, 3)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda w: w["tasks"]["STI"].update(intercept=float("nan")), "STI has weights that are "
+     "not finite"),
+    (lambda w: next(iter(w["tasks"]["MPP"]["features"].values())).update(weight=float("inf")),
+     "MPP has weights that are not finite")])
+def test_weights_that_are_not_numbers_are_refused(tmp_path: Path, change: Any,
+                                                  message: str) -> None:
+    weights = json.loads(load_ranker_text())
+    change(weights)
+    (tmp_path / "w.json").write_text(json.dumps(weights))
+    with pytest.raises(WeightsError, match=message):
+        load_ranker(tmp_path / "w.json")
+
+
+def test_weights_without_a_task_say_so(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                       ) -> None:
+    weights = json.loads(load_ranker_text())
+    del weights["tasks"]["PCR"]
+    (tmp_path / "w.json").write_text(json.dumps(weights))
+    assert "PCR" not in load_ranker(tmp_path / "w.json").tasks
+    assert "no weights for PCR; the fusion predictor does not answer" in caplog.text
+
+
+def load_ranker_text() -> str:
+    from importlib import resources
+
+    return resources.files("stream.tasks").joinpath("fusion.json").read_text("utf-8")
+
+
+def test_the_declared_scikit_learn_has_grouped_folds_that_shuffle() -> None:
+    """GroupKFold(shuffle=...) came with scikit-learn 1.6; 1.4 was declared."""
+    import re
+    import tomllib
+
+    from tests.conftest import ROOT
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (floor,) = [re.search(r">=([\d.]+)", d).group(1) for d in project["dependencies"]
+                if d.startswith("scikit-learn")]
+    assert tuple(map(int, floor.split("."))) >= (1, 6)
