@@ -78,7 +78,12 @@ def read_uem(path: Path) -> dict[str, Timeline]:
     found: dict[str, Timeline] = {}
     for number, parts in _fields(path, 4, "UEM"):
         start, end = (_seconds(path, number, v) for v in parts[2:4])
+        if end <= start:
+            raise UserError(f"{path}:{number}: the region {start:g}-{end:g} s is empty or "
+                            "reversed (a UEM line is: uri channel start end)")
         found.setdefault(parts[0], Timeline(uri=parts[0])).add(Segment(start, end))
+    if not found:
+        raise UserError(f"{path}: no regions (is it a UEM file?)")
     return found
 
 
@@ -106,8 +111,12 @@ class _Totals:
             uem: Timeline) -> dict[str, float]:
         detail = self.detection(reference, voiced.support().to_annotation(), uem=uem, detailed=True)
         total = max(detail["total"], 1e-9)
-        return {"purity": self.purity(reference, spoken, uem=uem),
-                "coverage": self.coverage(reference, spoken, uem=uem),
+        # pyannote's segmentation metrics take a uem and ignore it: both sides are cut to
+        # the scored regions first.
+        inside = (reference.crop(uem, mode="intersection"),
+                  spoken.crop(uem, mode="intersection"))
+        return {"purity": self.purity(*inside),
+                "coverage": self.coverage(*inside),
                 "der": self.der(reference, spoken, uem=uem),
                 "vad_miss": detail["miss"] / total,
                 "vad_false_alarm": detail["false alarm"] / total}
@@ -130,6 +139,10 @@ def evaluate_turns(media: list[Path], rttm: Path, uem_path: Path | None,
     if missing:
         raise UserError(f"{missing[0]}: no speaker in {rttm} has its name "
                         f"({missing[0].stem!r}, the RTTM's second field)")
+    unscored = [m for m in media if uem_path is not None and m.stem not in regions]
+    if unscored:
+        raise UserError(f"{unscored[0]}: {uem_path} has no region for it ("
+                        f"{unscored[0].stem!r}, the UEM's first field)")
     settings = load_config(config, {"output": {"progress": False},
                                     "predictions": {"predictor": "none"}, **(overrides or {})})
     totals = _Totals()
@@ -145,9 +158,13 @@ def evaluate_turns(media: list[Path], rttm: Path, uem_path: Path | None,
         report = asyncio.run(run_replay(replay))
         turns = [t for t in sink.items if isinstance(t, Turn)]
         uri = path.stem
-        uem = regions.get(uri) or Timeline([Segment(0, report.media_s or replay.info.duration
-                                                     or max((t.end for t in turns),
-                                                            default=0.0))], uri=uri)
+        length = report.media_s or replay.info.duration or max((t.end for t in turns),
+                                                                default=0.0)
+        whole = Timeline([Segment(0, length)], uri=uri)
+        uem = regions[uri].crop(whole) if uri in regions else whole
+        if not uem:
+            raise UserError(f"{uem_path}: the regions of {uri!r} lie outside its "
+                            f"{length:.1f} s; nothing would be scored")
         spoken, voiced = hypothesis(turns, uri)
         scores = totals.add(references[uri], spoken, voiced, uem)
         delays = [t.known_at - t.end for t in turns if t.known_at is not None]

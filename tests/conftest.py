@@ -69,3 +69,13 @@ def run_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedP
     return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=kwargs.pop("cwd", ROOT), env=env,
                           **kwargs)
+
+
+def require_shared(path: Path) -> Path:
+    """The project's data beside the checkout (`../shared`): a test that needs it fails in
+    CI when it is missing, and skips, saying where it looked, elsewhere."""
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing: CI runs beside ../shared")
+        pytest.skip(f"{path} is not on this machine")
+    return path

@@ -47,6 +47,28 @@ def test_split_turns_with_speakers_score_perfectly_and_voice_activity_counts_tim
     assert scores["vad_false_alarm"] == 0.0
 
 
+def test_a_partial_uem_scores_purity_and_coverage_inside_it_only() -> None:
+    """A 0-10 s, B 10-20 s, one turn 0-20 s, UEM 0-10 s: inside the UEM the turn is all
+    A (pyannote's segmentation metrics drop the uem they are given: purity read 0.5)."""
+    reference = Annotation(uri="x")
+    reference[Segment(0, 10)] = "A"
+    reference[Segment(10, 20)] = "B"
+    spoken, voiced = hypothesis([_turn(0, 0.0, 20.0, "P1")], "x")
+    scores = _Totals().add(reference, spoken, voiced, Timeline([Segment(0, 10)]))
+    assert scores["purity"] == scores["coverage"] == 1.0 and scores["der"] == 0.0
+
+
+@pytest.mark.parametrize(("line", "why"), [
+    ("a NA 5 2", "ref.uem:1: the region 5-2 s is empty or reversed"),
+    ("a NA 3 3", "ref.uem:1: the region 3-3 s is empty or reversed"),
+    (";; nothing", "ref.uem: no regions")])
+def test_an_empty_or_reversed_uem_is_refused(tmp_path: Path, line: str, why: str) -> None:
+    uem = tmp_path / "ref.uem"
+    uem.write_text(line + "\n")
+    with pytest.raises(UserError, match=why):
+        read_uem(uem)
+
+
 def test_rttm_and_uem_are_read_and_bad_lines_named(tmp_path: Path) -> None:
     rttm = tmp_path / "ref.rttm"
     rttm.write_text(";; comment\nSPEAKER a 1 0.5 1.0 <NA> <NA> ann <NA> <NA>\n"
@@ -108,6 +130,16 @@ def test_eval_rttm_refuses_what_it_cannot_score(tmp_path: Path) -> None:
     assert result.returncode != 0 and "items.jsonl: --rttm scores recordings" in result.stderr
     result = run_cli("eval", demo, "--config", str(rttm))
     assert result.returncode != 0 and "--config applies to an --rttm evaluation" in result.stderr
+    # A UEM of another file, or outside this one, scored the whole file or reported 0 %.
+    duo = str(ROOT / "examples" / "duo.mp4")
+    other = tmp_path / "other.uem"
+    other.write_text("demo NA 0 10\n")
+    result = run_cli("eval", duo, "--rttm", str(rttm), "--uem", str(other))
+    assert result.returncode == 2 and "other.uem has no region for it ('duo'" in result.stderr
+    outside = tmp_path / "outside.uem"
+    outside.write_text("duo NA 500 600\n")
+    result = run_cli("eval", duo, "--rttm", str(rttm), "--uem", str(outside))
+    assert result.returncode == 2 and "lie outside its" in result.stderr
 
 
 def test_eval_rttm_replays_with_the_given_config(tmp_path: Path) -> None:

@@ -101,15 +101,17 @@ def test_the_crop_is_the_lower_middle_of_the_face() -> None:
     assert bright[:, 1].min() == pytest.approx(112 * 40 / 140, abs=1)
 
 
-@pytest.mark.skipif(not REAL.exists(), reason="../shared/data/real is not on this machine")
 def test_the_man_in_the_restaurant_is_the_only_speaker() -> None:
+    from tests.conftest import require_shared
+
+    require_shared(REAL)
     config = load_config(None, {"predictions": {"predictor": "none"},
                                 "recognizer": {"enabled": False}})
     frames, turns = replay_and_collect(str(REAL), config)
     voiced = [f for f in frames if f.voiced]
     speakers = Counter(f.speaker for f in frames)
+    # One face: no one else is ever a player, so no one else is ever the speaker.
     assert {v.player for f in frames for v in f.players} == {"P1"}
-    assert set(speakers) <= {"P1", None}, "no one else, ever"
     assert sum(f.speaker == "P1" for f in voiced) >= 0.9 * len(voiced), speakers
     assert all(t.vote is not None and t.vote.speaker == "P1" for t in turns)
 

@@ -10,28 +10,42 @@ from stream.engine.predict import NOBODY
 
 def score_predictions(events: Iterable[dict[str, Any]], truth: dict[str, Any]
                       ) -> dict[str, tuple[int, int]]:
-    """(correct, asked) per task.
+    """(correct, asked) per task, every question of the truth asked once.
 
-    `addressee`: the answer is the true addressee. `pronoun`: for each pronoun the
-    truth resolves, the answer for that word. `mentioned`: the answer is one of the
-    mentioned players, or `nobody` when no one is.
+    Each truth turn is paired with the prediction of the output turn that overlaps it
+    most in time (turn indices drift apart as soon as the output has one turn more or
+    less than the truth). `addressee`: the answer is the true addressee. `pronoun`: for
+    each pronoun the truth resolves, the answer for that word. `mentioned`: the answer
+    is one of the mentioned players, or `nobody` when no one is. A question with no
+    prediction (no turn over the truth's, or a prediction that abstained) counts as
+    asked and wrong, as in item eval.
     """
-    by_turn = {t["turn"]: t for t in truth["turns"]}
+    predicted = [e for e in events if e.get("start") is not None and e.get("end") is not None]
     counts = {"addressee": [0, 0], "pronoun": [0, 0], "mentioned": [0, 0]}
-    for event in events:
-        expected = by_turn.get(event["turn"])
-        if expected is None:
-            continue
-        if event["addressee"] is not None and expected.get("addressee"):
+    for expected in truth["turns"]:
+        event = _overlapping(predicted, expected["start"], expected["end"])
+        if expected.get("addressee"):
+            answer = (event or {}).get("addressee") or {}
             counts["addressee"][1] += 1
-            counts["addressee"][0] += event["addressee"]["answer"] == expected["addressee"]
-        answered = {p["pronoun"]: p["answer"] for p in event["pronouns"]}
+            counts["addressee"][0] += answer.get("answer") == expected["addressee"]
+        answered = {p["pronoun"]: p["answer"] for p in (event or {}).get("pronouns") or []}
         for pronoun in expected.get("pronouns", []):
             counts["pronoun"][1] += 1
             counts["pronoun"][0] += answered.get(pronoun["word"].lower()) == pronoun["player"]
-        if event["mentioned"] is not None:
-            mentioned = expected.get("mentions", [])
-            answer = event["mentioned"]["answer"]
-            counts["mentioned"][1] += 1
-            counts["mentioned"][0] += answer in mentioned or (answer == NOBODY and not mentioned)
+        mentioned = expected.get("mentions", [])
+        answer = ((event or {}).get("mentioned") or {}).get("answer")
+        counts["mentioned"][1] += 1
+        counts["mentioned"][0] += answer is not None and (
+            answer in mentioned or (answer == NOBODY and not mentioned))
     return {task: (c[0], c[1]) for task, c in counts.items()}
+
+
+def _overlapping(events: list[dict[str, Any]], start: float, end: float
+                 ) -> dict[str, Any] | None:
+    """The event whose turn shares the most time with [start, end); None when none does."""
+    best, most = None, 0.0
+    for event in events:
+        shared = min(end, event["end"]) - max(start, event["start"])
+        if shared > most:
+            best, most = event, shared
+    return best

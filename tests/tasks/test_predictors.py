@@ -126,9 +126,11 @@ def test_an_unanswerable_item_counts_as_wrong(tmp_path: Path) -> None:
     assert all(s.right == 0 and s.n > 0 for s in report.tasks.values())
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"the dev files are not at {SHARED}")
 def test_the_shipped_weights_are_those_train_predictor_makes(tmp_path: Path) -> None:
-    paths = [SHARED / "friends-dev.jsonl", SHARED / "wau-dev.jsonl"]
+    from tests.conftest import require_shared
+
+    paths = [require_shared(SHARED / "friends-dev.jsonl"),
+             require_shared(SHARED / "wau-dev.jsonl")]
     train(read_items(paths).items, seed=0, sources=paths).save(tmp_path / "w.json")
     shipped = Path(__file__).resolve().parents[2] / "stream" / "tasks" / "fusion.json"
     made, kept = json.loads((tmp_path / "w.json").read_text()), json.loads(shipped.read_text())
