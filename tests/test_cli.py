@@ -13,7 +13,15 @@ import pytest
 from pipelines import cli
 from stream.frames import Prediction, Turn
 from stream.sinks.jsonl import JsonlSink
-from tests.conftest import PREDICTION, ROOT, TURN, run_cli, signalled_after_first_line, turn_events
+from tests.conftest import (
+    PREDICTION,
+    ROOT,
+    TURN,
+    run_cli,
+    signalled_after_first_line,
+    start_cli,
+    turn_events,
+)
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -107,6 +115,30 @@ def test_a_full_disk_under_the_output_is_a_user_error_naming_it(demo: Path) -> N
     # /dev/full opens, then fails every write: ENOSPC, as a disk that fills mid-run.
     done = run_cli("replay", str(demo), "--out", "/dev/full", "--json")
     _one_line_error(done, "/dev/full: writing events failed after 0 (No space left on device)")
+
+
+def test_a_full_disk_under_the_annotated_video_is_the_same_one_line_error(
+        demo: Path, tmp_path: Path) -> None:
+    """--annotate on a full disk was a traceback with exit 1; --out's contract: exit 2,
+    what failed after how much, and advice (then a crash: FFmpeg reused the failed muxer)."""
+    full = tmp_path / "full.mp4"
+    full.symlink_to("/dev/full")
+    out = tmp_path / "events.jsonl"
+    done = run_cli("replay", str(demo), "--annotate", str(full), "--out", str(out))
+    _one_line_error(done, f"--annotate {full}: writing the video failed after")
+    assert "free space or choose another file" in done.stderr
+
+
+def test_a_closed_pipe_is_not_a_full_disk(demo: Path) -> None:
+    """`| head -1`: the reader went away; there is no space to free."""
+    with start_cli("replay", str(demo), "--json") as child:
+        assert child.stdout is not None and child.stderr is not None
+        child.stdout.readline()
+        child.stdout.close()
+        stderr = child.stderr.read()
+        child.wait(timeout=120)
+    assert child.returncode == 2, stderr
+    assert "stdout: its reader closed it after" in stderr and "free space" not in stderr
 
 
 def test_sigint_drains_and_flushes_what_was_produced(demo: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ by two sinks happening to merge turns and unordered predictions alike.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -94,5 +95,7 @@ class JsonlSink(Stage):
                 raise self._failed(self.path, exc) from exc
 
     def _failed(self, where: Path | str, exc: OSError) -> UserError:
+        if exc.errno == errno.EPIPE:  # `| head -1`: nothing to free
+            return UserError(f"{where}: its reader closed it after {self.written} events")
         return UserError(f"{where}: writing events failed after {self.written} "
                          f"({exc.strerror or exc}); free space or choose another --out")

@@ -10,6 +10,7 @@ frame timing; sound is re-encoded from the pipeline's 16 kHz mono audio.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -69,6 +70,8 @@ class AnnotatedVideo(Stage):
         self._sound_at: int | None = None
         """Sample index (at SAMPLE_RATE) of `_sound[0]`, once sound came."""
         self._last_pts = -1
+        self._broken = False
+        """A write failed: the container is not touched again."""
 
     def bind_media(self, *, has_audio: bool, has_video: bool) -> None:
         """Called when the graph is built: the file's streams are fixed before it opens."""
@@ -86,16 +89,27 @@ class AnnotatedVideo(Stage):
                             "another file") from exc
 
     async def process(self, item: Item) -> Sequence[Item]:
-        if isinstance(item, Turn | Prediction):
-            self.overlay.add(item)
-        elif isinstance(item, AudioChunk):
-            if self._container is None:
-                self._pending.append(item)
-            else:
-                self._add_sound(item)
-        elif isinstance(item, PerceivedFrame | VideoFrame):
-            self._picture(item)
+        try:
+            if isinstance(item, Turn | Prediction):
+                self.overlay.add(item)
+            elif isinstance(item, AudioChunk):
+                if self._container is None:
+                    self._pending.append(item)
+                else:
+                    self._add_sound(item)
+            elif isinstance(item, PerceivedFrame | VideoFrame):
+                self._picture(item)
+        except (OSError, av.error.FFmpegError) as exc:
+            self._broken = True
+            raise self._failed(exc) from exc
         return ()
+
+    def _failed(self, exc: Exception) -> UserError:
+        """The same contract as --out's: one line, what failed after how much, and advice."""
+        reason = getattr(exc, "strerror", None) or str(exc)
+        return UserError(f"--annotate {self.path}: writing the video failed after "
+                         f"{self.frames} frames ({reason}); free space or choose another "
+                         "file")
 
     def _picture(self, frame: PerceivedFrame | VideoFrame) -> None:
         video = frame.frame if isinstance(frame, PerceivedFrame) else frame
@@ -167,12 +181,20 @@ class AnnotatedVideo(Stage):
         container = self._container
         if container is None:
             return
+        if self._broken:
+            # FFmpeg crashes the process when a muxer that failed a write is used again
+            # (a flush, a trailer): the file is given up as it is.
+            self._container = None
+            return
         try:
             if self._audio is not None:
                 self._encode_sound(final=True)
                 container.mux(self._audio.encode(None))
             if self._video is not None:
                 container.mux(self._video.encode(None))
+        except (OSError, av.error.FFmpegError) as exc:
+            raise self._failed(exc) from exc
         finally:
             self._container = None
-            container.close()
+            with contextlib.suppress(OSError, av.error.FFmpegError):
+                container.close()
