@@ -79,10 +79,11 @@ def run(args: argparse.Namespace, stderr: Console) -> int:
     from stream.engine.turnlog import TurnLog, TurnLogError
 
     numbers = (args.budget_mb, args.cpus_per_replica, args.log_keep_hours, args.max_body_mb)
-    if args.replicas < 1 or args.max_sessions < 1 \
+    if args.replicas < 1 or args.max_sessions < 1 or args.sessions_per_replica < 1 \
             or not all(math.isfinite(n) and n > 0 for n in numbers):
-        raise UserError("--replicas, --budget-mb, --cpus-per-replica, --log-keep-hours, "
-                        "--max-sessions and --max-body-mb must be positive numbers")
+        raise UserError("--replicas, --sessions-per-replica, --budget-mb, "
+                        "--cpus-per-replica, --log-keep-hours, --max-sessions and "
+                        "--max-body-mb must be positive numbers")
     if args.max_replicas is not None and args.max_replicas < args.replicas:
         raise UserError(f"--max-replicas {args.max_replicas} is below --replicas "
                         f"{args.replicas}")
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace, stderr: Console) -> int:
         raise UserError("serve needs a model: --model NAME or engine.model in --config")
     host, port = parse_address(args.http, "--http")
     _refuse_busy(host, port)
-    tokens = _tokens(args.token_file)
+    tokens = _checked(_tokens(args.token_file), str(args.token_file or f"${TOKEN_ENV}"))
     if not tokens and not loopback(host):
         log.warning("--http %s: reachable from other machines without a token; give "
                     "--token-file or set $%s", args.http, TOKEN_ENV)
@@ -181,4 +182,12 @@ def _tokens(path: Path | None) -> tuple[str, ...]:
     tokens = tuple(t.strip() for t in lines if t.strip())
     if not tokens:
         raise UserError(f"--token-file {path}: no token in it (one per line)")
+    return tokens
+
+
+def _checked(tokens: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """HTTP headers carry ASCII: a token with other characters could never match."""
+    for token in tokens:
+        if not token.isascii() or not token.isprintable():
+            raise UserError(f"{where}: a token must be printable ASCII")
     return tokens

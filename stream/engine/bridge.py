@@ -52,7 +52,7 @@ from stream.engine.config import PredictorConfig
 from stream.engine.remote import RemoteEngineStage
 from stream.engine.service import TOKEN_ENV, token_scope
 from stream.engine.turnlog import TurnLog
-from stream.engine.wire import ViewWire, turn_from_json, turn_to_json
+from stream.engine.wire import ViewWire, parse_turn, turn_from_json, turn_to_json
 from stream.events import dumps, prediction_event
 from stream.frames import PlayerView, Turn
 from stream.tasks.stage import SocialStage
@@ -102,7 +102,9 @@ def _names(part: dict[str, Any]) -> dict[str, str] | None:
 @dataclass
 class _Conversation:
     stage: SocialStage
-    turns: asyncio.Queue[tuple[Turn, Turn, Ack] | None] = field(default_factory=asyncio.Queue)
+    turns: asyncio.Queue[tuple[int, dict[str, Any], Ack] | None] = field(
+        default_factory=asyncio.Queue)
+    """(turn index, turn event, acknowledgement), in the order received."""
     last: int | None = None
     """The last turn index answered (a turn the broker delivers again is not)."""
     task: asyncio.Task[None] | None = None
@@ -175,20 +177,19 @@ class MqttBridge:
                     delay, outage = self.mqtt.reconnect_min_s, False
                     await client.subscribe(topic, qos=1)
                     log.info("bridge: answering turns from %s", topic)
-                    sender = asyncio.create_task(self._send(client))
+                    # Both end the connection: a publish that failed (the sender) as much as
+                    # a lost connection (the receiver); it is then made again.
+                    halves = {asyncio.create_task(self._send(client)),
+                              asyncio.create_task(self._receive_all(client))}
                     try:
-                        async for message in client.messages:
-                            ack = self._acknowledger(client, message.mid)
-                            try:
-                                self._receive(str(message.topic), bytes(message.payload), ack)
-                            except Exception as e:  # one bad message stops nothing
-                                log.error("%s: not answered (%s: %s); skipped", message.topic,
-                                          type(e).__name__, e)
-                                self._done(ack)
+                        done, _ = await asyncio.wait(halves,
+                                                     return_when=asyncio.FIRST_COMPLETED)
                     finally:
-                        sender.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await sender
+                        for half in halves:
+                            half.cancel()
+                        await asyncio.gather(*halves, return_exceptions=True)
+                    for half in done:
+                        half.result()
             except aiomqtt.MqttError as e:
                 if not outage:
                     log.warning("MQTT broker %s:%d unreachable (%s); retrying", self.host,
@@ -196,6 +197,17 @@ class MqttBridge:
                 outage = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.mqtt.reconnect_max_s)
+
+    async def _receive_all(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            ack = self._acknowledger(client, message.mid)
+            try:
+                self._receive(str(message.topic), bytes(message.payload), ack)
+            except Exception as e:  # one bad message stops nothing
+                log.error("%s: not answered (%s: %s); skipped", message.topic,
+                          type(e).__name__, e)
+                self._done(ack)
+        raise aiomqtt.MqttError("the broker ended the connection")
 
     def _acknowledger(self, client: aiomqtt.Client, mid: int) -> Ack:
         def ack() -> None:
@@ -233,7 +245,11 @@ class MqttBridge:
                 self._done(ack)
                 return
             run = str(event["run"])
-            taken, seen = bridged_turns(event)
+            # Checked here, decoded (the pictures) off the event loop by its conversation.
+            wire = parse_turn(event["engine"]["turn"])
+            most = self.engine.frames_per_turn
+            if most and len(wire.frames) > most:
+                raise ValueError(f"{len(wire.frames)} key frames; the engine takes {most}")
             names = _names(event["engine"])
         except (ValueError, KeyError, TypeError, RecursionError) as e:
             log.warning("%s: not a turn event (%s); skipped", topic, e)
@@ -257,7 +273,7 @@ class MqttBridge:
             conversation.task = asyncio.create_task(
                 self._answer(session, run, key, conversation))
             conversation.task.add_done_callback(_said)
-        conversation.turns.put_nowait((taken, seen, ack))
+        conversation.turns.put_nowait((wire.index, event, ack))
 
     async def _answer(self, session: str, run: str, key: str,
                       conversation: _Conversation) -> None:
@@ -276,9 +292,15 @@ class MqttBridge:
                 continue
             if turns is None:
                 return
-            taken, seen, ack = turns
-            if conversation.last is not None and taken.index <= conversation.last:
+            index, event, ack = turns
+            if conversation.last is not None and index <= conversation.last:
                 self._done(ack)  # delivered again: answered once
+                continue
+            try:
+                taken, seen = await asyncio.to_thread(bridged_turns, event)
+            except ValueError as e:  # a key frame that is not a PNG, or too large
+                log.warning("%s: not a turn event (%s); skipped", key, e)
+                self._done(ack)
                 continue
             try:
                 if not started:

@@ -182,6 +182,17 @@ class SessionPool:
             if self.log is not None:
                 self.log.forget(session)
 
+    def prune(self, idle_s: float) -> list[str]:
+        """Forget the sessions whose log no one appended to for `idle_s` (`TurnLog.prune`),
+        under the pool's lock, so that a turn being taken is never pruned under it."""
+        assert self.log is not None, "pruning is by the turn log's times"
+        with self._lock:
+            gone = self.log.prune(idle_s)
+            for session in gone:
+                self._conversations.pop(session, None)
+                self._resident.pop(session, None)
+        return gone
+
     def cached_bytes(self) -> int:
         return sum(cache_bytes(p.session.cache) for p in self._resident.values())
 

@@ -9,14 +9,15 @@ is sent with the key frames the engine takes, the session id in the
 The service must answer when the stage starts (else a one-line error says where it
 was looked for). Later, only what can succeed is tried again: a turn that got no
 answer (a replica that died, a restart: no connection, 502, 503, 504) or was asked to
-come later (408, 429) is retried until `url_timeout_s`, then its engine answers are
+come later (408, 429) is retried until `url_timeout_s` (so is a plain-text 500: Serve's
+own, for a replica that died mid-turn), then its engine answers are
 given up with a warning: the fusion predictor still answers that turn, and the
 service's turn log keeps the conversation whole for the turns after it. Any other
 status is the service's judgement of the turn (4xx: not a turn, late, other words under
 an index it took; 500: the engine failed on it; 507: no room) and is given up at once.
 A service that gave no answer for a whole `url_timeout_s` is taken for down: until it
-answers again each turn gets one try, so that a dead service costs a live session one
-timeout, not one per turn.
+answers again each turn gets a knock of at most `KNOCK_S` and, if that is answered, one
+try, so that a dead or hung service costs a live session one timeout, not one per turn.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from stream.runtime import Stage
 
 log = logging.getLogger(__name__)
 RETRY_S = 0.5
+KNOCK_S = 2.0
+"""How long a service taken for down has to answer a knock before a turn is tried."""
 AGAIN = frozenset((408, 429, 502, 503, 504))
 """Statuses a later try can change: asked to come later, or no replica answered."""
 
@@ -53,10 +56,14 @@ class Failure:
     reason: str
     status: int | None = None
 
+    ours: bool = True
+    """The service's own answer (`{"error": ...}`), not Serve's: a replica that died
+    mid-turn is a plain-text 500 from Serve's proxy."""
+
     @property
     def refused(self) -> bool:
         """The service judged the turn itself: sending it again would be answered the same."""
-        return self.status is not None and self.status not in AGAIN
+        return self.status is not None and self.status not in AGAIN and self.ours
 
     def __str__(self) -> str:
         return self.reason if self.status is None else f"HTTP {self.status}: {self.reason}"
@@ -140,13 +147,24 @@ class RemoteEngineStage(Stage):
             await asyncio.sleep(RETRY_S)
 
     async def _post(self, body: bytes) -> dict[str, Any] | Failure:
-        """The prediction event, or what went wrong."""
+        """The prediction event, or what went wrong. While the service is down, a quick
+        knock first (it answers one without a session at once, whatever it computes): a
+        hung service costs a turn `KNOCK_S`, not `url_timeout_s`."""
         assert self.http is not None
+        if self.down:
+            knock = {k: v for k, v in self.headers.items() if k != HEADER}
+            try:
+                wait = aiohttp.ClientTimeout(total=min(KNOCK_S, self.config.url_timeout_s))
+                async with self.http.post(self.url, data=b"{}", headers=knock, timeout=wait):
+                    pass
+            except (TimeoutError, aiohttp.ClientError) as e:
+                return Failure(str(e) or type(e).__name__)
         try:
             async with self.http.post(self.url, data=body, headers=self.headers) as response:
                 if response.status == 200:
                     return await response.json()
-                return Failure((await response.text())[:200], response.status)
+                text = await response.text()
+                return Failure(text[:200], response.status, ours=_service_error(text))
         except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError) as e:
             return Failure(str(e) or type(e).__name__)
 
@@ -174,3 +192,11 @@ def prediction_from_event(event: dict[str, Any], turn: Turn, latency_s: float) -
                       speaker=event.get("speaker"), answers=tuple(answers),
                       latency_s=latency_s, predictor=event.get("predictor", "engine"),
                       known_at=turn.known_at)
+
+
+def _service_error(text: str) -> bool:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and "error" in data

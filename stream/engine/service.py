@@ -91,12 +91,15 @@ class EngineService:
              scope: str = "") -> dict[str, Any]:
         """The prediction event of the session's turn; `scope` keeps the sessions of one
         token apart from another's (`token_scope`)."""
+        self.prune()
+        return prediction_event(self.pool.turn(scope + session, turn, names), session)
+
+    def prune(self) -> None:
+        """Sessions idle for `keep_s` go, looked for at most once a minute."""
         now = time.monotonic()
         if now - self._pruned_at >= PRUNE_EVERY_S:
             self._pruned_at = now
-            for idle in self.log.prune(self.keep_s):
-                self.pool.forget(idle)
-        return prediction_event(self.pool.turn(scope + session, turn, names), session)
+            self.pool.prune(self.keep_s)
 
     def session(self, session: str | None, authorization: str | None
                 ) -> str | tuple[int, dict[str, Any]]:
@@ -140,10 +143,13 @@ class EngineService:
             turn = await asyncio.to_thread(decode_turn, wire)
         except NotATurn as e:
             return 400, {"error": f"not a turn ({e})"}
-        if self.log.size(scope + session) == 0 and len(self.log.sessions()) >= self.max_sessions:
-            return 507, {"error": f"the service holds {self.max_sessions} sessions, its "
-                                  "most; try when idle ones are pruned"}
         try:
+            # Pruned first: a full service makes room as soon as sessions have been idle.
+            await asyncio.to_thread(self.prune)
+            if self.log.size(scope + session) == 0 \
+                    and len(self.log.sessions()) >= self.max_sessions:
+                return 507, {"error": f"the service holds {self.max_sessions} sessions, its "
+                                      "most; try when idle ones are pruned"}
             # The thread holds the pool's lock: cancelling this coroutine (a client gone)
             # leaves the lock held until the work is done.
             return 200, await asyncio.to_thread(self.turn, session, turn, wire.names, scope)

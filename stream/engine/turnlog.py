@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -41,6 +42,8 @@ from stream.frames import Turn
 
 log = logging.getLogger(__name__)
 SUFFIX = ".turns.jsonl"
+LONGEST_NAME = 200
+"""Characters of a file name stem (file names have at most 255 bytes)."""
 _CHUNK = 1 << 16
 
 
@@ -53,14 +56,22 @@ class TurnLogFull(TurnLogError):
 
 
 def check_session(session: str) -> None:
-    """A session id the log can name a file after; ValueError says why not."""
+    """A session id the log can keep; ValueError says why not."""
     if not isinstance(session, str) or not 0 < len(session) <= MAX_ID:
         raise ValueError(f"a session id has 1 to {MAX_ID} characters")
     if not session.isprintable():
         raise ValueError("a session id has no control characters")
-    if len(quote(session, safe="").encode()) > 240 - len(SUFFIX):
-        raise ValueError("the session id is too long as a file name; use a shorter "
-                         "(or ASCII) one")
+
+
+def _name(session: str) -> str:
+    """The session's file name stem: its id %-quoted, or, where that would be too long
+    for a file name (a long or non-ASCII id, a token's scope before it), its start and a
+    digest of the whole."""
+    quoted = quote(session, safe="")
+    if len(quoted) <= LONGEST_NAME:
+        return quoted
+    digest = hashlib.sha256(session.encode()).hexdigest()[:32]
+    return f"{quoted[:LONGEST_NAME - 40]}~{digest}"
 
 
 class TurnLog:
@@ -73,27 +84,22 @@ class TurnLog:
                                ) from None
 
     def _path(self, session: str) -> Path:
-        return self.folder / f"{quote(session, safe='')}{SUFFIX}"
+        return self.folder / f"{_name(session)}{SUFFIX}"
 
     def _lock(self, session: str) -> Path:
-        return self.folder / f".{quote(session, safe='')}.lock"
+        return self.folder / f".{_name(session)}.lock"
 
     def sessions(self) -> list[str]:
+        """The sessions logged (a digested name stands for its session: see `_name`)."""
         return sorted(_session(p) for p in self.folder.glob(f"*{SUFFIX}"))
 
-    @contextlib.contextmanager
-    def hold(self, session: str) -> Iterator[None]:
+    def hold(self, session: str) -> contextlib.AbstractContextManager[None]:
         """The session's lock, across processes: read, decide and append while holding it.
         Not re-entrant."""
-        try:
-            fd = os.open(self._lock(session), os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise _error(self._lock(session), e) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+        return _held(self._lock(session))
+
+    def _stem_lock(self, path: Path) -> Path:
+        return self.folder / f".{path.name[:-len(SUFFIX)]}.lock"
 
     def append(self, session: str, turn: Turn) -> None:
         """The turn with the key frames it carries (give it only those the engine takes).
@@ -122,7 +128,9 @@ class TurnLog:
         path = self._path(session)
         if not path.is_file():
             return []
-        lines = path.read_bytes().split(b"\n")
+        *lines, tail = path.read_bytes().split(b"\n")
+        if tail:  # no newline: cut short while being written (even if it parses)
+            log.warning("%s:%d: a turn cut short, left out", path, len(lines) + 1)
         turns = []
         for number, text in enumerate(lines, 1):
             if not text:
@@ -130,9 +138,6 @@ class TurnLog:
             try:
                 turns.append(turn_from_json(text))
             except NotATurn as e:
-                if number == len(lines):  # no newline: cut short while being written
-                    log.warning("%s:%d: a turn cut short, left out (%s)", path, number, e)
-                    break
                 raise TurnLogError(f"{path}:{number}: not a logged turn ({e})") from None
         return turns
 
@@ -144,9 +149,10 @@ class TurnLog:
             return 0
 
     def forget(self, session: str) -> None:
+        """The session's log and lock go (the lock while held: see `hold`)."""
         with self.hold(session):
             self._path(session).unlink(missing_ok=True)
-        self._lock(session).unlink(missing_ok=True)
+            self._lock(session).unlink(missing_ok=True)
 
     def prune(self, idle_s: float) -> list[str]:
         """Remove the logs of sessions no turn was appended to for `idle_s` seconds; their
@@ -155,16 +161,40 @@ class TurnLog:
         gone = []
         for path in self.folder.glob(f"*{SUFFIX}"):
             session = _session(path)
-            with self.hold(session):
+            lock = self._stem_lock(path)
+            with _held(lock):
                 try:
                     if path.stat().st_mtime >= until:
                         continue
                     path.unlink()
                 except FileNotFoundError:  # another replica pruned it first
                     continue
-            self._lock(session).unlink(missing_ok=True)
+                lock.unlink(missing_ok=True)
             gone.append(session)
         return sorted(gone)
+
+
+@contextlib.contextmanager
+def _held(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` (created if missing)."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise _error(path, e) from None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # Whoever held it may have removed the file (forget, prune) while this one waited:
+        # a lock on a file no longer there guards nothing, so it is taken again.
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _session(path: Path) -> str:

@@ -22,8 +22,9 @@ from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, Validati
 
 from stream.frames import PlayerView, SpeakerVote, Turn, VideoFrame
 
-MAX_TEXT = 10_000
-"""Characters of a turn's words."""
+MAX_TEXT = 100_000
+"""Characters of a turn's words (the engine takes at most `engine.max_turn_words` of
+them; what is past this is not a turn but an attack)."""
 MAX_FRAMES = 16
 MAX_PIXELS = 3840 * 2160
 """Pixels of one key frame (4K)."""
@@ -32,6 +33,8 @@ MAX_PLAYERS = 64
 MAX_INDEX = 2**31 - 1
 MAX_ID = 128
 """Characters of a session id, a player id or a name."""
+MAX_SOURCE = 4096
+"""Characters of a frame's source (a path or a URL)."""
 
 Number = Annotated[float, Strict(), AllowInfNan(False)]
 Coordinate = Annotated[int, Strict()] | Number
@@ -58,7 +61,7 @@ class ViewWire(_Wire):
 class FrameWire(_Wire):
     png: Annotated[str, Strict(), Field(min_length=1)]
     pts: Number
-    source: Annotated[str, Strict(), Field(max_length=MAX_ID)]
+    source: Annotated[str, Strict(), Field(max_length=MAX_SOURCE)]
     seq: Count
     views: Annotated[list[ViewWire], Field(max_length=MAX_PLAYERS)]
 

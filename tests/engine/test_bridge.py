@@ -310,6 +310,29 @@ async def test_bridges_of_different_services_and_edges_of_different_runs_have_th
     def bridge(log: str, url: str = "http://127.0.0.1:8000/") -> str:
         return MqttBridge(mqtt, PredictorConfig(url=url), TurnLog(tmp_path / log)).identifier
 
-    assert bridge("a") == bridge("a") != bridge("b") != bridge("a", "http://127.0.0.1:8001/")
+    assert bridge("a") == bridge("a")
+    assert len({bridge("a"), bridge("b"), bridge("a", "http://127.0.0.1:8001/")}) == 3
     edges = [MqttSink(mqtt, "clip", run=run)._connect()._client._client_id for run in "12"]
     assert edges[0] != edges[1]
+
+
+async def test_a_publish_that_fails_reconnects_and_loses_no_prediction(
+        broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A publish that times out (no PUBACK in 10 s) killed the bridge's sender silently:
+    the connection stayed up, and no prediction was published or turn acknowledged
+    again. Now the connection is made again and the predictions go out in order."""
+    real = aiomqtt.Client.publish
+    failed: list[str] = []
+
+    async def flaky(self: aiomqtt.Client, topic: str, *args: Any, **kwargs: Any) -> None:
+        if str(topic).endswith("/prediction") and not failed:
+            failed.append(str(topic))
+            raise aiomqtt.MqttError("Operation timed out")
+        await real(self, topic, *args, **kwargs)
+
+    monkeypatch.setattr(aiomqtt.Client, "publish", flaky)
+    async with _served(broker, tmp_path) as (mqtt, engine, watcher):
+        bridge = MqttBridge(mqtt, engine, TurnLog(tmp_path / "log"))
+        async with _running(bridge, broker.url, [_event(t, "good", "r1") for t in _turns(3)]):
+            got = await _collect(watcher, 3)
+    assert failed and [e["turn"] for e in got] == [0, 1, 2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -114,3 +115,60 @@ async def test_an_edge_without_the_services_token_is_one_clear_error() -> None:
         with pytest.raises(UserError, match="wants a token it knows; set "
                                             "SOCIALSTREAM_ENGINE_TOKEN"):
             await stage.start()
+
+
+async def test_serves_own_500_for_a_replica_that_died_mid_turn_is_retried() -> None:
+    """Serve's proxy answers a plain-text 500 when the replica computing the turn dies;
+    the next try reaches another replica (a turn sent again is answered once). The
+    service's own 500 ({"error": ...}, the engine failed on the turn) is not retried."""
+    posts: list[int] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        body = await request.read()
+        if body == b"{}":
+            return web.json_response({"error": "not a turn"}, status=400)
+        posts.append(json.loads(body)["index"])
+        if len(posts) == 1:
+            return web.Response(text="Internal Server Error", status=500)
+        return web.json_response({"speaker": "P1", "turn": posts[-1], "predictor": "engine"})
+
+    async with serving(answer) as url:
+        stage = RemoteEngineStage(PredictorConfig(url=url, url_timeout_s=10.0), "s/r")
+        await stage.start()
+        try:
+            (prediction,) = await stage.process(_turn(0, "P1", "Ben, hello."))
+        finally:
+            await stage.stop()
+    assert posts == [0, 0] and prediction.turn == 0
+
+
+async def test_a_hung_service_gets_a_knock_not_a_turn_while_down() -> None:
+    """Taken for down after one turn's whole timeout, a service that accepts connections
+    and never answers must not cost every later turn that timeout again."""
+    turns: list[int] = []
+    knocks = 0
+    hung = asyncio.Event()
+
+    async def answer(request: web.Request) -> web.Response:
+        nonlocal knocks
+        body = await request.read()
+        if body == b"{}" and not turns:  # the probe when the stage starts
+            return web.json_response({"error": "not a turn"}, status=400)
+        if body == b"{}":
+            knocks += 1
+        else:
+            turns.append(json.loads(body)["index"])
+        await hung.wait()  # the service hangs until the test ends
+        return web.json_response({})
+
+    async with serving(answer) as url:
+        stage = RemoteEngineStage(PredictorConfig(url=url, url_timeout_s=0.5), "s/r")
+        await stage.start()
+        try:
+            assert await stage.process(_turn(0, "P1", "Ben, hello.")) == ()
+            assert stage.down
+            assert await stage.process(_turn(1, "P2", "Hi.")) == ()
+        finally:
+            hung.set()  # the server's shutdown waits for its handlers
+            await stage.stop()
+    assert turns == [0] and knocks == 1

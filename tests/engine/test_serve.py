@@ -216,7 +216,8 @@ def test_serve_without_a_model_is_one_clear_error() -> None:
 
 @pytest.mark.parametrize(("flag", "value"), [
     ("--replicas", "0"), ("--budget-mb", "0"), ("--budget-mb", "nan"),
-    ("--log-keep-hours", "inf"), ("--max-sessions", "0"), ("--max-body-mb", "-1")])
+    ("--log-keep-hours", "inf"), ("--max-sessions", "0"), ("--max-body-mb", "-1"),
+    ("--sessions-per-replica", "0")])
 def test_serve_refuses_nothing_to_serve_with(flag: str, value: str) -> None:
     """Before Ray starts (`--budget-mb nan` was a traceback from inside it)."""
     done = subprocess.run([sys.executable, "-m", "pipelines.cli", "serve", "--model", "x",

@@ -75,3 +75,60 @@ def test_pruning_removes_only_what_the_log_wrote(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         ".new.lock", "events.jsonl", "new.turns.jsonl"]
     assert log.sessions() == ["new"]
+
+
+def test_a_last_line_without_its_newline_is_left_out_even_if_it_parses(
+        tmp_path: Path) -> None:
+    """A write cut just before its newline: the turn was not answered, and the next append
+    cuts it off; read as taken, the session in memory held a turn the log then lost."""
+    log = TurnLog(tmp_path)
+    log.append("a", _turn(0, "P1", LINES[0]))
+    log.append("a", _turn(1, "P2", LINES[1]))
+    path = tmp_path / "a.turns.jsonl"
+    path.write_bytes(path.read_bytes()[:-1])
+    assert [t.index for t in log.turns("a")] == [0]
+    log.append("a", _turn(1, "P2", LINES[1]))
+    assert [t.index for t in log.turns("a")] == [0, 1]
+
+
+def test_a_lock_removed_while_waited_for_is_taken_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One replica forgets a session while another waits for its lock: the waiter must
+    not end up holding the removed file while a newcomer holds a new one (two holders of
+    one session at once)."""
+    import fcntl
+
+    from stream.engine import turnlog
+
+    log = TurnLog(tmp_path)
+    log.append("s", _turn(0, "P1", LINES[0]))
+    real, calls = fcntl.flock, []
+
+    def flock(fd: int, operation: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:  # the waiter opened the lock file; meanwhile it is forgotten
+            TurnLog(tmp_path).forget("s")
+        real(fd, operation)
+
+    monkeypatch.setattr(turnlog.fcntl, "flock", flock)
+    with log.hold("s"):
+        monkeypatch.undo()
+        newcomer = os.open(tmp_path / ".s.lock", os.O_RDWR | os.O_CREAT)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(newcomer, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(newcomer)
+
+
+@pytest.mark.parametrize("session", ["é" * 128, "%" * 128, "a" * 128])
+def test_a_long_or_non_ascii_session_id_is_kept_under_a_digest(tmp_path: Path,
+                                                                session: str) -> None:
+    """Quoted, such ids (with a token's scope before them) were longer than a file name
+    may be: a 500 ("File name too long")."""
+    log = TurnLog(tmp_path)
+    scoped = "0123456789abcdef." + session
+    log.append(scoped, _turn(0, "P1", LINES[0]))
+    log.append("0123456789abcdef." + session[:-1], _turn(0, "P2", LINES[1]))
+    assert [t.text for t in log.turns(scoped)] == [LINES[0]]
+    assert all(len(p.name.encode()) <= 255 for p in tmp_path.iterdir())
