@@ -81,7 +81,7 @@ BAD = {
     "names that are a number": (_body(names=5), "names"),
     "a NaN vote": (_body(vote={"speaker": "P1", "confidence": float("nan"), "scores": {},
                                "cues": {}}), "vote.confidence"),
-    "a text of 20,000 characters": (_body(text="word " * 4000), "text"),
+    "a text of 200,000 characters": (_body(text="word " * 40_000), "text"),
     "10000x10000 pixels": (_body(frames=[_frame(png=_huge_png())]), "more than"),
     "three key frames": (_body(frames=[_frame()] * 3), "the engine takes 2"),
 }
