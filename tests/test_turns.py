@@ -264,3 +264,16 @@ def test_a_listener_who_wins_the_last_moments_of_speech_gets_no_turn() -> None:
     turns = watch(longer + speech(1.0, 3.5) + [line(1.0, 3.0, "Are you done?")])
     assert [(t.start, t.end, t.vote.speaker) for t in turns] == [
         (1.0, 3.0, "P1"), (3.0, 3.5, "P2")]
+
+
+def test_the_frame_at_a_turn_boundary_belongs_to_the_later_turn_only() -> None:
+    """Windows were closed at both ends: the frame at a speaker-change split went to both
+    turns, and the engine was shown P2 already talking as one of P1's key frames."""
+    from stream.turns.frames import KeyFrames
+
+    frames = KeyFrames(per_s=2.0, memory_s=10.0)
+    for k in range(9):
+        frames.keep(VideoFrame(pts=k * 0.5, image=np.zeros((4, 4, 3), np.uint8)))
+    first = [f.pts for f in frames.within(0.0, 2.0)]
+    second = [f.pts for f in frames.within(2.0, 4.0)]
+    assert first == [0.0, 0.5, 1.0, 1.5] and second == [2.0, 2.5, 3.0, 3.5]
