@@ -52,7 +52,13 @@ from stream.engine.config import PredictorConfig
 from stream.engine.remote import RemoteEngineStage
 from stream.engine.service import TOKEN_ENV, token_scope
 from stream.engine.turnlog import TurnLog
-from stream.engine.wire import ViewWire, parse_turn, turn_from_json, turn_to_json
+from stream.engine.wire import (
+    MAX_ELEMENTS,
+    ViewWire,
+    parse_turn,
+    turn_from_json,
+    turn_to_json,
+)
 from stream.events import dumps, prediction_event
 from stream.frames import PlayerView, Turn
 from stream.tasks.stage import SocialStage
@@ -235,6 +241,9 @@ class MqttBridge:
     def _receive(self, topic: str, payload: bytes, ack: Ack) -> None:
         session = topic.split("/")[-2]
         try:
+            elements = payload.count(b",") + payload.count(b"{") + payload.count(b"[")
+            if elements > MAX_ELEMENTS:  # counted before parsing: see wire.MAX_ELEMENTS
+                raise ValueError(f"{elements:,} JSON elements, more than a turn event has")
             event = json.loads(payload)
             if "engine" not in event:
                 if session not in self._warned:

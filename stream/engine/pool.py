@@ -50,6 +50,7 @@ from stream.frames import Prediction, Turn
 
 if TYPE_CHECKING:
     from stream.engine.backends import Backend
+    from stream.engine.session import UtteranceReport
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +59,25 @@ class TurnConflict(ValueError):
     """The session cannot take the turn as sent, and sending it again would not help."""
 
 
+class SessionsFull(RuntimeError):
+    """A new session beyond the most the pool's log may hold."""
+
+
 @dataclass
 class _Conversation:
     turns: list[Turn] = field(default_factory=list)
     """Every turn taken, in order, with the key frames the engine took: what a rebuild
     replays (empty when the pool has a turn log)."""
-    logged: int = 0
-    """With a turn log: its size when the resident session last matched it."""
+    logged: tuple[int, int, int] = (0, 0, 0)
+    """With a turn log: its version (`TurnLog.version`) when the resident session last
+    matched it."""
     last: int | None = None
     """The index of the last turn taken (from the kept turns when the session was not in
     memory)."""
     names: dict[str, str] | None = None
     """The edge's player names, as its last turn gave them."""
+    taken: tuple[Turn, UtteranceReport] | None = None
+    """The last turn the resident session took, as it took it."""
 
 
 @dataclass(frozen=True)
@@ -94,25 +102,52 @@ class SessionPool:
         """Sessions in memory, least recently used first."""
         self.evictions = self.rebuilds = self.rebuilt_turns = 0
         self._lock = threading.Lock()
+        self.limit: int | None = None
+        """With a log: the most sessions of one scope (`turn`'s `scope`) it may hold; a new
+        one beyond is refused (`SessionsFull`), decided under the pool's lock."""
 
-    def turn(self, session: str, turn: Turn, names: dict[str, str] | None = None
-             ) -> Prediction:
+    def turn(self, session: str, turn: Turn, names: dict[str, str] | None = None, *,
+             scope: str = "") -> Prediction:
         """Take the turn into the conversation's session (rebuilt first if it was evicted)
         and answer its questions; then evict other sessions until the budget holds.
-        `names`: the edge's player names (default: the pool's). Safe from any thread."""
+        `names`: the edge's player names (default: the pool's); `scope`: the start of
+        `session` that the sessions counted against `limit` share (a token's). Safe from
+        any thread."""
         with self._lock, (self.log.hold(session) if self.log is not None
                           else contextlib.nullcontext()):
-            return self._turn(session, turn, names)
+            return self._turn(session, turn, names, scope)
 
-    def _turn(self, session: str, turn: Turn, names: dict[str, str] | None) -> Prediction:
+    def _turn(self, session: str, turn: Turn, names: dict[str, str] | None,
+              scope: str = "") -> Prediction:
         began = time.perf_counter()
+        if session not in self._conversations and self.limit is not None \
+                and self.log is not None and self.log.size(session) == 0 \
+                and self.log.count(scope) >= self.limit:
+            raise SessionsFull(f"the service holds {self.limit} sessions, its most; try "
+                               "when idle ones are pruned")
+        new = session not in self._conversations
         conversation = self._conversations.setdefault(session, _Conversation())
+        try:
+            return self._take(session, conversation, turn, names, began)
+        except BaseException:
+            if new and session not in self._resident:  # nothing of it was kept
+                self._conversations.pop(session, None)
+            raise
+
+    def _take(self, session: str, conversation: _Conversation, turn: Turn,
+              names: dict[str, str] | None, began: float) -> Prediction:
         if names:
             conversation.names = names
         predictor = self._current(session)
         history = None if predictor is not None else self._history(session)
         if history is not None:
             conversation.last = history[-1].index if history else None
+        taken = conversation.taken
+        if predictor is not None and taken is not None and turn.index == taken[0].index \
+                and turn.text == taken[0].text:
+            # The last turn again (its reply was lost): the session in memory is the one
+            # that answered it, and questions leave its cache as it was.
+            return predictor.answer(turn, predictor.speaker(turn), taken[1], began)
         if conversation.last is not None and turn.index <= conversation.last:
             return self._again(session, turn, began,
                                self._history(session) if history is None else history)
@@ -125,6 +160,7 @@ class SessionPool:
             speaker, report = predictor.take(turn)
             self._keep(session, turn)
             conversation.last = turn.index
+            conversation.taken = (turn, report)
         except BaseException:
             # Half a turn may be in the cache, or a turn the log does not have: drop the
             # session, the next turn rebuilds it from what was kept.
@@ -187,11 +223,12 @@ class SessionPool:
         under the pool's lock, so that a turn being taken is never pruned under it."""
         assert self.log is not None, "pruning is by the turn log's times"
         with self._lock:
-            gone = self.log.prune(idle_s)
-            for session in gone:
+            gone = set(self.log.prune(idle_s))
+            # A long id's file is named by a digest: matched by how the log lists it.
+            for session in [s for s in self._conversations if self.log.listed(s) in gone]:
                 self._conversations.pop(session, None)
                 self._resident.pop(session, None)
-        return gone
+        return sorted(gone)
 
     def cached_bytes(self) -> int:
         return sum(cache_bytes(p.session.cache) for p in self._resident.values())
@@ -213,7 +250,7 @@ class SessionPool:
         """The session in memory, if it holds every turn taken (most recently used now)."""
         predictor = self._resident.get(session)
         if predictor is not None and self.log is not None \
-                and self.log.size(session) != self._conversations[session].logged:
+                and self.log.version(session) != self._conversations[session].logged:
             # Another process sharing the log took turns of this session since: ours is
             # behind, so it is rebuilt from the log.
             del self._resident[session]
@@ -234,16 +271,18 @@ class SessionPool:
         return predictor
 
     def _hold(self, session: str, predictor: Predictor) -> None:
-        """Keep `predictor` in memory as the session, in step with the turn log's size."""
+        """Keep `predictor` in memory as the session, in step with the turn log's size
+        (what it took last is known only when it took it here: `_take`)."""
+        self._conversations[session].taken = None
         if self.log is not None:
-            self._conversations[session].logged = self.log.size(session)
+            self._conversations[session].logged = self.log.version(session)
         self._resident[session] = predictor
 
     def _keep(self, session: str, turn: Turn) -> None:
         taken = key_frames(turn, self.config.frames_per_turn)
         if self.log is not None:
             self.log.append(session, taken)
-            self._conversations[session].logged = self.log.size(session)
+            self._conversations[session].logged = self.log.version(session)
         else:
             self._conversations[session].turns.append(taken)
 

@@ -26,5 +26,5 @@ def draw_players(image: np.ndarray, views: Sequence[PlayerView]) -> Image.Image:
 
 
 def _number(player: str) -> int:
-    digits = "".join(ch for ch in player if ch.isdigit())
+    digits = "".join(ch for ch in player if ch in "0123456789")  # not "²": int() refuses it
     return int(digits) - 1 if digits else sum(map(ord, player))

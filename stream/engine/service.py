@@ -83,6 +83,7 @@ class EngineService:
                                video=self.config.video)
         self.log = TurnLog(Path(log_dir))
         self.pool: SessionPool = SessionPool(backend, self.config, budget_bytes, log=self.log)
+        self.pool.limit = max_sessions
         self.keep_s, self.tokens = keep_s, tokens
         self.max_sessions, self.max_body = max_sessions, max_body
         self._pruned_at = float("-inf")
@@ -92,7 +93,8 @@ class EngineService:
         """The prediction event of the session's turn; `scope` keeps the sessions of one
         token apart from another's (`token_scope`)."""
         self.prune()
-        return prediction_event(self.pool.turn(scope + session, turn, names), session)
+        return prediction_event(self.pool.turn(scope + session, turn, names, scope=scope),
+                                session)
 
     def prune(self) -> None:
         """Sessions idle for `keep_s` go, looked for at most once a minute."""
@@ -128,7 +130,7 @@ class EngineService:
                      ) -> tuple[int, dict[str, Any]]:
         """The status and JSON answer to one turn of `session` (checked, with its scope, by
         `session`)."""
-        from stream.engine.pool import TurnConflict
+        from stream.engine.pool import SessionsFull, TurnConflict
         from stream.engine.turnlog import TurnLogFull
         from stream.engine.wire import NotATurn, decode_turn, parse_turn
 
@@ -144,18 +146,12 @@ class EngineService:
         except NotATurn as e:
             return 400, {"error": f"not a turn ({e})"}
         try:
-            # Pruned first: a full service makes room as soon as sessions have been idle.
-            await asyncio.to_thread(self.prune)
-            if self.log.size(scope + session) == 0 \
-                    and len(self.log.sessions()) >= self.max_sessions:
-                return 507, {"error": f"the service holds {self.max_sessions} sessions, its "
-                                      "most; try when idle ones are pruned"}
             # The thread holds the pool's lock: cancelling this coroutine (a client gone)
             # leaves the lock held until the work is done.
             return 200, await asyncio.to_thread(self.turn, session, turn, wire.names, scope)
         except TurnConflict as e:
             return 409, {"error": str(e)}
-        except TurnLogFull as e:
+        except (TurnLogFull, SessionsFull) as e:
             return 507, {"error": str(e)}
         except Exception as e:
             log.exception("session %r: turn %d failed", session, turn.index)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import logging
@@ -142,11 +143,27 @@ class TurnLog:
         return turns
 
     def size(self, session: str) -> int:
-        """Bytes logged for the session: changes whenever anyone appends to it."""
+        """Bytes logged for the session (0: none)."""
+        return self.version(session)[1]
+
+    def version(self, session: str) -> tuple[int, int, int]:
+        """The log's file, size and time of change: changes whenever anyone appends to it,
+        or forgets it and starts it again (even with as many bytes, on a reused inode)."""
         try:
-            return self._path(session).stat().st_size
+            stat = self._path(session).stat()
         except FileNotFoundError:
-            return 0
+            return 0, 0, 0
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+    def listed(self, session: str) -> str:
+        """The session as `sessions` and `prune` name it (a digest for a long id)."""
+        return _session(self._path(session))
+
+    def count(self, prefix: str = "") -> int:
+        """Sessions logged whose id starts with `prefix` (a token's scope)."""
+        start = quote(prefix, safe="")
+        return sum(1 for p in self.folder.glob(f"{glob.escape(start)}*{SUFFIX}")
+                   if p.is_file())
 
     def forget(self, session: str) -> None:
         """The session's log and lock go (the lock while held: see `hold`)."""
@@ -160,6 +177,8 @@ class TurnLog:
         until = time.time() - idle_s
         gone = []
         for path in self.folder.glob(f"*{SUFFIX}"):
+            if not path.is_file():  # not the log's: a folder someone named so
+                continue
             session = _session(path)
             lock = self._stem_lock(path)
             with _held(lock):
@@ -167,10 +186,18 @@ class TurnLog:
                     if path.stat().st_mtime >= until:
                         continue
                     path.unlink()
-                except FileNotFoundError:  # another replica pruned it first
+                except OSError:  # another replica pruned it first, or it is not ours
                     continue
                 lock.unlink(missing_ok=True)
             gone.append(session)
+        # Locks of sessions whose first turn never made it into a log.
+        for lock in self.folder.glob(".*.lock"):
+            log_path = self.folder / f"{lock.name[1:-len('.lock')]}{SUFFIX}"
+            with contextlib.suppress(OSError):
+                if lock.stat().st_mtime < until and not log_path.exists():
+                    with _held(lock):
+                        if not log_path.exists():
+                            lock.unlink(missing_ok=True)
         return sorted(gone)
 
 

@@ -18,7 +18,15 @@ from typing import Annotated, Any
 
 import cv2
 import numpy as np
-from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, ValidationError
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    model_validator,
+)
 
 from stream.frames import PlayerView, SpeakerVote, Turn, VideoFrame
 
@@ -37,8 +45,17 @@ MAX_SOURCE = 4096
 """Characters of a frame's source (a path or a URL)."""
 
 Number = Annotated[float, Strict(), AllowInfNan(False)]
-Coordinate = Annotated[int, Strict()] | Number
-"""Ints stay ints: a rebuilt session draws the boxes it drew the first time."""
+MAX_PIXEL = 100_000
+Coordinate = (Annotated[int, Strict(), Field(ge=-MAX_PIXEL, le=MAX_PIXEL)]
+              | Annotated[float, Strict(), AllowInfNan(False),
+                          Field(ge=-MAX_PIXEL, le=MAX_PIXEL)])
+"""A pixel position; ints stay ints: a rebuilt session draws the boxes it drew the first
+time."""
+MAX_ASPECT = 100
+"""Of a key frame's longer side to its shorter (vision processors refuse 200)."""
+MAX_ELEMENTS = 50_000
+"""Commas, objects and arrays in one body: a turn has a few thousand; a body of tiny
+elements is gigabytes once parsed (about 700 bytes each), so it is counted first."""
 Count = Annotated[int, Strict(), Field(ge=0, le=MAX_INDEX)]
 Id = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_ID)]
 
@@ -48,7 +65,7 @@ class _Wire(BaseModel):
 
 
 class ViewWire(_Wire):
-    player: Id
+    player: Annotated[str, Strict(), Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
     track: Annotated[int, Strict()]
     box: Annotated[list[Coordinate], Field(min_length=4, max_length=4)]
     detected: Annotated[bool, Strict()]
@@ -56,6 +73,13 @@ class ViewWire(_Wire):
     mouth: Number
     share: Number
     p_speaking: Number
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ViewWire:
+        x0, y0, x1, y1 = self.box
+        if x1 < x0 or y1 < y0:
+            raise ValueError(f"box {self.box}: x1 must not be left of x0, nor y1 above y0")
+        return self
 
 
 class FrameWire(_Wire):
@@ -121,7 +145,12 @@ def parse_turn(data: str | bytes | dict[str, Any]) -> TurnWire:
     try:
         if isinstance(data, dict):
             return TurnWire.model_validate(data)
-        return TurnWire.model_validate_json(data)
+        raw = data.encode() if isinstance(data, str) else data
+        elements = raw.count(b",") + raw.count(b"{") + raw.count(b"[")
+        if elements > MAX_ELEMENTS:
+            raise NotATurn(f"the body: {elements:,} JSON elements, more than a turn has "
+                           f"({MAX_ELEMENTS:,})")
+        return TurnWire.model_validate_json(raw)
     except ValidationError as e:
         first = e.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(part) for part in first["loc"]) or "the body"
@@ -162,6 +191,8 @@ def _png(text: str, where: str) -> np.ndarray:
     if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
         raise NotATurn(f"{where}: not a PNG")
     width, height = struct.unpack(">II", data[16:24])
+    if width and height and max(width, height) > MAX_ASPECT * min(width, height):
+        raise NotATurn(f"{where}: {width}x{height} is narrower than 1:{MAX_ASPECT}")
     if width * height > MAX_PIXELS:
         raise NotATurn(f"{where}: {width}x{height} is more than {MAX_PIXELS:,} pixels; "
                        "send smaller key frames")

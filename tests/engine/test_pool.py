@@ -180,8 +180,10 @@ def test_a_turn_sent_again_is_answered_as_before_and_taken_once(
         assert [t.index for t in TurnLog(tmp_path).turns("a")] == [0, 1, 2, 3]
     # Turn 1 again is answered from turn 0 (the new replica keeps that session, now whole,
     # for turn 2), turn 0 again from nothing: one turn taken again in all. Before, the new
-    # replica also rebuilt turns 0-1 first to learn that 1 was taken.
-    assert served.stats().rebuilt_turns == 1
+    # replica also rebuilt turns 0-1 first to learn that 1 was taken. The replica that
+    # took turn 1 answers it again from the session in memory: nothing taken again (it
+    # rebuilt the whole history under the pool's lock, 1.7 s for a turn of 120).
+    assert served.stats().rebuilt_turns == (1 if logged else 0)
     with pytest.raises(ValueError, match="took other words as turn 3"):
         served.turn("a", _turn(3, SPEAKERS[3], "Other words under the same index."))
 

@@ -4,6 +4,7 @@ and `EngineService.answer`)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import struct
@@ -192,3 +193,99 @@ async def test_a_full_disk_is_507_and_the_turn_can_come_again(
     monkeypatch.undo()
     status, answer = await _ask(service, "s", _body())
     assert status == 200 and answer["turn"] == 0
+
+
+def _many_objects(count: int) -> bytes:
+    return b'{"index": 0, "junk": [' + b",".join([b"{}"] * count) + b"]}"
+
+
+BAD_TOO = {
+    "60,000 empty objects": (_many_objects(60_000), "JSON elements"),
+    "a 310-digit coordinate": (_body(frames=[_frame(views=[_view(box=[10**310, 0, 1, 1])])]),
+                               "frames.0.views.0.box"),
+    "a box the wrong way round": (_body(frames=[_frame(views=[_view(box=[100, 0, 50, 10])])]),
+                                  "x1 must not be left of x0"),
+    "a player id with a superscript digit": (
+        _body(frames=[_frame(views=[_view(player="P²")])]), "frames.0.views.0.player"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TOO))
+async def test_what_the_engine_cannot_take_is_400_not_500(case: str, model: Path,
+                                                          tmp_path: Path) -> None:
+    """Each was a 500 from deep inside the engine (an int too large for a float, PIL
+    refusing the box, int("²")) or, for tiny elements, gigabytes parsed before any limit
+    applied (a 30 MiB body of empty objects: +7 GB, 18 s)."""
+    body, where = BAD_TOO[case]
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    status, answer = await _ask(_service(model, tmp_path), "s", raw)
+    assert status == 400 and where in answer["error"], answer
+
+
+def test_a_key_frame_narrower_than_one_to_a_hundred_is_not_a_turn() -> None:
+    from stream.engine.wire import NotATurn, _png
+
+    _, png = cv2.imencode(".png", np.zeros((1, 2000, 3), np.uint8))
+    with pytest.raises(NotATurn, match="2000x1 is narrower than 1:100"):
+        _png(base64.b64encode(png.tobytes()).decode(), "frames.0.png")
+
+
+async def test_the_session_limit_is_kept_under_concurrency_and_per_token(
+        model: Path, tmp_path: Path) -> None:
+    """Twelve new sessions at once with room for three: three admitted (the check ran
+    outside any lock: 8 of 12 got in); and one token's sessions do not lock out
+    another's."""
+    service = _service(model, tmp_path, max_sessions=3, tokens=("alice", "bob"))
+    statuses = await asyncio.gather(*(_ask(service, f"s{k}", _body(), "Bearer alice")
+                                      for k in range(12)))
+    assert sorted(status for status, _ in statuses) == [200] * 3 + [507] * 9
+    assert (await _ask(service, "s0", _body(), "Bearer bob"))[0] == 200
+
+
+async def test_a_new_session_that_fails_leaves_nothing_behind(
+        model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its conversation in the pool (with its names) and its lock file stayed for ever:
+    1,500 failed sessions, 1,500 of each, never pruned nor counted."""
+    import os
+    import time
+
+    from stream.engine.service import PRUNE_EVERY_S
+
+    service = _service(model, tmp_path, keep_s=60)
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("the engine failed")
+
+    monkeypatch.setattr(Predictor, "take", broken)
+    for k in range(3):
+        assert (await _ask(service, f"gone{k}", _body()))[0] == 500
+    monkeypatch.undo()
+    assert service.pool.stats().sessions == 0
+    hour_ago = time.time() - 3600
+    for lock in tmp_path.glob(".*.lock"):
+        os.utime(lock, (hour_ago, hour_ago))
+    service._pruned_at -= PRUNE_EVERY_S
+    assert (await _ask(service, "kept", _body()))[0] == 200
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".kept.lock", "kept.turns.jsonl"]
+
+
+async def test_pruning_skips_what_is_not_a_log_and_forgets_long_ids_too(
+        model: Path, tmp_path: Path) -> None:
+    """A folder named like a log made every prune a 500 and stopped it; a session kept
+    under a digest of its long id was pruned on disk and kept in memory."""
+    import os
+    import time
+
+    from stream.engine.service import PRUNE_EVERY_S
+
+    (tmp_path / "someone.turns.jsonl").mkdir()
+    service = _service(model, tmp_path, keep_s=60)
+    long = "會議" * 60
+    assert (await _ask(service, long, _body()))[0] == 200
+    (path,) = [p for p in tmp_path.glob("*.turns.jsonl") if p.is_file()]
+    hour_ago = time.time() - 3600
+    os.utime(path, (hour_ago, hour_ago))
+    service._pruned_at -= PRUNE_EVERY_S
+    assert (await _ask(service, "new", _body()))[0] == 200
+    assert service.pool.resident() == ["new"] and service.pool.stats().sessions == 1
+    assert (tmp_path / "someone.turns.jsonl").is_dir()
