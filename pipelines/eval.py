@@ -155,10 +155,10 @@ class CrossValidation:
 
 
 def cross_validated(items: Sequence[EvalItem], k: int, seed: int = 0) -> CrossValidation:
-    conversations = len({item.group for item in items})
+    conversations = len({item.group for item in items if item.answer is not None})
     if not 2 <= k <= conversations:
         raise ValueError(f"--cv {k}: folds are whole conversations and the items hold "
-                         f"{conversations}; give 2 to {conversations} folds")
+                         f"{conversations} with answers; give 2 to {conversations} folds")
     memory = Memory()
     contexts = [memory.context(item) for item in items]
     rows = [features(item, context) for item, context in zip(items, contexts, strict=True)]

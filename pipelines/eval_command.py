@@ -106,10 +106,11 @@ def run_eval(args: argparse.Namespace, stderr: Console) -> int:
                         "beside it): give one")
     if data:
         loaded = _load(data, stderr)
-        conversations = len({item.group for item in loaded.items})
+        conversations = len({item.group for item in loaded.items if item.answer is not None})
         if args.cv > conversations:
             raise UserError(f"--cv {args.cv}: folds are whole conversations and the items "
-                            f"hold {conversations}; give 2 to {conversations} folds")
+                            f"hold {conversations} with answers; give 2 to {conversations} "
+                            "folds")
         reports = _reports(args, loaded, stderr)
         for report in reports:
             _print(out, report, loaded)

@@ -207,3 +207,26 @@ async def test_after_a_gap_light_asd_picks_up_at_the_present() -> None:
         await stage.stop()
     assert [f.pts for f in out] == times
     assert len(ticks) == 50 and ticks[25] == 21 * 25
+
+
+async def test_a_low_frame_rate_is_no_gap() -> None:
+    """At 1 frame a second (`--video-fps 1`) each frame is 25 ticks after the last: taken
+    for gaps, Light-ASD restarted on every frame and scored nothing."""
+    from stream.frames import VideoFrame
+    from stream.speaker.perception import PerceptionStage
+
+    stage = PerceptionStage(load_config().perception)
+    await stage.start()
+    try:
+        core = stage.core
+        assert core is not None and core.scorer is not None
+        restarts: list[int] = []
+        restart = core.scorer.restart
+        core.scorer.restart = lambda: (restarts.append(1), restart())[1]  # type: ignore[method-assign]
+        image = np.full((120, 160, 3), 128, np.uint8)
+        for seq in range(10):
+            await stage.process(VideoFrame(pts=float(seq), seq=seq, image=image))
+        await stage.process(VideoFrame(pts=30.0, seq=10, image=image))  # a real gap
+    finally:
+        await stage.stop()
+    assert len(restarts) == 1

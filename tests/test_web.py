@@ -220,3 +220,25 @@ async def test_several_viewers_each_get_every_event() -> None:
             assert len(first_pictures) >= 1 and second_pictures == []
     finally:
         await view.server.stop()
+
+
+async def test_sockets_waiting_to_send_their_token_count_against_the_cap(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a token, sockets that never send it were held outside the cap (300 at once);
+    a Host that is not an address was a 500."""
+    monkeypatch.setenv("SOCIALSTREAM_WEB_TOKEN", "s3cret")
+    monkeypatch.setattr("stream.view.web.MAX_VIEWERS", 2)
+    server = WebServer(Hub("s", pictures=False), "127.0.0.1", 0)
+    await server.start()
+    try:
+        base = f"http://127.0.0.1:{server.bound[1]}"
+        async with aiohttp.ClientSession() as client, \
+                client.ws_connect(base + "/ws"), client.ws_connect(base + "/ws"):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await client.ws_connect(base + "/ws")
+            assert refused.value.status == 503
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await client.ws_connect(base + "/ws", headers={"Host": "localhost:99999"})
+            assert refused.value.status == 403
+    finally:
+        await server.stop()

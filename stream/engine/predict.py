@@ -29,6 +29,8 @@ from stream.frames import Answer, Item, Prediction, Turn
 from stream.runtime import Stage
 
 log = logging.getLogger(__name__)
+CHARACTERS_PER_WORD = 12
+"""With `engine.max_turn_words`, the characters a turn may bring (a word is about six)."""
 
 if TYPE_CHECKING:
     from stream.engine.backends import Backend
@@ -120,13 +122,20 @@ class Predictor:
         """The turn's words as the engine takes them: at most `max_turn_words`, the first
         and the last half of a longer turn."""
         words = turn.text.split()
-        if len(words) <= self.max_words:
-            return turn.text
-        if warn:
-            log.warning("turn %d has %d words; the engine takes its first and last %d",
-                        turn.index, len(words), self.max_words // 2)
-        half = self.max_words // 2
-        return " ".join([*words[:half], "...", *words[-half:]])
+        text = turn.text
+        if len(words) > self.max_words:
+            if warn:
+                log.warning("turn %d has %d words; the engine takes its first and last %d",
+                            turn.index, len(words), self.max_words // 2)
+            half = self.max_words // 2
+            text = " ".join([*words[:half], "...", *words[-half:]])
+        most = self.max_words * CHARACTERS_PER_WORD
+        if len(text) > most:  # words without spaces between them: "he,he,he,..."
+            if warn:
+                log.warning("turn %d has %d characters in its words; the engine takes its "
+                            "first and last %d", turn.index, len(text), most // 2)
+            text = f"{text[:most // 2]} ... {text[-(most // 2):]}"
+        return text
 
     def answer(self, turn: Turn, speaker: str | None, report: UtteranceReport,
                began: float) -> Prediction:

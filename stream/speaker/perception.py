@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -58,7 +59,8 @@ class PerceptionConfig(BaseModel):
 
 
 GAP_TICKS = 12
-"""More 25 fps ticks than this (0.48 s) between two frames is a gap, not dropped frames."""
+"""A gap is a jump of more 25 fps ticks than this (0.48 s), and than three times the
+usual spacing of the frames: not dropped frames, nor a low frame rate."""
 
 
 @dataclass
@@ -82,6 +84,9 @@ class Perception:
         self._held: deque[_Held] = deque()
         self._tick = -1
         """The last 25 fps tick a frame was taken for."""
+        self._spacing: deque[int] = deque(maxlen=15)
+        """Ticks between the last frames: a gap is a jump of several of them (at 1 fps a
+        frame every 25 ticks is no gap)."""
         self._final = -1_000_000
         """The last tick whose scores are final."""
         self._scores: dict[int, dict[int, float]] = {}
@@ -164,13 +169,18 @@ class Perception:
         assert self.scorer is not None
         tick = int(np.floor(video.pts * FPS + 1e-6))
         out: list[PerceivedFrame] = []
-        if self._tick >= 0 and tick - self._tick > GAP_TICKS:
+        if self._tick >= 0 and self._spacing and \
+                tick - self._tick > max(GAP_TICKS, 3 * statistics.median(self._spacing)):
             # A gap (a stall, a reconnect): the frames before it go out with what is known,
             # and Light-ASD picks up at the present instead of scoring every tick of the
             # gap with the last crops (491 ticks for 20 s, blocking the event loop).
+            log.info("active speaker: a gap of %.1f s before %.1f s; Light-ASD picks up "
+                     "there", (tick - self._tick) / FPS, video.pts)
             self._scores.update(self.scorer.restart())
             out = self._release(None)
             self._tick = tick - 1
+        elif tick > self._tick >= 0:
+            self._spacing.append(tick - self._tick)
         if tick > self._tick:  # each tick takes the first frame at or after it
             crops = {track.id: face_crop(gray, track.box) for track in tracks}
         for t in range(self._tick + 1, tick + 1):

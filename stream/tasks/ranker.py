@@ -84,6 +84,8 @@ def load_ranker(path: Path | None = None) -> Ranker:
             text = path.read_text(encoding="utf-8")
         except OSError as e:
             raise WeightsError(f"{path}: cannot read ({e.strerror})") from None
+        except UnicodeDecodeError:
+            raise WeightsError(f"{path}: not a fusion weights file (not UTF-8)") from None
         where = str(path)
     try:
         data = json.loads(text)

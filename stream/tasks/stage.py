@@ -91,31 +91,36 @@ class SocialStage(Stage):
         """The engine (when there is one) takes `taken`, the predictor answers about `seen`:
         the same turn in a pipeline; in the MQTT bridge the engine's key frames and every
         key frame's players, which arrive apart."""
+        dialogue = self.dialogue  # a reset while the engine works starts after this turn
         engine = None
         if self.engine is not None:
             engine = next((p for p in await self.engine.process(taken)
                            if isinstance(p, Prediction)), None)
-        return self.answer(seen, engine)
+        return self.answer(seen, engine, dialogue)
 
-    def answer(self, turn: Turn, engine: Prediction | None) -> Prediction | None:
+    def answer(self, turn: Turn, engine: Prediction | None,
+               dialogue: Dialogue | None = None) -> Prediction | None:
         """The turn's prediction given the engine's (None when no engine answered): the
         engine's own with `predictor: engine`, else this predictor's with the engine's
         scores riding along."""
         if self.engine_only:
             return engine
-        return self.predict(turn, engine)
+        return self.predict(turn, engine, dialogue)
 
-    def predict(self, turn: Turn, engine: Prediction | None = None) -> Prediction:
+    def predict(self, turn: Turn, engine: Prediction | None = None,
+                dialogue: Dialogue | None = None) -> Prediction:
+        """The turn's prediction, the turn then in `dialogue` (default: the current one)."""
         began = time.perf_counter()
+        dialogue = self.dialogue if dialogue is None else dialogue
         speaker = self.speaker(turn)
         text = turn.text or ""
-        self.dialogue.learn(speaker, text, turn.speaker_name)
+        dialogue.learn(speaker, text, turn.speaker_name)
         seen = sorted({v.player for views in turn.views for v in views})
         scene = perceived(turn, speaker)
-        context = self.dialogue.context()
+        context = dialogue.context()
         engine_scores = {(a.task, a.target): a.scores for a in engine.answers} if engine else {}
         answers = []
-        for question in self.dialogue.questions(speaker, text, seen):
+        for question in dialogue.questions(speaker, text, seen):
             probabilities = self.predictor.predict(question.item, context, scene)
             if not probabilities:
                 continue
@@ -124,14 +129,14 @@ class SocialStage(Stage):
                 max(probabilities, key=probabilities.__getitem__),
                 engine_scores.get((question.task, question.target), {}), question.target,
                 probabilities={k: round(v, 4) for k, v in probabilities.items()}))
-        if not any(a.task == "mentioned" for a in answers) and (seen or self.dialogue.players):
-            named = self.dialogue.mentioned(text)
+        if not any(a.task == "mentioned" for a in answers) and (seen or dialogue.players):
+            named = dialogue.mentioned(text)
             others = [p for p in named if p != speaker] or named
             answer = others[0] if others else NOBODY
             answers.append(Answer("mentioned", _question("mentioned", speaker, None), answer,
                                   engine_scores.get(("mentioned", None), {}), None,
                                   probabilities={answer: 1.0}))
-        self.dialogue.append(speaker, text)
+        dialogue.append(speaker, text)
         compute = time.perf_counter() - began + (engine.latency_s if engine else 0.0)
         return Prediction(pts=turn.pts, turn=turn.index, start=turn.start, end=turn.end,
                           speaker=speaker, answers=tuple(answers), latency_s=compute,

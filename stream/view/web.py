@@ -68,7 +68,7 @@ END_WAIT_S = 0.5
 MAX_WIDTH = 960
 """Frames wider than this are scaled down before encoding."""
 MAX_VIEWERS = 32
-AUTH_WAIT_S = 10.0
+AUTH_WAIT_S = 5.0
 """How long a socket may take to send its token."""
 UNAUTHORISED = 4401
 """The close code of a socket whose token is missing or wrong (the page stops retrying)."""
@@ -213,11 +213,14 @@ class WebServer:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.bound: tuple[str, int] | None = None
+        self._waiting = 0
+        """Sockets opened and not yet viewers (their token still to come)."""
 
     async def start(self) -> None:
         if not loopback(self.host) and self.token is None:
-            log.warning("--web %s:%s: reachable from other machines without a token; set $%s "
-                        "to require one", self.host, self.port, TOKEN_ENV)
+            log.warning("--web %s:%s: without a token only this machine may watch (by "
+                        "127.0.0.1 or localhost); set $%s to let other machines in with it",
+                        self.host, self.port, TOKEN_ENV)
         app = web.Application()
         app.router.add_get("/", self._index)
         app.router.add_get("/ws", self._socket)
@@ -269,13 +272,16 @@ class WebServer:
     def _refusal(self, request: web.Request) -> str | None:
         """Why a socket may not be opened before its token is seen; None when it may."""
         host = (request.host or "").lower()
-        name = (request.url.host or "").lower()
+        try:
+            name = (request.url.host or "").lower()
+        except ValueError:  # "Host: localhost:99999"
+            return f"Host {host!r} is not an address"
         if self.token is None and name not in (*LOOPBACK_NAMES, self.host.lower()):
             return f"Host {host!r} is not this machine's name for the view"
         origin = request.headers.get("Origin")
         if origin is not None and urlsplit(origin).netloc.lower() != host:
             return f"Origin {origin!r} is another site"
-        if len(self.hub.viewers) >= MAX_VIEWERS:
+        if len(self.hub.viewers) + self._waiting >= MAX_VIEWERS:
             return f"{MAX_VIEWERS} viewers already"
         return None
 
@@ -290,11 +296,16 @@ class WebServer:
                    else web.HTTPForbidden)(text=refusal)
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         socket = web.WebSocketResponse(heartbeat=20)
-        await socket.prepare(request)
-        if self.token is not None and not (scheme.lower() == "bearer" and self._token(given)) \
-                and not self._token(await _first_token(socket)):
-            await socket.close(code=UNAUTHORISED, message=b"bad or missing token")
-            return socket
+        self._waiting += 1  # counted against MAX_VIEWERS until it is a viewer or gone
+        try:
+            await socket.prepare(request)
+            if self.token is not None \
+                    and not (scheme.lower() == "bearer" and self._token(given)) \
+                    and not self._token(await _first_token(socket)):
+                await socket.close(code=UNAUTHORISED, message=b"bad or missing token")
+                return socket
+        finally:
+            self._waiting -= 1
         viewer = _Viewer(backlog=deque(self.hub.snapshot()),
                          frames=request.query.get("frames", "1") != "0")
         self.hub.viewers.add(viewer)

@@ -183,3 +183,12 @@ async def test_a_reset_gives_the_engine_a_new_session(tmp_path: Path) -> None:
     remote.reset()
     assert remote.session.startswith("clip/") and remote.session != "clip/r1"
     assert remote.headers[HEADER] == remote.session
+
+
+def test_a_turn_of_words_without_spaces_is_cut_too(llama: TextBackend,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """"he,he,he,..." is one word of 12,000 tokens: cut by its characters as well."""
+    predictor = Predictor(llama, PredictorConfig(model="tiny", max_positions=4096))
+    predictor.turn(_turn(0, "P1", ",".join(["he"] * 6000)))
+    assert "turn 0 has 17999 characters in its words; the engine takes its first and " \
+        "last 1200" in caplog.text

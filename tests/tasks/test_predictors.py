@@ -319,3 +319,66 @@ def test_the_declared_scikit_learn_has_grouped_folds_that_shuffle() -> None:
     (floor,) = [re.search(r">=([\d.]+)", d).group(1) for d in project["dependencies"]
                 if d.startswith("scikit-learn")]
     assert tuple(map(int, floor.split("."))) >= (1, 6)
+
+
+def test_folds_count_only_conversations_with_answers(tmp_path: Path) -> None:
+    """Two conversations, one all unlabelled: --cv 2 trained one fold on nothing and
+    reported 0.0 % with rc 0."""
+    from tests.conftest import run_cli
+
+    rows = _dataset(2)
+    second = rows[len(rows) // 2]["id"].split("/")[1]
+    rows = [{**r, "answer": None} if second in r["id"] else r for r in rows]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    done = run_cli("eval", str(data), "--cv", "2")
+    assert done.returncode == 2 and "hold 1 with answers" in done.stderr
+
+
+def test_a_reset_while_the_engine_works_leaves_that_turn_to_the_old_group() -> None:
+    import asyncio
+
+    from stream.runtime import Stage
+
+    class SlowEngine(Stage):
+        name = "engine"
+
+        def __init__(self) -> None:
+            self.entered, self.go = asyncio.Event(), asyncio.Event()
+
+        async def process(self, item: Any) -> list[Any]:
+            self.entered.set()
+            await self.go.wait()
+            return []
+
+    async def run() -> SocialStage:
+        engine = SlowEngine()
+        stage = SocialStage("fusion", None, engine)
+        turn = replace(_turn(0, "P1", "Ben, did you finish?"), speaker_name=None)
+        answering = asyncio.create_task(stage.respond(turn, turn))
+        await engine.entered.wait()
+        stage.reset()
+        engine.go.set()
+        await answering
+        return stage
+
+    stage = asyncio.run(run())
+    assert not stage.dialogue.said, "the old group's turn went into the new dialogue"
+
+
+def test_a_reset_reaches_the_engine(tmp_path: Path) -> None:
+    from stream.runtime import Stage
+
+    class Engine(Stage):
+        name = "engine"
+        resets = 0
+
+        def reset(self) -> None:
+            self.resets += 1
+
+    engine = Engine()
+    SocialStage("fusion", None, engine).reset()
+    assert engine.resets == 1
+    weights = tmp_path / "w.json"
+    weights.write_bytes(b'{"schema": "\xff"}')
+    with pytest.raises(WeightsError, match="not UTF-8"):
+        load_ranker(weights)
