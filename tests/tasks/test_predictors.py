@@ -372,6 +372,9 @@ def test_a_reset_reaches_the_engine(tmp_path: Path) -> None:
         name = "engine"
         resets = 0
 
+        async def process(self, item: Any) -> list[Any]:
+            return []
+
         def reset(self) -> None:
             self.resets += 1
 
