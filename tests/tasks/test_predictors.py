@@ -273,7 +273,7 @@ def test_more_folds_than_conversations_is_refused(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", _dataset(2))
     done = run_cli("eval", str(data), "--cv", "5")
     assert done.returncode == 2
-    assert "--cv 5: folds are whole conversations and the items hold 2; give 2 to 2" \
+    assert "--cv 5: folds are whole conversations and the items hold 2 with answers; give" \
         in done.stderr
     with pytest.raises(ValueError, match="give 2 to 2 folds"):
         cross_validated(read_items([data]).items, 3)
