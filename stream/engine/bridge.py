@@ -53,8 +53,10 @@ from stream.engine.remote import RemoteEngineStage
 from stream.engine.service import TOKEN_ENV, token_scope
 from stream.engine.turnlog import TurnLog
 from stream.engine.wire import (
-    MAX_ELEMENTS,
+    TurnWire,
     ViewWire,
+    count_elements,
+    decode_turn,
     parse_turn,
     turn_from_json,
     turn_to_json,
@@ -79,11 +81,13 @@ def engine_part(turn: Turn, names: dict[str, str] | None,
     return {"turn": turn_to_json(turn), "names": dict(names or {}), "predictor": predictor}
 
 
-def bridged_turns(event: dict[str, Any]) -> tuple[Turn, Turn]:
+def bridged_turns(event: dict[str, Any], wire: TurnWire | None = None
+                  ) -> tuple[Turn, Turn]:
     """The engine's turn (its key frames) and the fusion predictor's (every key frame's
-    players, as the turn event lists them), from a turn event with an `engine` part;
-    ValueError, KeyError or TypeError when it is not one."""
-    taken = turn_from_json(event["engine"]["turn"])
+    players, as the turn event lists them), from a turn event with an `engine` part
+    (`wire`: its engine turn, already checked); ValueError, KeyError or TypeError when it
+    is not one."""
+    taken = decode_turn(wire) if wire is not None else turn_from_json(event["engine"]["turn"])
     views = tuple(
         tuple(PlayerView(**{**ViewWire.model_validate(
             {"player": p["id"], "track": -1, "box": p["box"], "detected": p["detected"],
@@ -108,9 +112,10 @@ def _names(part: dict[str, Any]) -> dict[str, str] | None:
 @dataclass
 class _Conversation:
     stage: SocialStage
-    turns: asyncio.Queue[tuple[int, dict[str, Any], Ack] | None] = field(
+    turns: asyncio.Queue[tuple[TurnWire, dict[str, Any], Ack] | None] = field(
         default_factory=asyncio.Queue)
-    """(turn index, turn event, acknowledgement), in the order received."""
+    """(its engine turn, checked; the turn event; acknowledgement), in the order
+    received."""
     last: int | None = None
     """The last turn index answered (a turn the broker delivers again is not)."""
     task: asyncio.Task[None] | None = None
@@ -241,9 +246,7 @@ class MqttBridge:
     def _receive(self, topic: str, payload: bytes, ack: Ack) -> None:
         session = topic.split("/")[-2]
         try:
-            elements = payload.count(b",") + payload.count(b"{") + payload.count(b"[")
-            if elements > MAX_ELEMENTS:  # counted before parsing: see wire.MAX_ELEMENTS
-                raise ValueError(f"{elements:,} JSON elements, more than a turn event has")
+            count_elements(payload, "the turn event")
             event = json.loads(payload)
             if "engine" not in event:
                 if session not in self._warned:
@@ -255,10 +258,7 @@ class MqttBridge:
                 return
             run = str(event["run"])
             # Checked here, decoded (the pictures) off the event loop by its conversation.
-            wire = parse_turn(event["engine"]["turn"])
-            most = self.engine.frames_per_turn
-            if most and len(wire.frames) > most:
-                raise ValueError(f"{len(wire.frames)} key frames; the engine takes {most}")
+            wire = parse_turn(event["engine"]["turn"], self.engine.frames_per_turn)
             names = _names(event["engine"])
         except (ValueError, KeyError, TypeError, RecursionError) as e:
             log.warning("%s: not a turn event (%s); skipped", topic, e)
@@ -282,7 +282,7 @@ class MqttBridge:
             conversation.task = asyncio.create_task(
                 self._answer(session, run, key, conversation))
             conversation.task.add_done_callback(_said)
-        conversation.turns.put_nowait((wire.index, event, ack))
+        conversation.turns.put_nowait((wire, event, ack))
 
     async def _answer(self, session: str, run: str, key: str,
                       conversation: _Conversation) -> None:
@@ -301,12 +301,12 @@ class MqttBridge:
                 continue
             if turns is None:
                 return
-            index, event, ack = turns
-            if conversation.last is not None and index <= conversation.last:
+            wire, event, ack = turns
+            if conversation.last is not None and wire.index <= conversation.last:
                 self._done(ack)  # delivered again: answered once
                 continue
             try:
-                taken, seen = await asyncio.to_thread(bridged_turns, event)
+                taken, seen = await asyncio.to_thread(bridged_turns, event, wire)
             except ValueError as e:  # a key frame that is not a PNG, or too large
                 log.warning("%s: not a turn event (%s); skipped", key, e)
                 self._done(ack)

@@ -89,13 +89,9 @@ class RemoteEngineStage(Stage):
     async def start(self) -> None:
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
             total=self.config.url_timeout_s))
-        # Anything but a refused connection says a service is there; without a session id
-        # it answers 400, or 401 to a token it does not know.
-        knock = {k: v for k, v in self.headers.items() if k != HEADER}
+        # Anything but a refused connection says a service is there.
         try:
-            async with self.http.post(self.url, data=b"{}", headers=knock) as response:
-                await response.read()
-                status = response.status
+            status = await self._knock()
         except (TimeoutError, aiohttp.ClientError) as e:
             await self.http.close()
             raise UserError(f"--engine {self.url}: no engine service answers there ({e}); "
@@ -146,17 +142,26 @@ class RemoteEngineStage(Stage):
                 return ()
             await asyncio.sleep(RETRY_S)
 
+    async def _knock(self, within_s: float | None = None) -> int:
+        """The status of a request without a session id, which a live service answers at
+        once whatever it computes (400, or 401 to a token it does not know); TimeoutError
+        or aiohttp.ClientError when none comes (within `within_s`, default the session's
+        timeout)."""
+        assert self.http is not None
+        headers = {k: v for k, v in self.headers.items() if k != HEADER}
+        wait = {} if within_s is None else {"timeout": aiohttp.ClientTimeout(total=within_s)}
+        async with self.http.post(self.url, data=b"{}", headers=headers, **wait) as response:
+            await response.read()
+            return response.status
+
     async def _post(self, body: bytes) -> dict[str, Any] | Failure:
         """The prediction event, or what went wrong. While the service is down, a quick
         knock first (it answers one without a session at once, whatever it computes): a
         hung service costs a turn `KNOCK_S`, not `url_timeout_s`."""
         assert self.http is not None
         if self.down:
-            knock = {k: v for k, v in self.headers.items() if k != HEADER}
             try:
-                wait = aiohttp.ClientTimeout(total=min(KNOCK_S, self.config.url_timeout_s))
-                async with self.http.post(self.url, data=b"{}", headers=knock, timeout=wait):
-                    pass
+                await self._knock(min(KNOCK_S, self.config.url_timeout_s))
             except (TimeoutError, aiohttp.ClientError) as e:
                 return Failure(str(e) or type(e).__name__)
         try:

@@ -138,10 +138,7 @@ class EngineService:
             return 413, {"error": f"the body has {len(body):,} bytes, more than the "
                                   f"{self.max_body:,} the service takes"}
         try:
-            wire = await asyncio.to_thread(parse_turn, body)
-            if self.config.frames_per_turn and len(wire.frames) > self.config.frames_per_turn:
-                raise NotATurn(f"frames: {len(wire.frames)} key frames; the engine takes "
-                               f"{self.config.frames_per_turn}")
+            wire = await asyncio.to_thread(parse_turn, body, self.config.frames_per_turn)
             turn = await asyncio.to_thread(decode_turn, wire)
         except NotATurn as e:
             return 400, {"error": f"not a turn ({e})"}

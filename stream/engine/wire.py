@@ -139,18 +139,26 @@ def turn_to_json(turn: Turn, names: dict[str, str] | None = None) -> dict[str, A
     return data
 
 
-def parse_turn(data: str | bytes | dict[str, Any]) -> TurnWire:
+def count_elements(raw: bytes, where: str = "the body") -> None:
+    """`NotATurn` for JSON with more elements than a turn has, counted before parsing
+    (see `MAX_ELEMENTS`)."""
+    elements = raw.count(b",") + raw.count(b"{") + raw.count(b"[")
+    if elements > MAX_ELEMENTS:
+        raise NotATurn(f"{where}: {elements:,} JSON elements, more than a turn has "
+                       f"({MAX_ELEMENTS:,})")
+
+
+def parse_turn(data: str | bytes | dict[str, Any], frames: int = 0) -> TurnWire:
     """The checked turn, from its JSON text or the object it parsed to; `NotATurn` when it
-    is not one (too deep, not finite, too big, a field of the wrong type)."""
+    is not one (too deep, not finite, too big, a field of the wrong type, more key frames
+    than `frames`, the engine's `frames_per_turn`; 0: any up to `MAX_FRAMES`)."""
     try:
         if isinstance(data, dict):
-            return TurnWire.model_validate(data)
-        raw = data.encode() if isinstance(data, str) else data
-        elements = raw.count(b",") + raw.count(b"{") + raw.count(b"[")
-        if elements > MAX_ELEMENTS:
-            raise NotATurn(f"the body: {elements:,} JSON elements, more than a turn has "
-                           f"({MAX_ELEMENTS:,})")
-        return TurnWire.model_validate_json(raw)
+            wire = TurnWire.model_validate(data)
+        else:
+            raw = data.encode() if isinstance(data, str) else data
+            count_elements(raw)
+            wire = TurnWire.model_validate_json(raw)
     except ValidationError as e:
         first = e.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(part) for part in first["loc"]) or "the body"
@@ -158,6 +166,9 @@ def parse_turn(data: str | bytes | dict[str, Any]) -> TurnWire:
         raise NotATurn(f"{where}: {first['msg']}{more}") from None
     except RecursionError:
         raise NotATurn("nested too deep") from None
+    if frames and len(wire.frames) > frames:
+        raise NotATurn(f"frames: {len(wire.frames)} key frames; the engine takes {frames}")
+    return wire
 
 
 def decode_turn(wire: TurnWire) -> Turn:
