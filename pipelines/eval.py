@@ -154,11 +154,17 @@ class CrossValidation:
         return np.zeros(0) if weights is None else weights.logits(self.rows[j])
 
 
-def cross_validated(items: Sequence[EvalItem], k: int, seed: int = 0) -> CrossValidation:
+def check_folds(items: Sequence[EvalItem], k: int) -> None:
+    """ValueError unless each of `k` folds can hold a conversation with answers: folds are
+    whole conversations, and one without a labelled item trains a ranker on nothing."""
     conversations = len({item.group for item in items if item.answer is not None})
     if not 2 <= k <= conversations:
         raise ValueError(f"--cv {k}: folds are whole conversations and the items hold "
                          f"{conversations} with answers; give 2 to {conversations} folds")
+
+
+def cross_validated(items: Sequence[EvalItem], k: int, seed: int = 0) -> CrossValidation:
+    check_folds(items, k)
     memory = Memory()
     contexts = [memory.context(item) for item in items]
     rows = [features(item, context) for item, context in zip(items, contexts, strict=True)]

@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.eval import Report, engine_comparison, evaluate, wilson
+from pipelines.eval import Report, check_folds, engine_comparison, evaluate, wilson
 from stream.errors import UserError
 from stream.tasks.items import ItemError, Loaded, read_items
 from stream.tasks.predictors import TEXT_PREDICTORS
@@ -106,11 +106,11 @@ def run_eval(args: argparse.Namespace, stderr: Console) -> int:
                         "beside it): give one")
     if data:
         loaded = _load(data, stderr)
-        conversations = len({item.group for item in loaded.items if item.answer is not None})
-        if args.cv > conversations:
-            raise UserError(f"--cv {args.cv}: folds are whole conversations and the items "
-                            f"hold {conversations} with answers; give 2 to {conversations} "
-                            "folds")
+        if args.cv:
+            try:
+                check_folds(loaded.items, args.cv)
+            except ValueError as e:
+                raise UserError(str(e)) from None
         reports = _reports(args, loaded, stderr)
         for report in reports:
             _print(out, report, loaded)

@@ -4,9 +4,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+
+from stream.frames import Turn
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "demo.mp4"
@@ -79,3 +82,15 @@ def require_shared(path: Path) -> Path:
             pytest.fail(f"{path} is missing: CI runs beside ../shared")
         pytest.skip(f"{path} is not on this machine")
     return path
+
+
+def assert_overlaps_declared(turns: Sequence[Turn]) -> None:
+    """Two turns share time only inside an overlap the later one declares."""
+    for i, later in enumerate(turns):
+        for earlier in turns[:i]:
+            lo, hi = max(earlier.start, later.start), min(earlier.end, later.end)
+            if hi - lo > 1e-9:
+                assert any(a <= lo + 1e-9 and hi <= b + 1e-9 for a, b in later.overlap), (
+                    f"turn {earlier.index} [{earlier.start:.2f}, {earlier.end:.2f}] and turn "
+                    f"{later.index} [{later.start:.2f}, {later.end:.2f}] overlap undeclared "
+                    f"(declared: {later.overlap})")

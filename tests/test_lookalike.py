@@ -17,7 +17,7 @@ from pipelines.config import load_config
 from pipelines.replay import replay_and_collect
 from stream.frames import PerceivedFrame, Turn
 from stream.speaker.evaluate import score
-from tests.conftest import ROOT
+from tests.conftest import ROOT, assert_overlaps_declared
 
 MEDIA = ROOT / "examples" / "lookalike.mp4"
 TWINS = {"P2": "P3", "P3": "P2"}
@@ -65,13 +65,7 @@ def test_each_line_is_one_turn_with_its_words(replayed, truth: dict) -> None:
 
 def test_turns_overlap_only_where_they_say_so(replayed) -> None:
     _, turns = replayed
-    for i, later in enumerate(turns):
-        for earlier in turns[:i]:
-            lo, hi = max(earlier.start, later.start), min(earlier.end, later.end)
-            if hi - lo > 1e-9:
-                assert any(a <= lo + 1e-9 and hi <= b + 1e-9 for a, b in later.overlap), (
-                    f"turns {earlier.index} and {later.index} overlap in [{lo:.2f}, {hi:.2f}] "
-                    f"beyond the declared {later.overlap}")
+    assert_overlaps_declared(turns)
 
 
 def test_every_turn_has_its_speaker(replayed, truth: dict) -> None:

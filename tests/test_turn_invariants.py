@@ -30,6 +30,7 @@ from stream.frames import (
 )
 from stream.speaker.active import SpeakerConfig
 from stream.turns.assembler import TurnAssembler, TurnConfig
+from tests.conftest import assert_overlaps_declared
 
 FPS = 20
 HANGOVER = 0.4
@@ -144,13 +145,7 @@ def check_common(turns: list[Turn], frames_: list[PerceivedFrame]) -> None:
     for a, b in itertools.pairwise(turns):
         assert b.start >= a.start - 1e-9, "turns come in time order"
         assert b.known_at >= a.known_at
-    for i, later in enumerate(turns):
-        for earlier in turns[:i]:
-            lo, hi = max(earlier.start, later.start), min(earlier.end, later.end)
-            if hi - lo > 1e-9:
-                assert any(a <= lo + 1e-9 and hi <= b + 1e-9 for a, b in later.overlap), (
-                    f"turn {earlier.index} [{earlier.start:.2f}, {earlier.end:.2f}] and turn "
-                    f"{later.index} [{later.start:.2f}, {later.end:.2f}] overlap undeclared")
+    assert_overlaps_declared(turns)
     for turn in turns:
         assert turn.start <= turn.end
         assert all(f.pts <= turn.known_at + 1e-9 for f in turn.keyframes)
