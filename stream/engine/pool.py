@@ -76,8 +76,9 @@ class _Conversation:
     memory)."""
     names: dict[str, str] | None = None
     """The edge's player names, as its last turn gave them."""
-    taken: tuple[Turn, UtteranceReport] | None = None
-    """The last turn the resident session took, as it took it."""
+    taken: tuple[int, str, UtteranceReport] | None = None
+    """The last turn the resident session took (index, words, its report): what answers
+    it again without keeping its pictures."""
 
 
 @dataclass(frozen=True)
@@ -143,11 +144,10 @@ class SessionPool:
         if history is not None:
             conversation.last = history[-1].index if history else None
         taken = conversation.taken
-        if predictor is not None and taken is not None and turn.index == taken[0].index \
-                and turn.text == taken[0].text:
+        if predictor is not None and taken is not None and taken[:2] == (turn.index, turn.text):
             # The last turn again (its reply was lost): the session in memory is the one
             # that answered it, and questions leave its cache as it was.
-            return predictor.answer(turn, predictor.speaker(turn), taken[1], began)
+            return predictor.answer(turn, predictor.speaker(turn), taken[2], began)
         if conversation.last is not None and turn.index <= conversation.last:
             return self._again(session, turn, began,
                                self._history(session) if history is None else history)
@@ -160,7 +160,7 @@ class SessionPool:
             speaker, report = predictor.take(turn)
             self._keep(session, turn)
             conversation.last = turn.index
-            conversation.taken = (turn, report)
+            conversation.taken = (turn.index, turn.text, report)
         except BaseException:
             # Half a turn may be in the cache, or a turn the log does not have: drop the
             # session, the next turn rebuilds it from what was kept.
