@@ -85,7 +85,7 @@ class EngineService:
         self.pool: SessionPool = SessionPool(backend, self.config, budget_bytes, log=self.log)
         self.pool.limit = max_sessions
         self.keep_s, self.tokens = keep_s, tokens
-        self.max_sessions, self.max_body = max_sessions, max_body
+        self.max_body = max_body
         self._pruned_at = float("-inf")
 
     def turn(self, session: str, turn: Turn, names: dict[str, str] | None = None,
@@ -126,20 +126,31 @@ class EngineService:
             return 400, {"error": f"session id: {e}"}
         return scope
 
+    def too_large(self, size: int) -> tuple[int, dict[str, Any]] | None:
+        """413 for a body of `size` bytes beyond `max_body`."""
+        if size <= self.max_body:
+            return None
+        return 413, {"error": f"the body has {size:,} bytes, more than the "
+                              f"{self.max_body:,} the service takes"}
+
     async def answer(self, session: str, scope: str, body: bytes
                      ) -> tuple[int, dict[str, Any]]:
         """The status and JSON answer to one turn of `session` (checked, with its scope, by
         `session`)."""
         from stream.engine.pool import SessionsFull, TurnConflict
         from stream.engine.turnlog import TurnLogFull
-        from stream.engine.wire import NotATurn, decode_turn, parse_turn
+        from stream.engine.wire import NotATurn, TurnWire, decode_turn, parse_turn
 
-        if len(body) > self.max_body:
-            return 413, {"error": f"the body has {len(body):,} bytes, more than the "
-                                  f"{self.max_body:,} the service takes"}
+        refused = self.too_large(len(body))
+        if refused is not None:
+            return refused
+
+        def read() -> tuple[TurnWire, Turn]:
+            wire = parse_turn(body, self.config.frames_per_turn)
+            return wire, decode_turn(wire)
+
         try:
-            wire = await asyncio.to_thread(parse_turn, body, self.config.frames_per_turn)
-            turn = await asyncio.to_thread(decode_turn, wire)
+            wire, turn = await asyncio.to_thread(read)
         except NotATurn as e:
             return 400, {"error": f"not a turn ({e})"}
         try:
@@ -200,10 +211,9 @@ def deployment(config: dict[str, Any], budget_bytes: int, log_dir: str, *,
                 return JSONResponse(answer, status_code=status, headers=(
                     {"WWW-Authenticate": "Bearer"} if status == 401 else None))
             length = request.headers.get("content-length", "")
-            if length.isdigit() and int(length) > self.service.max_body:
-                return JSONResponse({"error": f"the body has {int(length):,} bytes, more "
-                                     f"than the {self.service.max_body:,} the service "
-                                     "takes"}, status_code=413)
+            refused = self.service.too_large(int(length)) if length.isdigit() else None
+            if refused is not None:
+                return JSONResponse(refused[1], status_code=refused[0])
             await self.session(session)
             status, answer = await self.service.answer(session, scope, await request.body())
             if status == 200:
