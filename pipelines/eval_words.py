@@ -25,6 +25,8 @@ from typing import Any
 import jiwer
 import numpy as np
 
+from stream.engine.evaluate import most_overlapped
+
 OVERLAP_SLACK_S = 0.01
 """Two turns sharing less than this are not overlapping: event times are rounded to the
 millisecond, and this is below one voice-activity frame."""
@@ -132,15 +134,8 @@ def shared(a: Span, b: Span) -> float:
 def pair_by_overlap(output: Sequence[Span], truth: Sequence[Span]) -> list[int | None]:
     """For each output turn, the index of the truth turn it overlaps most (the earlier on a
     tie), or None when it overlaps none."""
-    pairs: list[int | None] = []
-    for turn in output:
-        best, most = None, 0.0
-        for i, reference in enumerate(truth):
-            seconds = shared(turn, reference)
-            if seconds > most:
-                best, most = i, seconds
-        pairs.append(best)
-    return pairs
+    spans = [(t.start, t.end) for t in truth]
+    return [most_overlapped(turn.start, turn.end, spans) for turn in output]
 
 
 def _in_time_order(spans: Iterable[Span]) -> list[Span]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from stream.engine.predict import NOBODY
@@ -22,8 +22,10 @@ def score_predictions(events: Iterable[dict[str, Any]], truth: dict[str, Any]
     """
     predicted = [e for e in events if e.get("start") is not None and e.get("end") is not None]
     counts = {"addressee": [0, 0], "pronoun": [0, 0], "mentioned": [0, 0]}
+    spans = [(e["start"], e["end"]) for e in predicted]
     for expected in truth["turns"]:
-        event = _overlapping(predicted, expected["start"], expected["end"])
+        paired = most_overlapped(expected["start"], expected["end"], spans)
+        event = None if paired is None else predicted[paired]
         if expected.get("addressee"):
             answer = (event or {}).get("addressee") or {}
             counts["addressee"][1] += 1
@@ -40,12 +42,14 @@ def score_predictions(events: Iterable[dict[str, Any]], truth: dict[str, Any]
     return {task: (c[0], c[1]) for task, c in counts.items()}
 
 
-def _overlapping(events: list[dict[str, Any]], start: float, end: float
-                 ) -> dict[str, Any] | None:
-    """The event whose turn shares the most time with [start, end); None when none does."""
+def most_overlapped(start: float, end: float, spans: Sequence[tuple[float, float]]
+                    ) -> int | None:
+    """The index of the span sharing the most time with [start, end) (the earlier on a
+    tie); None when none shares any. How outputs and truth are paired by time, here and
+    in the word scores."""
     best, most = None, 0.0
-    for event in events:
-        shared = min(end, event["end"]) - max(start, event["start"])
-        if shared > most:
-            best, most = event, shared
+    for i, (a, b) in enumerate(spans):
+        seconds = min(end, b) - max(start, a)
+        if seconds > most:
+            best, most = i, seconds
     return best
