@@ -263,9 +263,13 @@ def _live(args: argparse.Namespace, stderr: Console) -> int:
     if config.output.metrics:
         stderr.print(live.pipeline.metrics_table())
     turns = live.pipeline.metrics().get("turns", {}).get("items_out", 0)
+    source, fell_behind = live.source, live.fallbacks
     stderr.print(f"{args.target}: {turns} turns in {report.wall_s:.1f}s; "
-                 f"{live.source.reconnects} reconnects, {live.source.video_dropped} stale video "
-                 "frames dropped at the source", highlight=False)
+                 f"{source.reconnects} reconnects, {source.resyncs} resyncs of the clock, "
+                 f"{source.video_dropped} stale video frames dropped at the source"
+                 + (f", {source.late} late items" if source.late else "")
+                 + (f"; Light-ASD fell behind {fell_behind} times" if fell_behind else ""),
+                 highlight=False)
     if live.inbox is not None:
         stderr.print(live.inbox.summary(), highlight=False)
     return 0 if live.stopped_remotely else _exit_code(report)

@@ -41,6 +41,12 @@ class Live:
 
     stopped_remotely: bool = False
 
+    @property
+    def fallbacks(self) -> int:
+        """Times Light-ASD fell behind and mouth motion stood in."""
+        return sum(stage.fallbacks for stage in self.pipeline.stages
+                   if isinstance(stage, PerceptionStage))
+
     def control(self, command: str) -> None:
         """`stop`: drain and end; `reset`: new people at the table: forget players and
         tracks, and the conversation (names heard, history, the engine's session)."""

@@ -44,6 +44,9 @@ class VideoFrame(DataItem):
     """One decoded picture, RGB uint8 of shape (H, W, 3)."""
 
     image: np.ndarray
+    received: float | None = None
+    """`time.monotonic()` when a live source read it (None for a file): how long it then
+    waited in the pipeline says whether the CPU keeps up."""
 
     @property
     def width(self) -> int:

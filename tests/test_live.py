@@ -113,6 +113,50 @@ def test_a_stalled_stream_is_reconnected_and_the_session_goes_on(tmp_path: Path)
     assert {e["speaker"] for e in late} == {"P1", "P2", "P3"}, "players kept their ids"
 
 
+def test_a_sender_restart_without_a_pause_jumps_back_and_the_session_goes_on(
+        tmp_path: Path) -> None:
+    """The sender restarts at once (no stall to reconnect on): the same connection's
+    timestamps jump back to the start. The clock goes on at the present, with one warning,
+    and the second part's turns come as in a file replay."""
+    port = free_port()
+    live = _live(port, tmp_path, give_up=3)
+    wait_listening(port, live)
+    _push(port, "-t", "14", "-i", str(DEMO))
+    _push(port, "-ss", "14", "-i", str(DEMO))  # a new ffmpeg: its timestamps start again
+    out, err = live.communicate(timeout=90)
+    assert live.returncode == 0, err
+    assert "timestamps jumped back" in err
+    assert re.search(r"\b1 resync", err), "once per event, and counted"
+    events = turn_events(out)
+    starts = [e["start"] for e in events]
+    assert starts == sorted(starts), "one clock across the restart"
+    late = [e for e in events if e["start"] > 14]
+    assert len(late) >= 5, "turns of the second part arrive"
+    assert {e["speaker"] for e in late} == {"P1", "P2", "P3"}, "players kept their ids"
+
+
+def test_audio_and_video_drifting_apart_keep_the_session_and_its_turns(tmp_path: Path) -> None:
+    """The audio's timestamps run at 0.9 of the picture's (a sender whose clocks disagree):
+    3.4 s apart by the end. The audio is kept in step by its samples, brought up to the
+    picture once they lie more than MAX_SKEW_S apart, and the turns keep coming."""
+    drifting = tmp_path / "drift.ts"
+    subprocess.run([_ffmpeg(), "-hide_banner", "-loglevel", "error", "-i", str(DEMO),
+                    "-c:v", "copy", "-af", "asetpts=PTS*0.9", "-c:a", "aac", "-f", "mpegts",
+                    str(drifting)], check=True, timeout=60)
+    port = free_port()
+    live = _live(port, tmp_path, give_up=3)
+    wait_listening(port, live)
+    _push(port, "-i", str(drifting))
+    out, err = live.communicate(timeout=60)
+    assert live.returncode == 0, err
+    assert "audio is" in err and "behind the other stream" in err
+    events = turn_events(out)
+    assert len(events) >= 10, "the file's 12 turns, give or take a split at the step"
+    assert [e["start"] for e in events] == sorted(e["start"] for e in events)
+    # The last line starts 31.0 s into the picture, 0.9 x 31.0 s on the audio's clock.
+    assert events[-1]["end"] > 0.9 * 31.0, "turns to the end of the stream"
+
+
 def test_video_edges_keep_the_newest_and_audio_loses_nothing() -> None:
     config = load_config(None, {}, model=LivePipelineConfig)
     live = build_live(live_inputs("udp://127.0.0.1:9"), config, [], "s")

@@ -1,8 +1,9 @@
 """Decoded frames to pipeline items: resampling, timestamps, interleaving.
 
 Shared by the file and live sources. Timestamps go through `to_session`, which
-maps a stream time (seconds) onto the session clock: a file subtracts its
-start time, a live feed keeps its clock continuous across reconnects.
+maps a stream's time (its kind, "audio" or "video", and seconds) onto the session
+clock: a file subtracts its start time, a live feed keeps one continuous clock
+across reconnects, loops and restarts (`stream.sources.timeline`).
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ from stream.frames import SAMPLE_RATE, AudioChunk, Item, VideoFrame
 
 log = logging.getLogger(__name__)
 
-SessionTime = Callable[[float], float]
+SessionTime = Callable[[str, float], float]
 MAX_INTERLEAVE_S = 20.0
-"""How far apart audio and video packets may lie in the container before we give up."""
+"""How far apart audio and video packets may lie in a file before we give up."""
 MAX_PRIMING_S = 0.2
 """Audio ahead of the first picture by at most this much is codec priming, not content."""
 RESYNC_S = 0.2
-"""An audio timestamp jump larger than this restarts the sample count (a gap in the feed)."""
+"""Audio timestamps and the sample count this far apart are brought together again: a
+timestamp ahead (a gap in the feed) moves the count on, one behind (more samples than
+time: a drifting clock, an overlap) drops the samples that would lie over audio already
+out. Audio never goes back in time."""
 
 
 class AudioConverter:
@@ -37,12 +41,19 @@ class AudioConverter:
         self.to_session, self.uri = to_session, uri
         self.resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         self.next_pts: float | None = None
+        self.overlap = 0
+        """Samples still to drop: they would lie over audio already out."""
+        self.dropped = 0
+        """Samples dropped so, over the stream."""
 
     def convert(self, frame: av.AudioFrame) -> list[Item]:
         if frame.time is not None:
-            stamped = self.to_session(frame.time)
-            if self.next_pts is None or abs(stamped - self.next_pts) > RESYNC_S:
+            stamped = self.to_session("audio", frame.time)
+            if self.next_pts is None or stamped - self.next_pts > RESYNC_S:
                 self.next_pts = stamped  # before 0 (codec priming): trimmed in _chunks
+                self.overlap = 0
+            elif self.next_pts - stamped > RESYNC_S:
+                self.overlap = round((self.next_pts - stamped) * SAMPLE_RATE)
         elif self.next_pts is None:
             self.next_pts = 0.0
         return self._chunks(self.resampler.resample(frame))
@@ -59,6 +70,10 @@ class AudioConverter:
                 skip = min(samples.size, round(-self.next_pts * SAMPLE_RATE))
                 samples = samples[skip:]
                 self.next_pts = max(0.0, self.next_pts + skip / SAMPLE_RATE)
+            if self.overlap:
+                skip = min(samples.size, self.overlap)
+                samples, self.overlap = samples[skip:], self.overlap - skip
+                self.dropped += skip
             if samples.size == 0:
                 continue
             out.append(AudioChunk(pts=self.next_pts, samples=samples, source=self.uri))
@@ -78,7 +93,7 @@ class VideoConverter:
     def convert(self, frame: av.VideoFrame) -> list[Item]:
         if frame.time is None:
             return []
-        pts = self.to_session(frame.time)
+        pts = self.to_session("video", frame.time)
         if pts <= self.last_pts:
             return []  # duplicated timestamp from a broken stream
         if self.fps is not None:
@@ -153,14 +168,24 @@ class Decoder:
 
 
 class PtsReorder:
-    """Re-interleaves audio and video by pts within a bounded window."""
+    """Re-interleaves audio and video by pts within a bounded window.
 
-    def __init__(self, uri: str, expected: set[type]) -> None:
+    A file whose streams lie further apart than the window cannot be replayed in order
+    and ends with advice to remux it. A live feed waits at most `window` for a stream
+    that stopped, and an item that still comes too late (its clock keeps the streams
+    within `timeline.MAX_SKEW_S`, so it should not) is dropped and counted, not fatal.
+    """
+
+    def __init__(self, uri: str, expected: set[type], window: float = MAX_INTERLEAVE_S,
+                 live: bool = False) -> None:
         self.uri, self.expected = uri, expected
+        self.window, self.live = window, live
         self.heap: list[tuple[float, int, Item]] = []
         self.counter = 0
         self.emitted = -math.inf
         self.newest: dict[type, float] = {}
+        self.late = 0
+        """Items dropped for coming after later ones had gone out (live only)."""
 
     def push(self, items: list[Item]) -> list[Item]:
         for item in items:
@@ -172,18 +197,26 @@ class PtsReorder:
         newest = max(self.newest.values())
         out = []
         while self.heap and (self.heap[0][0] <= horizon
-                             or self.heap[0][0] < newest - MAX_INTERLEAVE_S):
-            out.append(self._pop())
+                             or self.heap[0][0] < newest - self.window):
+            if (item := self._pop()) is not None:
+                out.append(item)
         return out
 
     def drain(self) -> list[Item]:
-        return [self._pop() for _ in range(len(self.heap))]
+        return [item for _ in range(len(self.heap)) if (item := self._pop()) is not None]
 
-    def _pop(self) -> Item:
+    def _pop(self) -> Item | None:
         pts, _, item = heapq.heappop(self.heap)
         if pts < self.emitted:
-            raise MediaError(f"{self.uri}: audio and video are interleaved more than "
-                             f"{MAX_INTERLEAVE_S:.0f}s apart; remux it "
-                             "(ffmpeg -i IN -c copy OUT.mp4) and try again")
+            if not self.live:
+                raise MediaError(f"{self.uri}: audio and video are interleaved more than "
+                                 f"{self.window:.0f}s apart; remux it "
+                                 "(ffmpeg -i IN -c copy OUT.mp4) and try again")
+            if self.late == 0:
+                log.warning("%s: a %s item came %.1f s after later media had gone on; "
+                            "dropped (counted as late)", self.uri, type(item).__name__,
+                            self.emitted - pts)
+            self.late += 1
+            return None
         self.emitted = pts
         return item

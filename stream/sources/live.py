@@ -5,9 +5,12 @@ Each input is read by its own thread. A read that stalls for `stall_timeout_s`
 closes the input and reopens it with exponential backoff; the session clock
 goes on: the first frame after a (re)connect is stamped with the wall time
 elapsed since the session began, and the frames after it keep their spacing.
-The session ends when every input has been silent for `give_up_s` (never by
-default). If the pipeline falls behind, stale video is dropped here and
-counted; audio is never dropped.
+Timestamps that jump (a sender that loops or restarts) or streams that drift apart
+are taken up the same way (`stream.sources.timeline`), with a warning, never an
+error. The session ends when every input has been silent for `give_up_s` (never by
+default), or on a stop. If the pipeline falls behind, stale video is dropped here
+and counted; audio is never dropped. Each video frame carries the wall time it was
+read (`received`), from which perception tells a CPU that falls behind.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from stream.errors import UserError
 from stream.frames import AudioChunk, Item, VideoFrame
 from stream.runtime import Source
-from stream.sources.decoding import MAX_PRIMING_S, Decoder, PtsReorder, stream_start
+from stream.sources.decoding import Decoder, PtsReorder, stream_start
+from stream.sources.timeline import MAX_SKEW_S, SessionClock
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,9 @@ class LiveConfig(BaseModel):
         1.0, ge=0, description="how long turns wait for transcript lines from MQTT")
 
 
+LIVE_WINDOW_S = MAX_SKEW_S + 1.0
+"""How long a live feed waits for a stream that stopped (a muted microphone, a camera
+that froze) before the other goes on without it."""
 STOP_GRACE_S = 0.5
 """After a stop, how long the session still waits for readers to hand over what they read;
 a reader blocked in an open or a reconnect has nothing and is not waited for."""
@@ -70,51 +77,6 @@ class LiveInput:
     video: bool = True
     reconnect: bool = True
     """False for a pipe: its end is the end of the session."""
-
-
-class _SessionClock:
-    """Maps each connection's stream time onto one continuous session clock."""
-
-    def __init__(self) -> None:
-        self.start: float | None = None
-        self.last = -math.inf
-        self._lock = threading.Lock()
-
-    def connection(self, start: float | None) -> _Connection:
-        """A new connection whose stream starts at `start` (seconds; None: its first frame)."""
-        return _Connection(self, start)
-
-    def wall(self) -> float:
-        """Session seconds now, by the wall clock (for inputs without timestamps)."""
-        with self._lock:
-            self.last = max(self._elapsed(), self.last + 0.001)
-            return self.last
-
-    def anchor(self, raw: float) -> float:
-        """Offset so that `raw` lands at the wall time elapsed in the session."""
-        with self._lock:
-            # After a reconnect, leave room for audio that precedes the picture (priming).
-            return raw - max(self._elapsed(), self.last + MAX_PRIMING_S + 0.01)
-
-    def _elapsed(self) -> float:
-        """Wall seconds since the session's first frame (this call starts the clock)."""
-        now = time.monotonic()
-        if self.start is None:
-            self.start = now
-        return now - self.start
-
-
-class _Connection:
-    def __init__(self, clock: _SessionClock, start: float | None) -> None:
-        self.clock, self.start = clock, start
-        self.offset: float | None = None
-
-    def __call__(self, raw: float) -> float:
-        if self.offset is None:
-            self.offset = self.clock.anchor(raw if self.start is None else self.start)
-        t = raw - self.offset
-        self.clock.last = max(self.clock.last, t)
-        return t
 
 
 class LiveSource(Source):
@@ -138,9 +100,10 @@ class LiveSource(Source):
         self.video_fps, self.video_size = video_fps, video_size
         self.reconnects = 0
         self.video_dropped = 0
+        self._reorder: PtsReorder | None = None
         self.received = False
         """Whether any input ever delivered data."""
-        self._clock = _SessionClock()
+        self._clock = SessionClock(self.uri)
         self._stop = threading.Event()
         self._queue: asyncio.Queue[tuple[int, list[Item] | None]] | None = None
         self._threads: list[threading.Thread] = []
@@ -153,6 +116,16 @@ class LiveSource(Source):
         return self._clock.last
 
     @property
+    def resyncs(self) -> int:
+        """Timestamp jumps and drifts taken up (the clock went on at the present)."""
+        return self._clock.resyncs
+
+    @property
+    def late(self) -> int:
+        """Items dropped for arriving after later media had gone on."""
+        return self._reorder.late if self._reorder is not None else 0
+
+    @property
     def has_audio(self) -> bool:
         return any(spec.audio for spec in self.inputs)
 
@@ -163,7 +136,9 @@ class LiveSource(Source):
     async def items(self) -> AsyncIterator[Item]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[int, list[Item] | None]] = asyncio.Queue()
-        reorder = PtsReorder(self.uri, {kind for spec in self.inputs for kind in _kinds(spec)})
+        reorder = PtsReorder(self.uri, {kind for spec in self.inputs for kind in _kinds(spec)},
+                             window=LIVE_WINDOW_S, live=True)
+        self._reorder = reorder
         for index, spec in enumerate(self.inputs):
             thread = threading.Thread(target=self._read, args=(index, spec, loop, queue),
                                       daemon=True, name=f"live:{spec.url}")
@@ -251,7 +226,10 @@ class LiveSource(Source):
                               video_size=self.video_size)
             for batch in decoder.batches():
                 got = True
-                _hand_over(loop, queue, index, batch)
+                now = time.monotonic()
+                _hand_over(loop, queue, index, [
+                    replace(item, received=now) if isinstance(item, VideoFrame) else item
+                    for item in batch])
                 if self._stop.is_set():
                     break
         except (av.error.FFmpegError, OSError) as exc:
@@ -292,7 +270,7 @@ class LiveSource(Source):
                     bgr = cv2.resize(bgr, self.video_size, interpolation=cv2.INTER_AREA)
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                 got = True
-                frame = VideoFrame(pts=t, image=rgb, source=spec.url)
+                frame = VideoFrame(pts=t, image=rgb, source=spec.url, received=time.monotonic())
                 _hand_over(loop, queue, index, [frame])
         finally:
             capture.release()

@@ -163,7 +163,7 @@ class MediaSource(Source):
         container = self._container
         assert container is not None
         origin = stream_start(container)
-        decoder = Decoder(container, self.uri, lambda t: t - origin, audio=self.want_audio,
+        decoder = Decoder(container, self.uri, lambda _kind, t: t - origin, audio=self.want_audio,
                           video=self.want_video, video_fps=self.video_fps,
                           video_size=self.video_size)
         try:
