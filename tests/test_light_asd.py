@@ -4,6 +4,7 @@ and what it decides on a real clip."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from python_speech_features import mfcc
 
 from pipelines.config import load_config
 from pipelines.replay import replay_and_collect
+from stream.frames import SAMPLE_RATE, VideoFrame
 from stream.speaker.asd import LightAsdScorer, StreamingMfcc, face_crop, weights_path
 from stream.speaker.light_asd import PIXEL_MEAN, PIXEL_STD, LightASD, load_light_asd
 from tests.conftest import ROOT
@@ -155,7 +157,7 @@ async def test_light_asd_that_falls_behind_a_paced_replay_gives_way_to_mouth_mot
     await run_replay(replay)
     stage = next(s for s in replay.pipeline.stages if isinstance(s, PerceptionStage))
     assert stage.fell_back_at is not None
-    assert "Light-ASD is" in caplog.text and "mouth motion from now on" in caplog.text
+    assert "Light-ASD is" in caplog.text and "then Light-ASD again" in caplog.text
     seen = [f for f in frames.items if isinstance(f, PerceivedFrame)]
     with av.open(str(ROOT / "examples" / "demo.mp4")) as media:
         assert len(seen) == sum(1 for _ in media.decode(video=0))
@@ -166,22 +168,54 @@ async def test_light_asd_that_falls_behind_a_paced_replay_gives_way_to_mouth_mot
     assert float(np.median(tail)) < 1.0
 
 
-async def test_after_falling_behind_a_reset_keeps_mouth_motion() -> None:
-    """A live `reset` (a new group sat down) forgets players, not that this CPU cannot run
-    Light-ASD in real time: it would only fall behind again, warning again."""
-    import time
+def _frame(pts: float, waited: float) -> VideoFrame:
+    """A blank live frame read `waited` seconds ago."""
+    return VideoFrame(pts=pts, image=np.zeros((120, 160, 3), np.uint8),
+                      received=time.monotonic() - waited)
 
+
+async def test_after_falling_behind_a_reset_keeps_mouth_motion_until_the_retry() -> None:
+    """A live `reset` (a new group sat down) forgets players, not that this CPU could not
+    run Light-ASD in real time a moment ago: it waits for its retry like the rest."""
     from stream.speaker.perception import PerceptionStage
 
     stage = PerceptionStage(load_config().perception, pace=1.0)
     await stage.start()
     try:
         assert stage.core is not None and stage.core.scorer is not None
-        stage._clock = (time.monotonic() - 10.0, 0.0)  # 10 s of wall clock for 0 s of media
-        stage._keep_up(0.0)
+        await stage.process(_frame(0.0, waited=10.0))  # read 10 s ago: far behind
         assert stage.fell_back_at == 0.0 and stage.core.scorer is None
         stage.reset()
-        assert stage.core.scorer is None
+        assert stage.core.scorer is None and stage.running == "mouth"
+    finally:
+        await stage.stop()
+
+
+async def test_light_asd_comes_back_after_falling_behind_and_backs_off_when_it_cannot(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A CPU busy for a while (a burst after a gap, another program) costs Light-ASD only
+    until its retry; falling behind again soon after doubles the wait."""
+    from stream.speaker.perception import PerceptionStage
+
+    config = load_config(None, {"perception": {"speaker": {"fallback_retry_s": 5.0}}})
+    stage = PerceptionStage(config.perception, pace=1.0)
+    await stage.start()
+    try:
+        await stage.process(_frame(0.0, waited=0.0))
+        assert stage.running == "light_asd" and stage.fell_back_at is None
+        await stage.process(_frame(1.0, waited=3.0))
+        assert stage.running == "mouth" and stage.fell_back_at == 1.0
+        await stage.process(_frame(5.9, waited=0.0))
+        assert stage.running == "mouth", "not before its retry, 5 s later"
+        await stage.process(_frame(6.0, waited=0.0))
+        assert stage.running == "light_asd"
+        assert "Light-ASD again from 6.0 s" in caplog.text
+        await stage.process(_frame(7.0, waited=3.0))  # behind again soon after
+        assert stage.running == "mouth" and stage.fallbacks == 2
+        await stage.process(_frame(16.9, waited=0.0))
+        assert stage.running == "mouth", "twice as long: 10 s"
+        await stage.process(_frame(17.0, waited=0.0))
+        assert stage.running == "light_asd"
     finally:
         await stage.stop()
 
@@ -237,3 +271,14 @@ async def test_a_low_frame_rate_is_no_gap() -> None:
             await stage.process(VideoFrame(pts=float(seq), seq=seq, image=GREY))
         await stage.process(VideoFrame(pts=30.0, seq=10, image=GREY))  # a real gap
     assert len(restarts) == 1
+
+
+def test_a_scorer_made_mid_session_starts_its_audio_where_it_is() -> None:
+    """A reset or a retry an hour into a session makes a new scorer: its MFCCs start at
+    the audio it is given, not with an hour of silence computed first."""
+    samples = np.random.default_rng(0).integers(-3000, 3000, SAMPLE_RATE, dtype=np.int16)
+    late, fresh = StreamingMfcc(), StreamingMfcc()
+    late.push(samples, 60 * SAMPLE_RATE)
+    fresh.push(samples, 0)
+    assert late.first == 60 * 100 and len(late.frames) == len(fresh.frames)
+    np.testing.assert_array_equal(np.stack(late.frames), np.stack(fresh.frames))

@@ -93,6 +93,9 @@ class StreamingMfcc:
 
     def push(self, samples: np.ndarray, at: int) -> None:
         """Int16 samples starting at absolute sample index `at` (gaps are silence)."""
+        if self._samples == 0 and at > 0:  # a scorer made mid-session starts where it is
+            self._samples = at // HOP * HOP
+            self.first = self._samples // HOP
         if at > self._samples:
             samples = np.concatenate([np.zeros(at - self._samples, samples.dtype), samples])
         elif at < self._samples:
@@ -194,6 +197,11 @@ class LightAsdScorer:
         encoder = model.model.visualEncoder
         self.blocks = [_Folded.of(block) for block in
                        (encoder.block1, encoder.block2, encoder.block3)]
+
+    def renewed(self) -> LightAsdScorer:
+        """A scorer with these weights and nothing else: for Light-ASD taken up again
+        mid-session, at the present."""
+        return type(self)(self.model, self.window / FPS, self.batch, self.bfloat16)
 
     @classmethod
     def load(cls, weights: str, window_s: float, batch: int = 2,

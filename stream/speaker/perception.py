@@ -194,12 +194,22 @@ class Perception:
         return out + self._release(self._final)
 
     def fall_back(self) -> list[PerceivedFrame]:
-        """Light-ASD stops for good: the frames it holds go out with what it has computed,
-        and later frames get their speaker from mouth motion (measured all along)."""
+        """Light-ASD stops: the frames it holds go out with what it has computed, and later
+        frames get their speaker from mouth motion (measured all along)."""
         out = self.finish()
         self.scorer = None
         self.sync = None
         return out
+
+    def resume(self, scorer: LightAsdScorer) -> None:
+        """Light-ASD again, from the next frame on, as at the start of a session."""
+        self.scorer = scorer
+        self.sync = Synchrony(self.config.speaker.sync_window_s, self.config.speaker.min_motion) \
+            if self.config.speaker.sync else None
+        self._tick, self._final = -1, -1_000_000
+        self._spacing.clear()
+        self._scores.clear()
+        self._last_score.clear()
 
     def finish(self) -> list[PerceivedFrame]:
         """End of the media: what the scorer holds is computed, then the last frames go out
@@ -271,23 +281,39 @@ class PerceptionStage(Stage):
                  pace: float | None = None) -> None:
         """`pace`: media seconds per wall-clock second when the input comes in real time
         (live, or a paced replay): then Light-ASD that falls `fallback_lag_s` behind gives
-        way to mouth motion. None: as fast as it goes, never behind."""
+        way to mouth motion, and is tried again later. None: as fast as it goes, never
+        behind."""
         self.config = config or PerceptionConfig()
         self.has_audio = has_audio
         self.pace = pace
         self._clock: tuple[float, float] | None = None
-        """(wall-clock, media time) of the first video frame."""
+        """(wall-clock, media time) of the first video frame since Light-ASD (re)started."""
         self.fell_back_at: float | None = None
-        """The media time at which Light-ASD gave way to mouth motion."""
+        """The media time at which Light-ASD last gave way to mouth motion."""
+        self.fallbacks = 0
+        self._retry_at: float | None = None
+        """The media time at which Light-ASD is tried again (None: not waiting to)."""
+        self._resumed_at = 0.0
+        self._scorer: LightAsdScorer | None = None
+        """The loaded weights, kept while mouth motion stands in."""
+        self._backoff = 1
         self._detector: FaceDetector | None = None
         self.core: Perception | None = None
 
     @property
     def model(self) -> str:
-        """Which speaking cue runs: Light-ASD needs audio, else mouth motion."""
+        """Which speaking cue the session uses: Light-ASD needs audio, else mouth motion."""
         if self.config.speaker.model == "light_asd" and self.has_audio:
             return "light_asd"
         return "mouth"
+
+    @property
+    def running(self) -> str:
+        """Which speaking cue runs now: `model`, or mouth motion while Light-ASD waits to be
+        tried again after falling behind."""
+        if self.core is not None and self.core.scorer is None and self.model == "light_asd":
+            return "mouth"
+        return self.model
 
     async def start(self) -> None:
         self._detector = FaceDetector(self.config.faces)
@@ -304,17 +330,22 @@ class PerceptionStage(Stage):
     def _core(self) -> Perception:
         assert self._detector is not None
         scorer = None
-        if self.model == "light_asd" and self.fell_back_at is None:
-            from stream.speaker.asd import LightAsdScorer
+        if self.model == "light_asd":
+            if self._scorer is None:
+                from stream.speaker.asd import LightAsdScorer
 
-            speaker = self.config.speaker
-            scorer = LightAsdScorer.load(speaker.weights, speaker.window_s,
-                                         speaker.batch_ticks, speaker.bfloat16)
+                speaker = self.config.speaker
+                self._scorer = LightAsdScorer.load(speaker.weights, speaker.window_s,
+                                                   speaker.batch_ticks, speaker.bfloat16)
+            elif self._retry_at is None:  # a reset: the weights, not the state
+                self._scorer = self._scorer.renewed()
+            scorer = self._scorer if self._retry_at is None else None  # else: mouth motion
         return Perception(self.config, self._detector.detect, scorer)
 
     def reset(self) -> None:
         """Forget players, tracks and cues (people changed seats, a new group sat down).
-        Light-ASD that fell behind stays off: the CPU is no faster for a new group."""
+        Light-ASD that fell behind waits for its retry: the CPU is no faster for a new
+        group."""
         if self._detector is not None:
             self.core = self._core()
 
@@ -330,29 +361,59 @@ class PerceptionStage(Stage):
             self.core.voice(item)
             return ()
         if isinstance(item, VideoFrame):
+            if self._retry_at is not None and item.pts >= self._retry_at:
+                self._take_up_again(item.pts)
             out = self.core.frame(item)
             if self.core.scorer is not None and self.pace is not None:
-                out += self._keep_up(item.pts)
+                out += self._keep_up(item)
             return out
         return ()
 
-    def _keep_up(self, pts: float) -> list[PerceivedFrame]:
-        """Light-ASD's cost is fixed per media second: on a CPU that cannot pay it in real
-        time the delay only grows, so past `fallback_lag_s` mouth motion takes over."""
-        assert self.core is not None and self.pace is not None
+    def lag(self, frame: VideoFrame) -> float:
+        """Seconds this frame has waited since it was read (live), or since the media
+        time it stands for at the source's pace (a paced replay), against the first
+        frame since Light-ASD (re)started."""
+        assert self.pace is not None
         now = time.monotonic()
+        if frame.received is not None:
+            return now - frame.received
         if self._clock is None:
-            self._clock = (now, pts)
-            return []
+            self._clock = (now, frame.pts)
+        return now - self._clock[0] - (frame.pts - self._clock[1]) / self.pace
+
+    def _keep_up(self, frame: VideoFrame) -> list[PerceivedFrame]:
+        """Light-ASD's cost is fixed per media second: on a CPU that cannot pay it in real
+        time the delay only grows, so past `fallback_lag_s` mouth motion takes over, and
+        Light-ASD is tried again `fallback_retry_s` later (twice as late each time it
+        falls behind again soon after)."""
+        assert self.core is not None
         limit = self.config.speaker.fallback_lag_s
-        lag = now - self._clock[0] - (pts - self._clock[1]) / self.pace
+        lag = self.lag(frame)
         if limit is None or lag <= limit:
             return []
+        speaker, pts = self.config.speaker, frame.pts
         self.fell_back_at = pts
+        self.fallbacks += 1
+        retry = speaker.fallback_retry_s
+        if retry is not None:
+            kept_up = pts - self._resumed_at
+            self._backoff = 1 if kept_up > 16 * retry or self.fallbacks == 1 else \
+                min(self._backoff * 2, 16)
+            self._retry_at = pts + retry * self._backoff
         log.warning("active speaker: Light-ASD is %.1f s behind the media at %.1f s (this "
-                    "CPU cannot run it in real time); mouth motion from now on "
-                    "(perception.speaker.fallback_lag_s, or model: mouth)", lag, pts)
+                    "CPU cannot run it in real time now); mouth motion %s "
+                    "(perception.speaker.fallback_lag_s, fallback_retry_s)", lag, pts,
+                    "from now on" if self._retry_at is None else
+                    f"until {self._retry_at:.1f} s, then Light-ASD again")
         return self.core.fall_back()
+
+    def _take_up_again(self, pts: float) -> None:
+        assert self.core is not None and self._scorer is not None
+        self._retry_at, self._clock, self._resumed_at = None, None, pts
+        self._scorer = self._scorer.renewed()
+        self.core.resume(self._scorer)
+        log.warning("active speaker: Light-ASD again from %.1f s (it fell behind at %.1f s)",
+                    pts, self.fell_back_at)
 
     async def finish(self) -> Sequence[Item]:
         return self.core.finish() if self.core is not None else ()
