@@ -11,6 +11,9 @@ latency from a frame's media time to its speaker decision in a paced replay.
 `view`: the annotated video and the web view with two viewers against a plain replay.
 `sessions`: how many conversations one model keeps under p95 1 s at real-time pace
 (`bench_sessions.py`).
+`soak`: a live session on a looping stream for `--minutes`, its sender and broker
+restarted at intervals: memory over time, turns lost, restarts survived
+(`bench_soak.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from rich.table import Table
 
 from pipelines.bench_mqtt import bench_mqtt
 from pipelines.bench_sessions import bench_sessions
+from pipelines.bench_soak import bench_soak
 from pipelines.bench_view import bench_view
 from pipelines.config import ReplayConfig, load_config
 from pipelines.replay import Collect, build_replay, replay_and_collect, run_replay
@@ -91,6 +95,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                           help="sessions: memory budget of all sessions' caches")
     sessions.add_argument("--max-sessions", type=int, default=64,
                           help="sessions: the most sessions tried")
+    soak = bench.add_argument_group("soak")
+    soak.add_argument("--minutes", type=float, default=60.0,
+                      help="soak: how long the live session runs")
+    soak.add_argument("--sender-every", type=float, default=10.0, metavar="MIN",
+                      help="soak: restart the sender every MIN minutes")
+    soak.add_argument("--broker-every", type=float, default=15.0, metavar="MIN",
+                      help="soak: restart the broker every MIN minutes")
+    soak.add_argument("--sample-every", type=float, default=10.0, metavar="S",
+                      help="soak: sample the live process every S seconds")
+    soak.add_argument("--out-dir", default="bench-soak",
+                      help="soak: where the samples (CSV), figures (JSON), the RSS plot (SVG), "
+                           "the session's log and events go")
+    soak.add_argument("--config", help="soak: YAML config for the live session")
+    soak.add_argument("--no-asr", action="store_true",
+                      help="soak: the live session without recognising words")
     bench.set_defaults(func=run)
 
 
@@ -397,4 +416,5 @@ def bench_engine(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
 
 
 BENCHES = {"replay": bench_replay, "perception": bench_perception, "mqtt": bench_mqtt,
-           "engine": bench_engine, "view": bench_view, "sessions": bench_sessions}
+           "engine": bench_engine, "view": bench_view, "sessions": bench_sessions,
+           "soak": bench_soak}

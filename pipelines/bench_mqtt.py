@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,9 +26,9 @@ import numpy as np
 from rich.console import Console
 
 from pipelines.config import load_config
+from pipelines.mosquitto import PrivateBroker
 from pipelines.replay import replay_and_collect
 from stream.broker import MqttConfig, broker_address
-from stream.errors import UserError
 from stream.frames import Turn
 from stream.sinks.mqtt import MqttSink
 
@@ -55,35 +53,14 @@ def bench_mqtt(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
             **{f"paced_{k}": v for k, v in paced.items() if k != "broker"}}
 
 
-class _broker:
+@contextlib.contextmanager
+def _broker(url: str | None, folder: Path) -> Iterator[str]:
     """The given broker, or a private Mosquitto for the length of the benchmark."""
-
-    def __init__(self, url: str | None, folder: Path) -> None:
-        self.url, self.folder = url, folder
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> str:
-        if self.url is not None:
-            return self.url
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(exe).exists():
-            raise UserError("no broker: pass --mqtt URL or install mosquitto")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        self.process = subprocess.Popen([exe, "-p", str(port)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
-        for _ in range(100):
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        return f"mqtt://127.0.0.1:{port}"
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
+    if url is not None:
+        yield url
+        return
+    with PrivateBroker(folder / "broker") as broker:
+        yield broker.url
 
 
 async def _load(url: str, turns: list[Turn], sessions: int, events: int,

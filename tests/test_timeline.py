@@ -53,6 +53,20 @@ def test_a_loop_that_jumps_back_goes_on_at_the_present_with_both_kinds_in_step(
     assert second[-1] - second[0] == pytest.approx(4.0 - 0.04)
 
 
+def test_audio_that_restarts_seconds_after_the_video_still_takes_its_offset() -> None:
+    """After a restart the sound may come seconds after the picture (a busy reader, lost
+    packets): it belongs to the video's new run of timestamps all the same."""
+    wall = Wall()
+    clock = SessionClock("udp://x", wall)
+    connection = clock.connection(None)
+    _feed(connection, wall, _interleaved(0.0, 20.0), 0.02)
+    video = _feed(connection, wall, [("video", t) for t in np.arange(0.0, 1.0, 0.04)], 0.001)
+    wall.t += 3.0  # the reader held up
+    audio = _feed(connection, wall, [("audio", 0.4)], 0.04)
+    assert clock.resyncs == 1
+    assert audio[0] == pytest.approx(video[10]), "raw 0.4 s of either kind: one time"
+
+
 def test_an_encoder_restart_far_ahead_resumes_at_the_present() -> None:
     wall = Wall()
     clock = SessionClock("udp://x", wall)

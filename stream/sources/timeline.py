@@ -88,11 +88,10 @@ class _Kind:
 
 @dataclass(frozen=True)
 class _Epoch:
-    """Where a run of timestamps began: its raw time, the wall time then, its offset."""
+    """Where a kind's new run of timestamps began, and its offset."""
 
     kind: str
     raw: float
-    wall: float
     offset: float
 
 
@@ -102,7 +101,10 @@ class Connection:
     def __init__(self, clock: SessionClock, start: float | None) -> None:
         self.clock, self.start = clock, start
         self._kinds: dict[str, _Kind] = {}
+        self._base: float | None = None
+        """The offset a kind takes at its first frame."""
         self._epoch: _Epoch | None = None
+        """The last jump, until the other kind has taken it."""
 
     def __call__(self, kind: str, raw: float) -> float:
         with self.clock._lock:
@@ -111,7 +113,7 @@ class Connection:
             if state is None:
                 state = self._first(kind, raw, wall)
             elif raw < state.raw - BACK_S or raw > state.raw + (wall - state.wall) + JUMP_S:
-                state.offset = self._jump(kind, raw, wall, raw - state.raw)
+                state.offset = self._jump(kind, raw, raw - state.raw)
             t = raw - state.offset
             behind = max((k.mapped for name, k in self._kinds.items() if name != kind),
                          default=-math.inf) - MAX_SKEW_S - t
@@ -126,19 +128,20 @@ class Connection:
             return t
 
     def _first(self, kind: str, raw: float, wall: float) -> _Kind:
-        if self._epoch is None:  # the connection's first frame: anchored at the present
-            base = raw if self.start is None else self.start
-            self._epoch = _Epoch(kind, base, wall, base - self.clock.resume_at())
-        state = _Kind(self._epoch.offset, raw, wall, -math.inf)
+        if self._base is None:  # the connection's first frame: anchored at the present
+            self._base = (raw if self.start is None else self.start) - self.clock.resume_at()
+        state = _Kind(self._base, raw, wall, -math.inf)
         self._kinds[kind] = state
         return state
 
-    def _jump(self, kind: str, raw: float, wall: float, step: float) -> float:
+    def _jump(self, kind: str, raw: float, step: float) -> float:
         """The offset after `kind`'s timestamps jumped to `raw`: the one the other kind
         chose if it jumped to the same place, else one that resumes at the present."""
         epoch = self._epoch
-        if epoch is not None and epoch.kind != kind and \
-                abs(raw - (epoch.raw + wall - epoch.wall)) < JUMP_S:
+        other = self._kinds.get(epoch.kind) if epoch is not None else None
+        if epoch is not None and other is not None and epoch.kind != kind and \
+                epoch.raw - JUMP_S < raw < other.raw + JUMP_S:
+            # Within the other kind's new run of timestamps, however late it arrives.
             self._epoch = None  # both kinds are on it; the next jump starts another
             return epoch.offset
         self.clock.resyncs += 1
@@ -146,5 +149,6 @@ class Connection:
         log.warning("%s: the %s timestamps jumped %s %.1f s (a loop, or the sender "
                     "restarted); the session goes on at %.1f s", self.clock.uri, kind,
                     "back" if step < 0 else "ahead", abs(step), at)
-        self._epoch = _Epoch(kind, raw, wall, raw - at)
+        self._epoch = _Epoch(kind, raw, raw - at)
+        self._base = self._epoch.offset
         return self._epoch.offset
