@@ -448,7 +448,7 @@ class Pipeline:
         before = stage.holdback()
         began = time.perf_counter()
         outputs = await self._guard(node, stage.process(item))
-        node.metrics.latencies.append(time.perf_counter() - began)
+        node.metrics.record(time.perf_counter() - began)
         await self._emit(node, outputs, _held(progress, before, stage.holdback()))
 
     async def _emit(self, node: _Node, outputs: Sequence[Item], consumed_pts: float) -> None:
