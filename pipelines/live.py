@@ -97,7 +97,7 @@ def build_live(inputs: list[LiveInput], config: LivePipelineConfig, sinks: Seque
         pipe.add(inbox)
     compose(pipe, config, sinks, has_audio=source.has_audio, has_video=source.has_video,
             transcript=inbox.name if inbox else None, video_policy="latest",
-            session=session)
+            session=session, lines_optional=True)
     live = Live(pipe, source, session, inbox)
     if inbox is not None:
         inbox.on_control = live.control

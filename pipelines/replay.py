@@ -44,7 +44,7 @@ from stream.sources.transcript import TranscriptSource
 from stream.speaker.perception import PerceptionStage
 from stream.tasks.stage import SocialStage
 from stream.transcript.readers import Transcript, find_sidecar, read_transcript
-from stream.turns.assembler import TurnAssembler, TurnStage
+from stream.turns.assembler import TextSource, TurnAssembler, TurnStage
 
 
 @dataclass
@@ -145,10 +145,13 @@ a few decodes (a `max_chunk_s` chunk holds about 15)."""
 
 def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has_audio: bool,
             has_video: bool, transcript: str | None, media: str = "media",
-            video_policy: Policy = "block", session: str = "media") -> None:
+            video_policy: Policy = "block", session: str = "media",
+            lines_optional: bool = False) -> None:
     """The stages after the sources: VAD, perception, turns, sinks.
 
     `video_policy="latest"` lets a live feed drop stale frames before perception.
+    `lines_optional`: the `transcript` stage is an inbox that may never send a line (live
+    MQTT): the recognizer runs beside it, and a line, when one comes, wins.
     """
     size = config.queues.size
     perceive = config.perception.enabled and has_video
@@ -163,11 +166,14 @@ def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has
         if perceive else None
     lagging = perception is not None and perception.model == "light_asd"
     slack = max(size, LAG_SLACK) if lagging else size
-    recognize = transcript is None and has_audio and config.recognizer.enabled
+    recognize = (transcript is None or lines_optional) and has_audio and \
+        config.recognizer.enabled
+    text: TextSource | None = ("both" if transcript else "asr") if recognize else \
+        "transcript" if transcript else None
     assembler = TurnAssembler(config.turns, has_audio=has_audio,
                               orphan_delay_s=config.vad.hangover_s + config.vad.frame_s,
                               speaker=config.perception.speaker if perceive else None,
-                              text="asr" if recognize else "transcript" if transcript else None)
+                              text=text, lines_optional=lines_optional)
     if has_audio:
         pipe.add(VadStage(config.vad, emit_frames=perceive))
         pipe.connect(media, "vad", AudioChunk, maxsize=size)
@@ -186,7 +192,7 @@ def compose(pipe: Pipeline, config: ReplayConfig, sinks: Sequence[Stage], *, has
         pipe.connect(media, "asr", AudioChunk, maxsize=size)
         pipe.connect("vad", "asr", SpeechStarted, SpeechSegment, maxsize=slack)
         pipe.connect("asr", "turns", Word, Transcribed, maxsize=max(size, WORD_SLACK))
-    elif transcript is not None:
+    if transcript is not None:
         pipe.connect(transcript, "turns", TranscriptLine, maxsize=slack)
     if has_audio:
         pipe.connect("vad", "turns", SpeechStarted, SpeechSegment, maxsize=slack)

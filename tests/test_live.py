@@ -15,7 +15,14 @@ import pytest
 from pipelines.config import load_config
 from pipelines.live import LivePipelineConfig, build_live, live_inputs
 from stream.errors import UserError
-from stream.frames import AudioChunk, PerceivedFrame, VideoFrame
+from stream.frames import (
+    AudioChunk,
+    PerceivedFrame,
+    Transcribed,
+    TranscriptLine,
+    VideoFrame,
+    Word,
+)
 from tests.broker import free_port
 from tests.conftest import ROOT, run_cli, turn_events
 from tests.ports import wait_listening
@@ -169,6 +176,20 @@ def test_video_edges_keep_the_newest_and_audio_loses_nothing() -> None:
     edge = next(e for e in live.pipeline.edges if e.dst == "vad")
     assert edge.types == (AudioChunk,)
     assert next(e for e in live.pipeline.edges if e.dst == "perception").types == (VideoFrame,)
+
+
+def test_with_mqtt_the_recognizer_runs_beside_the_transcript_inbox() -> None:
+    """`live --mqtt` takes transcript lines from the broker; nobody may publish any, so
+    the words are recognised all the same, and a line, when one comes, wins."""
+    config = load_config(None, {"mqtt": {"url": "mqtt://127.0.0.1:9"}},
+                         model=LivePipelineConfig)
+    live = build_live(live_inputs("udp://127.0.0.1:9"), config, [], "s")
+    assert live.inbox is not None
+    into_turns = {(e.src, e.types) for e in live.pipeline.edges if e.dst == "turns"}
+    assert ("asr", (Word, Transcribed)) in into_turns
+    assert (live.inbox.name, (TranscriptLine,)) in into_turns
+    turns = next(s for s in live.pipeline.stages if s.name == "turns")
+    assert turns.core.text == "both" and turns.core.lines_optional
 
 
 def test_input_choices() -> None:

@@ -10,9 +10,11 @@ from stream.frames import (
     PlayerView,
     SpeechSegment,
     SpeechStarted,
+    Transcribed,
     TranscriptLine,
     Turn,
     VideoFrame,
+    Word,
 )
 from stream.speaker.active import SpeakerConfig
 from stream.turns.assembler import TurnAssembler, TurnConfig
@@ -277,3 +279,29 @@ def test_the_frame_at_a_turn_boundary_belongs_to_the_later_turn_only() -> None:
     first = [f.pts for f in frames.within(0.0, 2.0)]
     second = [f.pts for f in frames.within(2.0, 4.0)]
     assert first == [0.0, 0.5, 1.0, 1.5] and second == [2.0, 2.5, 3.0, 3.5]
+
+
+def words(start: float, end: float, text: str, known: float) -> list[Item]:
+    """Recognised words spread over [start, end), decoded at `known`, and the progress."""
+    parts = text.split()
+    step = (end - start) / len(parts)
+    return [Word(pts=known, start=start + i * step, end=start + (i + 1) * step, text=f" {w}")
+            for i, w in enumerate(parts)] + [Transcribed(pts=known, until=known)]
+
+
+def test_a_live_inbox_nobody_publishes_to_costs_the_recognised_words_no_wait() -> None:
+    """Live with --mqtt: the recognizer runs beside the transcript inbox. Until a line has
+    come, a turn waits for its words only, not `line_wait_s` for a line."""
+    turns = run(frames(6) + speech(1.0, 2.6) + words(1.0, 2.6, "hello there", known=3.1),
+                text="both", lines_optional=True)
+    assert [(t.text, t.words_from, t.pts) for t in turns] == [("hello there", "asr", 3.1)]
+
+
+def test_once_the_inbox_has_spoken_its_line_wins_over_the_recognised_words() -> None:
+    items = frames(9) + speech(1.0, 2.6) + [line(1.0, 2.6, "Hello Ben.", "Alice")] + \
+        words(1.0, 2.6, "hollow pen", known=3.1) + speech(4.0, 5.0) + \
+        words(4.0, 5.0, "fine thanks", known=5.5)
+    turns = run(items, text="both", lines_optional=True)
+    assert [(t.text, t.words_from) for t in turns] == [
+        ("Hello Ben.", "transcript"), ("fine thanks", "asr")]
+    assert turns[1].pts == 5.0 + TurnConfig().line_wait_s, "a line may still come: it waits"

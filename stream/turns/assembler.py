@@ -69,7 +69,9 @@ from stream.turns.frames import KeyFrames, Overlaps
 
 log = logging.getLogger(__name__)
 
-TextSource = Literal["transcript", "asr"]
+TextSource = Literal["transcript", "asr", "both"]
+"""Where a turn's words come from: transcript lines, the recognizer, or both (a live
+session's MQTT inbox beside the recognizer: a line wins over the words of its time)."""
 
 
 class TurnConfig(BaseModel):
@@ -110,13 +112,18 @@ class TurnAssembler:
 
     def __init__(self, config: TurnConfig | None = None, *, has_audio: bool = True,
                  orphan_delay_s: float = 0.0, speaker: SpeakerConfig | None = None,
-                 text: TextSource | None = "transcript") -> None:
+                 text: TextSource | None = "transcript", lines_optional: bool = False
+                 ) -> None:
+        """`lines_optional`: transcript lines may never come (an MQTT inbox nobody
+        publishes to): until the first one has, speech does not wait for lines."""
         self.config = config or TurnConfig()
         self.speaker = speaker
         """How to vote a turn's speaker from perceived frames (None: no vote)."""
         self.has_audio = has_audio
         self.text = text
         """Where words come from: they are waited for accordingly."""
+        self.lines_optional = lines_optional
+        self.heard_lines = False
         self.orphan_delay_s = orphan_delay_s if has_audio else 0.0
         """How long after a line's end a segment could still claim it (the VAD's hangover)."""
         self.unused_lines = 0
@@ -155,6 +162,7 @@ class TurnAssembler:
                 self._close(self._floor.frame(item))
         elif isinstance(item, TranscriptLine):
             self._lines.append(item)
+            self.heard_lines = True
         elif isinstance(item, Word):
             self._words.append(item)
         elif isinstance(item, Transcribed):
@@ -189,9 +197,9 @@ class TurnAssembler:
         return turns
 
     def _ready(self, span: Span) -> bool:
-        if self.text == "asr":
-            return self._transcribed >= span.end
-        if self.text is None:
+        if self.text in ("asr", "both") and self._transcribed < span.end:
+            return False
+        if self.text in ("asr", None) or (self.lines_optional and not self.heard_lines):
             return True
         # Closed at a pause, a span was decided a hangover after its end: lines ending
         # by then are in. Lines a speaker change or the end of the audio cut through are
