@@ -200,6 +200,7 @@ def bench_soak(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
     next_broker = args.broker_every * 60
     survived = {"sender": 0, "broker": 0}
     alive = True
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # the children are stopped too
     try:
         while (elapsed := time.monotonic() - began) < length:
             time.sleep(min(args.sample_every, max(0.0, length - elapsed)))
@@ -241,11 +242,16 @@ def bench_soak(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
         _drain(subscriber, seen)
         subscriber.close()
         broker.stop()
+        signal.signal(signal.SIGTERM, previous)
     sent = sum(turns_sent(ends, info.duration, stop - start) for start, stop in sender_runs)
     figures = _figures(samples, seen, subscriber, sent, alive, survived, model, args.minutes)
     figures["exit_code"] = live.returncode
     _write(out, samples, figures)
     return figures
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _wait_bound(process: psutil.Process, live: subprocess.Popen[str], port: int, log: Path,
