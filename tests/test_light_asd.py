@@ -220,6 +220,33 @@ async def test_light_asd_comes_back_after_falling_behind_and_backs_off_when_it_c
         await stage.stop()
 
 
+async def test_light_asd_taken_up_again_an_hour_in_starts_at_the_present(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retry (or a reset) at 3600 s scores from the present on: fed every tick since
+    the session began (90,000), it blocked the event loop for minutes."""
+    from stream.speaker.perception import PerceptionStage
+
+    ticks: list[int] = []
+    tick = LightAsdScorer.tick
+    monkeypatch.setattr(LightAsdScorer, "tick",
+                        lambda self, t, crops: (ticks.append(t), tick(self, t, crops))[1])
+    config = load_config(None, {"perception": {"speaker": {"fallback_retry_s": 5.0}}})
+    stage = PerceptionStage(config.perception, pace=1.0)
+    await stage.start()
+    try:
+        await stage.process(_frame(0.0, waited=3.0))
+        assert stage.running == "mouth"
+        ticks.clear()
+        await stage.process(_frame(3600.0, waited=0.0))
+        assert stage.running == "light_asd" and ticks == [3600 * 25]
+        stage.reset()
+        ticks.clear()
+        await stage.process(_frame(3601.0, waited=0.0))
+        assert ticks == [3601 * 25]
+    finally:
+        await stage.stop()
+
+
 @contextlib.asynccontextmanager
 async def _scoring_stage() -> AsyncIterator[Any]:
     """A started perception stage with Light-ASD, and a grey frame to feed it."""
@@ -277,7 +304,7 @@ def test_a_scorer_made_mid_session_starts_its_audio_where_it_is() -> None:
     """A reset or a retry an hour into a session makes a new scorer: its MFCCs start at
     the audio it is given, not with an hour of silence computed first."""
     samples = np.random.default_rng(0).integers(-3000, 3000, SAMPLE_RATE, dtype=np.int16)
-    late, fresh = StreamingMfcc(), StreamingMfcc()
+    late, fresh = StreamingMfcc(60 * SAMPLE_RATE), StreamingMfcc()
     late.push(samples, 60 * SAMPLE_RATE)
     fresh.push(samples, 0)
     assert late.first == 60 * 100 and len(late.frames) == len(fresh.frames)

@@ -35,9 +35,11 @@ timestamp (the converters drop or re-count it), not a restart."""
 MAX_SKEW_S = 2.0
 """Audio and video further apart than this on the session clock have drifted; the mux of
 a healthy stream keeps them well within a second."""
-RESUME_S = 0.21
-"""Where new timestamps resume: at least this far past the newest media time, room for
-audio that precedes the picture (codec priming, `decoding.MAX_PRIMING_S`)."""
+RESUME_S = 0.5
+"""Where new timestamps resume: at least this far past the newest media time. More than
+the audio converter's resync threshold (`decoding.RESYNC_S`, 0.2 s) plus an audio frame
+and codec priming (`decoding.MAX_PRIMING_S`), so that the audio's count starts again
+with the new run instead of counting on across it, out of step with the video."""
 
 
 class SessionClock:
@@ -56,26 +58,24 @@ class SessionClock:
         """A new connection whose stream starts at `start` (seconds; None: its first frame)."""
         return Connection(self, start)
 
-    def elapsed(self) -> float:
-        """Wall seconds since the session's first frame (the first call starts the clock)."""
+    def wall(self) -> float:
+        """Session seconds now, by the wall clock (for inputs without timestamps)."""
+        with self._lock:
+            self.last = max(self._elapsed(), self.last + 0.001)
+            return self.last
+
+    def _elapsed(self) -> float:
+        """Wall seconds since the session's first frame (the first call starts the clock);
+        under `_lock`."""
         now = self._now()
         if self.start is None:
             self.start = now
         return now - self.start
 
-    def wall(self) -> float:
-        """Session seconds now, by the wall clock (for inputs without timestamps)."""
-        with self._lock:
-            self.last = max(self.elapsed(), self.last + 0.001)
-            return self.last
-
-    def resume_at(self) -> float:
-        """Where a new run of timestamps starts: the present, and past everything so far."""
-        return max(self.elapsed(), self.last + RESUME_S)
-
-    def seen(self, t: float) -> None:
-        with self._lock:
-            self.last = max(self.last, t)
+    def _resume_at(self) -> float:
+        """Where a new run of timestamps starts: the present, and past everything so far;
+        under `_lock`."""
+        return max(self._elapsed(), self.last + RESUME_S)
 
 
 @dataclass
@@ -86,13 +86,15 @@ class _Kind:
     mapped: float
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Epoch:
-    """Where a kind's new run of timestamps began, and its offset."""
+    """A kind's new run of timestamps: where it began (raw, and on the session clock),
+    its offset, and the kinds that have yet to jump to it."""
 
-    kind: str
     raw: float
+    at: float
     offset: float
+    waiting: set[str]
 
 
 class Connection:
@@ -102,53 +104,57 @@ class Connection:
         self.clock, self.start = clock, start
         self._kinds: dict[str, _Kind] = {}
         self._base: float | None = None
-        """The offset a kind takes at its first frame."""
+        """The offset a kind takes at its first frame: the latest run's."""
         self._epoch: _Epoch | None = None
-        """The last jump, until the other kind has taken it."""
+        """The last jump, while another kind may still jump to it."""
 
     def __call__(self, kind: str, raw: float) -> float:
         with self.clock._lock:
-            wall = self.clock._now()
-            state = self._kinds.get(kind)
-            if state is None:
-                state = self._first(kind, raw, wall)
-            elif raw < state.raw - BACK_S or raw > state.raw + (wall - state.wall) + JUMP_S:
-                state.offset = self._jump(kind, raw, raw - state.raw)
-            t = raw - state.offset
-            behind = max((k.mapped for name, k in self._kinds.items() if name != kind),
-                         default=-math.inf) - MAX_SKEW_S - t
-            if behind > 0:
-                self.clock.resyncs += 1
-                log.warning("%s: %s is %.1f s behind the other stream at %.1f s; brought "
-                            "up to it", self.clock.uri, kind, behind + MAX_SKEW_S, t)
-                state.offset -= behind + MAX_SKEW_S
-                t = raw - state.offset
-            state.raw, state.wall, state.mapped = raw, wall, max(state.mapped, t)
-            self.clock.last = max(self.clock.last, t)
-            return t
+            t, warning = self._map(kind, raw)
+        if warning:  # outside the lock every reader thread takes
+            log.warning("%s: %s", self.clock.uri, warning)
+        return t
 
-    def _first(self, kind: str, raw: float, wall: float) -> _Kind:
-        if self._base is None:  # the connection's first frame: anchored at the present
-            self._base = (raw if self.start is None else self.start) - self.clock.resume_at()
-        state = _Kind(self._base, raw, wall, -math.inf)
-        self._kinds[kind] = state
-        return state
-
-    def _jump(self, kind: str, raw: float, step: float) -> float:
-        """The offset after `kind`'s timestamps jumped to `raw`: the one the other kind
-        chose if it jumped to the same place, else one that resumes at the present."""
+    def _map(self, kind: str, raw: float) -> tuple[float, str | None]:
+        wall, warning = self.clock._now(), None
+        state = self._kinds.get(kind)
+        if state is None:
+            if self._base is None:  # the connection's first frame: anchored at the present
+                self._base = (raw if self.start is None else self.start) - \
+                    self.clock._resume_at()
+            state = self._kinds[kind] = _Kind(self._base, raw, wall, -math.inf)
+        elif raw < state.raw - BACK_S or raw > state.raw + (wall - state.wall) + JUMP_S:
+            state.offset, warning = self._jump(kind, raw, raw - state.raw)
+        t = raw - state.offset
         epoch = self._epoch
-        other = self._kinds.get(epoch.kind) if epoch is not None else None
-        if epoch is not None and other is not None and epoch.kind != kind and \
-                epoch.raw - JUMP_S < raw < other.raw + JUMP_S:
-            # Within the other kind's new run of timestamps, however late it arrives.
-            self._epoch = None  # both kinds are on it; the next jump starts another
-            return epoch.offset
+        if epoch is not None and kind in epoch.waiting and t > epoch.at + JUMP_S:
+            epoch.waiting.discard(kind)  # on its old run well past the jump: it did not jump
+        behind = max((k.mapped for name, k in self._kinds.items() if name != kind),
+                     default=-math.inf) - MAX_SKEW_S - t
+        if behind > 0:
+            self.clock.resyncs += 1
+            warning = (f"{kind} is {behind + MAX_SKEW_S:.1f} s behind the other stream at "
+                       f"{t:.1f} s; brought up to it")
+            state.offset -= behind + MAX_SKEW_S
+            t = raw - state.offset
+        state.raw, state.wall, state.mapped = raw, wall, max(state.mapped, t)
+        self.clock.last = max(self.clock.last, t)
+        return t, warning
+
+    def _jump(self, kind: str, raw: float, step: float) -> tuple[float, str | None]:
+        """The offset after `kind`'s timestamps jumped to `raw`: the one another kind chose
+        if `raw` falls in that kind's new run (however late it arrives), else one that
+        resumes at the present."""
+        epoch = self._epoch
+        if epoch is not None and kind in epoch.waiting:
+            runs_to = max(self._kinds[k].raw for k in self._kinds if k not in epoch.waiting)
+            if epoch.raw - JUMP_S < raw < runs_to + JUMP_S:
+                epoch.waiting.discard(kind)
+                return epoch.offset, None
         self.clock.resyncs += 1
-        at = self.clock.resume_at()
-        log.warning("%s: the %s timestamps jumped %s %.1f s (a loop, or the sender "
-                    "restarted); the session goes on at %.1f s", self.clock.uri, kind,
-                    "back" if step < 0 else "ahead", abs(step), at)
-        self._epoch = _Epoch(kind, raw, raw - at)
+        at = self.clock._resume_at()
+        self._epoch = _Epoch(raw, at, raw - at, set(self._kinds) - {kind})
         self._base = self._epoch.offset
-        return self._epoch.offset
+        return self._epoch.offset, (
+            f"the {kind} timestamps jumped {'back' if step < 0 else 'ahead'} {abs(step):.1f} s "
+            f"(a loop, or the sender restarted); the session goes on at {at:.1f} s")

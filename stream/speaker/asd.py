@@ -79,13 +79,16 @@ class StreamingMfcc:
     over the whole recording, frame k covering samples [160k, 160k + 400), fed in
     chunks: pre-emphasis carries its last sample across chunks."""
 
-    def __init__(self) -> None:
+    def __init__(self, start: int = 0) -> None:
+        """`start`: the sample index it begins at (a scorer made mid-session starts at the
+        present, not with the session's silence computed first)."""
+        self._samples = start // HOP * HOP
         self.frames: list[np.ndarray] = []
-        self.first = 0
+        self.first = self._samples // HOP
         """MFCC frame index of `frames[0]` (old frames are dropped)."""
         self._pending = np.zeros(0, np.float64)
         self._last = 0.0
-        self._samples = 0
+        self._begun = False
 
     @property
     def count(self) -> int:
@@ -93,9 +96,6 @@ class StreamingMfcc:
 
     def push(self, samples: np.ndarray, at: int) -> None:
         """Int16 samples starting at absolute sample index `at` (gaps are silence)."""
-        if self._samples == 0 and at > 0:  # a scorer made mid-session starts where it is
-            self._samples = at // HOP * HOP
-            self.first = self._samples // HOP
         if at > self._samples:
             samples = np.concatenate([np.zeros(at - self._samples, samples.dtype), samples])
         elif at < self._samples:
@@ -106,8 +106,9 @@ class StreamingMfcc:
         emphasised = np.empty_like(x)
         emphasised[0] = x[0] - 0.97 * self._last
         emphasised[1:] = x[1:] - 0.97 * x[:-1]
-        if self._samples == 0:
+        if not self._begun:
             emphasised[0] = x[0]
+            self._begun = True
         self._last = x[-1]
         self._samples += len(x)
         self._pending = np.concatenate([self._pending, emphasised])
@@ -184,12 +185,12 @@ class LightAsdScorer:
     larger matrix products), which adds `batch - 1` ticks to the decision delay."""
 
     def __init__(self, model: LightASD, window_s: float = 0.5, batch: int = 2,
-                 bfloat16: bool = False) -> None:
+                 bfloat16: bool = False, audio_start: int = 0) -> None:
         self.model = model
         self.window = max(1, round(window_s * FPS))
         self.batch = batch
         self.bfloat16 = bfloat16
-        self.mfcc = StreamingMfcc()
+        self.mfcc = StreamingMfcc(audio_start)
         self.tracks: dict[int, _Track] = {}
         self._pending: list[int] = []
         """Ticks buffered for the next batch."""
@@ -198,10 +199,11 @@ class LightAsdScorer:
         self.blocks = [_Folded.of(block) for block in
                        (encoder.block1, encoder.block2, encoder.block3)]
 
-    def renewed(self) -> LightAsdScorer:
-        """A scorer with these weights and nothing else: for Light-ASD taken up again
-        mid-session, at the present."""
-        return type(self)(self.model, self.window / FPS, self.batch, self.bfloat16)
+    def renewed(self, audio_start: int) -> LightAsdScorer:
+        """A scorer with these weights and nothing else, its sound starting at sample
+        `audio_start`: for Light-ASD taken up again mid-session, at the present."""
+        return type(self)(self.model, self.window / FPS, self.batch, self.bfloat16,
+                          audio_start)
 
     @classmethod
     def load(cls, weights: str, window_s: float, batch: int = 2,

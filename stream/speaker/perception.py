@@ -98,6 +98,8 @@ class Perception:
         self.sync = Synchrony(config.speaker.sync_window_s, config.speaker.min_motion) \
             if scorer is not None and config.speaker.sync else None
         """Light-ASD's tie-break between faces that all look like they talk."""
+        self.audio_at = 0
+        """The sample index after the last audio: where a new scorer's sound starts."""
         self._frames = 0
         self._since_detection = 0
         """Frames since the last detection pass: what the tracker counts in."""
@@ -112,6 +114,7 @@ class Perception:
 
     def audio(self, chunk: AudioChunk) -> None:
         at = round(chunk.pts * SAMPLE_RATE)
+        self.audio_at = at + len(chunk.samples)
         if self.scorer is not None:
             self.scorer.audio(chunk.samples, at)
         if self.sync is not None:
@@ -169,7 +172,9 @@ class Perception:
         assert self.scorer is not None
         tick = int(np.floor(video.pts * FPS + 1e-6))
         out: list[PerceivedFrame] = []
-        if self._tick >= 0 and self._spacing and \
+        if self._tick < 0:  # the first frame of a session, a reset or a retry: the present
+            self._tick = tick - 1
+        elif self._spacing and \
                 tick - self._tick > max(GAP_TICKS, 3 * statistics.median(self._spacing)):
             # A gap (a stall, a reconnect): the frames before it go out with what is known,
             # and Light-ASD picks up at the present instead of scoring every tick of the
@@ -202,7 +207,8 @@ class Perception:
         return out
 
     def resume(self, scorer: LightAsdScorer) -> None:
-        """Light-ASD again, from the next frame on, as at the start of a session."""
+        """Light-ASD again, from the next frame on, as at the start of a session (at the
+        present: not fed the ticks since it stopped)."""
         self.scorer = scorer
         self.sync = Synchrony(self.config.speaker.sync_window_s, self.config.speaker.min_motion) \
             if self.config.speaker.sync else None
@@ -338,7 +344,7 @@ class PerceptionStage(Stage):
                 self._scorer = LightAsdScorer.load(speaker.weights, speaker.window_s,
                                                    speaker.batch_ticks, speaker.bfloat16)
             elif self._retry_at is None:  # a reset: the weights, not the state
-                self._scorer = self._scorer.renewed()
+                self._scorer = self._scorer.renewed(self.core.audio_at if self.core else 0)
             scorer = self._scorer if self._retry_at is None else None  # else: mouth motion
         return Perception(self.config, self._detector.detect, scorer)
 
@@ -410,7 +416,7 @@ class PerceptionStage(Stage):
     def _take_up_again(self, pts: float) -> None:
         assert self.core is not None and self._scorer is not None
         self._retry_at, self._clock, self._resumed_at = None, None, pts
-        self._scorer = self._scorer.renewed()
+        self._scorer = self._scorer.renewed(self.core.audio_at)
         self.core.resume(self._scorer)
         log.warning("active speaker: Light-ASD again from %.1f s (it fell behind at %.1f s)",
                     pts, self.fell_back_at)
