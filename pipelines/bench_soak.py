@@ -33,9 +33,11 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 import psutil
+import yaml
 from rich.console import Console
 
 from pipelines.config import load_config
+from pipelines.live import LivePipelineConfig
 from pipelines.mosquitto import PrivateBroker, free_port
 from pipelines.replay import replay_and_collect
 from stream.errors import UserError
@@ -86,8 +88,8 @@ class _Seen:
 class _Model:
     """Which speaker model the session runs, from its log (stderr), line by line."""
 
-    def __init__(self, log: Path) -> None:
-        self.log, self.now, self.fallbacks = log, "light_asd", 0
+    def __init__(self, log: Path, configured: str) -> None:
+        self.log, self.now, self.fallbacks = log, configured, 0
         self._read = 0
 
     def update(self) -> str:
@@ -98,8 +100,6 @@ class _Model:
                     self.now, self.fallbacks = "mouth", self.fallbacks + 1
                 elif "Light-ASD again from" in line:
                     self.now = "light_asd"
-                elif "active speaker: mouth motion" in line:
-                    self.now = "mouth"
             self._read = text.tell()
         return self.now
 
@@ -134,20 +134,20 @@ class _Subscriber:
         self.client.disconnect()
 
 
-def _sender(media: str, port: int) -> subprocess.Popen[bytes]:
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise UserError("bench soak needs ffmpeg to push the stream (apt-get install ffmpeg)")
+def _sender(ffmpeg: str, media: str, port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [ffmpeg, "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", media,
          "-c", "copy", "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
+def _stop(process: subprocess.Popen[Any], sig: int = signal.SIGTERM,
+          timeout: float = 10.0) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(sig)
     try:
-        process.wait(timeout=10)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
@@ -160,48 +160,83 @@ def turns_sent(ends: list[float], period: float, sent: float) -> int:
                if sent >= end + SETTLE_S)
 
 
+class _Sender:
+    """ffmpeg looping the clip; each run's start and end are kept, to count what it sent."""
+
+    def __init__(self, ffmpeg: str, media: str, port: int) -> None:
+        self.ffmpeg, self.media, self.port = ffmpeg, media, port
+        self.runs: list[tuple[float, float]] = []
+        self.process: subprocess.Popen[bytes] | None = None
+        self.began = 0.0
+
+    def start(self) -> None:
+        self.process, self.began = _sender(self.ffmpeg, self.media, self.port), time.monotonic()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+            self.runs.append((self.began, time.monotonic()))
+            self.process = None
+
+
 def bench_soak(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
-    if args.minutes <= 0:
-        raise UserError("--minutes must be > 0")
+    if args.minutes <= 0 or args.sample_every <= 0:
+        raise UserError("--minutes and --sample-every must be > 0")
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise UserError("bench soak needs ffmpeg to push the stream (apt-get install ffmpeg)")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for leftover in ("broker", "spool"):  # an earlier soak's queue would be counted as ours
+        shutil.rmtree(out / leftover, ignore_errors=True)
     info = probe(args.media)
     if not info.duration:
         raise UserError(f"{args.media}: no duration; bench soak loops a file")
-    stderr.log(f"the turns of {args.media}, from a replay, to count what a loop sends")
+    user = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
     config = load_config(Path(args.config) if args.config else None,
                          {"recognizer": {"enabled": not args.no_asr},
-                          "output": {"progress": False}})
+                          "output": {"progress": False}}, model=LivePipelineConfig)
+    stderr.log(f"the turns of {args.media}, from a replay, to count what a loop sends")
     _, reference = replay_and_collect(args.media, config)
     ends = [turn.end for turn in reference]
-    stream_port = free_port()
-    broker = PrivateBroker(out / "broker").start()
-    subscriber = _Subscriber(broker.port)
+    live_config = out / "live.yaml"
+    live_config.write_text(yaml.safe_dump(
+        {**(user or {}), "mqtt": {**(user or {}).get("mqtt", {}),
+                                  "spool_dir": str(out / "spool")}}))
+    stream_port = free_port("udp")
     log_path = out / "live.log"
-    command = [sys.executable, "-m", "pipelines.cli", "live",
-               f"udp://127.0.0.1:{stream_port}?fifo_size=1000000&overrun_nonfatal=1", "--json",
-               "--mqtt", broker.url, "--session", SESSION, "--out", str(out / "events.jsonl")]
-    command += ["--config", args.config] if args.config else []
-    command += ["--no-asr"] if args.no_asr else []
-    with log_path.open("w") as log:
-        live = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True,
-                                start_new_session=True)
-    seen, model = _Seen(), _Model(log_path)
-    reader = threading.Thread(target=seen.read, args=(live.stdout,), daemon=True)
-    reader.start()
-    process = psutil.Process(live.pid)
-    _wait_bound(process, live, stream_port, log_path)
+    seen = _Seen()
+    model = _Model(log_path, "light_asd" if config.perception.speaker.model == "light_asd"
+                   and info.has_audio else "mouth")
     samples: list[Sample] = []
-    sender_runs: list[tuple[float, float]] = []
-    sender = _sender(args.media, stream_port)
-    began = sender_began = time.monotonic()
-    length = args.minutes * 60
-    next_sender = args.sender_every * 60
-    next_broker = args.broker_every * 60
     survived = {"sender": 0, "broker": 0}
     alive = True
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # the children are stopped too
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(signal.signal, signal.SIGTERM,
+                       signal.signal(signal.SIGTERM, _interrupt))  # children stop too
+        broker = stack.enter_context(PrivateBroker(out / "broker"))
+        subscriber = _Subscriber(broker.port)
+        stack.callback(subscriber.close)
+        command = [sys.executable, "-m", "pipelines.cli", "live",
+                   f"udp://127.0.0.1:{stream_port}?fifo_size=1000000&overrun_nonfatal=1",
+                   "--json", "--mqtt", broker.url, "--session", SESSION,
+                   "--out", str(out / "events.jsonl"), "--config", str(live_config)]
+        command += ["--no-asr"] if args.no_asr else []
+        with log_path.open("w") as log:
+            live = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True,
+                                    start_new_session=True)
+        stack.callback(_stop, live, signal.SIGINT, 60.0)  # drains, as Ctrl-C does
+        reader = threading.Thread(target=seen.read, args=(live.stdout,), daemon=True)
+        reader.start()
+        process = psutil.Process(live.pid)
+        _wait_bound(process, live, stream_port, log_path)
+        sender = _Sender(ffmpeg, args.media, stream_port)
+        stack.callback(sender.stop)
+        sender.start()
+        writer = _Samples(out / "samples.csv")
+        stack.callback(writer.close)
+        began, length = time.monotonic(), args.minutes * 60
+        next_sender, next_broker = args.sender_every * 60, args.broker_every * 60
         while (elapsed := time.monotonic() - began) < length:
             time.sleep(min(args.sample_every, max(0.0, length - elapsed)))
             elapsed = time.monotonic() - began
@@ -211,10 +246,8 @@ def bench_soak(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
                 break
             # No restart in the last sample: nothing would measure what it did.
             if next_sender <= elapsed < length - args.sample_every:
-                _stop(sender)
-                now = time.monotonic()
-                sender_runs.append((sender_began, now))
-                sender, sender_began = _sender(args.media, stream_port), now
+                sender.stop()
+                sender.start()
                 survived["sender"] += 1
                 next_sender += args.sender_every * 60
                 stderr.log(f"{elapsed:.0f} s: sender restarted")
@@ -224,30 +257,38 @@ def bench_soak(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
                 next_broker += args.broker_every * 60
                 stderr.log(f"{elapsed:.0f} s: broker restarted")
             samples.append(_sample(elapsed, process, seen, model))
+            writer.add(samples[-1])
             last = samples[-1]
             stderr.log(f"{elapsed:.0f} s: RSS {last.rss_mb:.0f} MB, {last.open_files} files, "
                        f"{last.turns} turns, {last.predictions} predictions, "
                        f"{last.speaker_model}")
-    finally:
-        _stop(sender)
-        sender_runs.append((sender_began, time.monotonic()))
+        sender.stop()
         if live.poll() is None:
             time.sleep(SETTLE_S + 1.0)  # the turn that closes after the last words
-            live.send_signal(signal.SIGINT)
-            try:
-                live.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                live.kill()
+        _stop(live, signal.SIGINT, 60.0)
         reader.join(timeout=10)
         _drain(subscriber, seen)
-        subscriber.close()
-        broker.stop()
-        signal.signal(signal.SIGTERM, previous)
-    sent = sum(turns_sent(ends, info.duration, stop - start) for start, stop in sender_runs)
+    sent = sum(turns_sent(ends, info.duration, stop - start) for start, stop in sender.runs)
     figures = _figures(samples, seen, subscriber, sent, alive, survived, model, args.minutes)
     figures["exit_code"] = live.returncode
     _write(out, samples, figures)
     return figures
+
+
+class _Samples:
+    """samples.csv, a row as each sample is taken: an interrupted soak keeps them."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = path.open("w", newline="")
+        self.writer = csv.writer(self.file)
+        self.writer.writerow(Sample.__dataclass_fields__)
+
+    def add(self, sample: Sample) -> None:
+        self.writer.writerow([getattr(sample, name) for name in Sample.__dataclass_fields__])
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -332,11 +373,6 @@ def _figures(samples: list[Sample], seen: _Seen, subscriber: _Subscriber, sent: 
 
 
 def _write(out: Path, samples: list[Sample], figures: dict[str, Any]) -> None:
-    with (out / "samples.csv").open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(Sample.__dataclass_fields__)
-        for s in samples:
-            writer.writerow([getattr(s, name) for name in Sample.__dataclass_fields__])
     (out / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
     (out / "rss.svg").write_text(rss_svg(samples, figures))
 

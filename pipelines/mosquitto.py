@@ -13,8 +13,9 @@ from pathlib import Path
 from stream.errors import UserError
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
+def free_port(kind: str = "tcp") -> int:
+    """A port nothing on this machine holds now (`kind`: tcp or udp)."""
+    with socket.socket(type=socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
@@ -50,6 +51,7 @@ class PrivateBroker:
         deadline = time.monotonic() + timeout
         while not listening(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
                 raise UserError(f"mosquitto did not start on port {self.port} "
                                 f"({self.config})")
             time.sleep(0.05)
@@ -59,7 +61,11 @@ class PrivateBroker:
         """SIGTERM: mosquitto saves what it holds before it exits."""
         if self.process is not None:
             self.process.terminate()
-            self.process.wait(timeout=10)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
             self.process = None
 
     def restart(self) -> None:

@@ -45,8 +45,8 @@ class VideoFrame(DataItem):
 
     image: np.ndarray
     received: float | None = None
-    """`time.monotonic()` when a live source read it (None for a file): how long it then
-    waited in the pipeline says whether the CPU keeps up."""
+    """`time.monotonic()` when a live source handed it on (None for a file): how long it
+    then waits in the pipeline says whether the CPU keeps up."""
 
     @property
     def width(self) -> int:

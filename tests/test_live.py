@@ -144,8 +144,9 @@ def test_a_sender_restart_without_a_pause_jumps_back_and_the_session_goes_on(
 
 def test_audio_and_video_drifting_apart_keep_the_session_and_its_turns(tmp_path: Path) -> None:
     """The audio's timestamps run at 0.9 of the picture's (a sender whose clocks disagree):
-    3.4 s apart by the end. The audio is kept in step by its samples, brought up to the
-    picture once they lie more than MAX_SKEW_S apart, and the turns keep coming."""
+    3.4 s apart by the end. The audio follows its timestamps (samples that would lie over
+    audio already out are dropped), is brought up to the picture once they lie more than
+    MAX_SKEW_S apart, and the turns keep coming."""
     drifting = tmp_path / "drift.ts"
     subprocess.run([_ffmpeg(), "-hide_banner", "-loglevel", "error", "-i", str(DEMO),
                     "-c:v", "copy", "-af", "asetpts=PTS*0.9", "-c:a", "aac", "-f", "mpegts",

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
@@ -31,6 +32,7 @@ from stream.engine.predict import key_frames
 from stream.errors import ConfigError
 from stream.events import dumps, prediction_event, speaker_event, turn_event
 from stream.frames import Item, PerceivedFrame, Prediction, Turn
+from stream.metrics import KEPT
 from stream.runtime import Stage
 from stream.sinks.spool import Spool
 
@@ -63,8 +65,9 @@ class MqttSink(Stage):
         self._last_speaker = float("-inf")
         self._queued_at: dict[int, float] = {}
         """Spool id -> when it was queued (monotonic seconds)."""
-        self.latencies: list[float] = []
-        """Seconds from an event entering the spool to the broker's acknowledgement."""
+        self.latencies: deque[float] = deque(maxlen=KEPT)
+        """Seconds from an event entering the spool to the broker's acknowledgement (the
+        most recent `KEPT`)."""
 
     async def start(self) -> None:
         self.spool = Spool(spool_path(self.config, self.session), self.config.spool_max)

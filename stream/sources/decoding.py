@@ -44,7 +44,7 @@ class AudioConverter:
         self.overlap = 0
         """Samples still to drop: they would lie over audio already out."""
         self.dropped = 0
-        """Samples dropped so, over the stream."""
+        """Samples dropped for lying over audio already out, over the stream."""
 
     def convert(self, frame: av.AudioFrame) -> list[Item]:
         if frame.time is not None:
@@ -172,8 +172,10 @@ class PtsReorder:
 
     A file whose streams lie further apart than the window cannot be replayed in order
     and ends with advice to remux it. A live feed waits at most `window` for a stream
-    that stopped, and an item that still comes too late (its clock keeps the streams
-    within `timeline.MAX_SKEW_S`, so it should not) is dropped and counted, not fatal.
+    that stopped, and an item that still comes too late is dropped and counted, not
+    fatal. Within one connection the clock keeps audio and video within
+    `timeline.MAX_SKEW_S`, so only separate inputs (a webcam and a microphone) can
+    bring one.
     """
 
     def __init__(self, uri: str, expected: set[type], window: float = MAX_INTERLEAVE_S,

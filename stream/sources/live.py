@@ -9,8 +9,8 @@ Timestamps that jump (a sender that loops or restarts) or streams that drift apa
 are taken up the same way (`stream.sources.timeline`), with a warning, never an
 error. The session ends when every input has been silent for `give_up_s` (never by
 default), or on a stop. If the pipeline falls behind, stale video is dropped here
-and counted; audio is never dropped. Each video frame carries the wall time it was
-read (`received`), from which perception tells a CPU that falls behind.
+and counted; audio is never dropped. Each video frame carries the wall time it left
+the source (`received`), from which perception tells a CPU that falls behind.
 """
 
 from __future__ import annotations
@@ -159,10 +159,10 @@ class LiveSource(Source):
                 if queue.qsize() > self.config.max_backlog:
                     batch = self._drop_video(batch)
                 for item in reorder.push(batch):
-                    yield replace(item, seq=seq)
+                    yield _stamped(item, seq)
                     seq += 1
             for item in reorder.drain():
-                yield replace(item, seq=seq)
+                yield _stamped(item, seq)
                 seq += 1
         finally:
             self._stop.set()
@@ -226,10 +226,7 @@ class LiveSource(Source):
                               video_size=self.video_size)
             for batch in decoder.batches():
                 got = True
-                now = time.monotonic()
-                _hand_over(loop, queue, index, [
-                    replace(item, received=now) if isinstance(item, VideoFrame) else item
-                    for item in batch])
+                _hand_over(loop, queue, index, batch)
                 if self._stop.is_set():
                     break
         except (av.error.FFmpegError, OSError) as exc:
@@ -270,7 +267,7 @@ class LiveSource(Source):
                     bgr = cv2.resize(bgr, self.video_size, interpolation=cv2.INTER_AREA)
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                 got = True
-                frame = VideoFrame(pts=t, image=rgb, source=spec.url, received=time.monotonic())
+                frame = VideoFrame(pts=t, image=rgb, source=spec.url)
                 _hand_over(loop, queue, index, [frame])
         finally:
             capture.release()
@@ -287,6 +284,14 @@ class LiveSource(Source):
         self._stop.set()
         for thread in self._threads:  # a reader blocked in an open ends by itself (daemon)
             await asyncio.to_thread(thread.join, STOP_GRACE_S)
+
+
+def _stamped(item: Item, seq: int) -> Item:
+    """Numbered; a frame also with the time it leaves the source: from then on, how long it
+    waits is the pipeline's doing (not the network's, nor the interleaving's)."""
+    if isinstance(item, VideoFrame):
+        return replace(item, seq=seq, received=time.monotonic())
+    return replace(item, seq=seq)
 
 
 def _hand_over(loop: asyncio.AbstractEventLoop,

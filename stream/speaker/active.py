@@ -45,9 +45,10 @@ class SpeakerConfig(BaseModel):
         2, ge=1, le=8, description="Light-ASD ticks computed together: fewer, larger matrix "
                                    "products for 40 ms more decision delay per extra tick")
     fallback_lag_s: float | None = Field(
-        2.0, gt=0, description="live or paced replay: when a frame waits this many seconds "
-                               "for Light-ASD (a CPU too slow for it), mouth motion stands "
-                               "in; null: never")
+        2.0, gt=0, description="live or paced replay: when a frame has waited this many "
+                               "seconds in the pipeline by the time Light-ASD is done with "
+                               "it (a CPU too slow for it), mouth motion stands in; null: "
+                               "never")
     fallback_retry_s: float | None = Field(
         60.0, gt=0, description="Light-ASD is tried again this many media seconds after "
                                 "falling behind (twice as long each time it falls behind "

@@ -376,9 +376,9 @@ class PerceptionStage(Stage):
         return ()
 
     def lag(self, frame: VideoFrame) -> float:
-        """Seconds this frame has waited since it was read (live), or since the media
-        time it stands for at the source's pace (a paced replay), against the first
-        frame since Light-ASD (re)started."""
+        """Seconds this frame has waited since the live source handed it on, or (a paced
+        replay) since the media time it stands for at the source's pace, against the
+        first frame since Light-ASD (re)started."""
         assert self.pace is not None
         now = time.monotonic()
         if frame.received is not None:
