@@ -352,6 +352,7 @@ def _figures(samples: list[Sample], seen: _Seen, subscriber: _Subscriber, sent: 
         "turns_sent": sent,
         "turns_received": len(seen.turns),
         "turns_lost": max(0, sent - len(seen.turns)),
+        "turns_extra": max(0, len(seen.turns) - sent),
         "predictions": len(seen.predictions),
         "turns_on_broker": len(subscriber.ids["turn"]),
         "predictions_on_broker": len(subscriber.ids["prediction"]),
@@ -374,7 +375,20 @@ def _figures(samples: list[Sample], seen: _Seen, subscriber: _Subscriber, sent: 
 
 def _write(out: Path, samples: list[Sample], figures: dict[str, Any]) -> None:
     (out / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
+    (out / "figures.md").write_text(markdown_table(figures))
     (out / "rss.svg").write_text(rss_svg(samples, figures))
+
+
+def markdown_table(figures: dict[str, Any]) -> str:
+    """The figures as the docs show them, with the machine they were measured on."""
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU") \
+        if Path("/proc/cpuinfo").exists() else "unknown CPU"
+    rows = "".join(f"| {key} | {value} |\n" for key, value in figures.items())
+    return (f"Measured by `socialstream bench soak` on {psutil.cpu_count()} cores of "
+            f"{cpu}, {psutil.virtual_memory().total / 2**30:.0f} GiB.\n\n"
+            f"| figure | value |\n| --- | --- |\n{rows}")
 
 
 def rss_svg(samples: list[Sample], figures: dict[str, Any], width: int = 640,
