@@ -180,22 +180,29 @@ class _Sender:
 
 
 def bench_soak(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
-    if args.minutes <= 0 or args.sample_every <= 0:
-        raise UserError("--minutes and --sample-every must be > 0")
+    for flag in ("minutes", "sample_every", "sender_every", "broker_every"):
+        if not getattr(args, flag) > 0:  # also refuses nan
+            raise UserError(f"--{flag.replace('_', '-')} must be a number > 0")
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         raise UserError("bench soak needs ffmpeg to push the stream (apt-get install ffmpeg)")
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for leftover in ("broker", "spool"):  # an earlier soak's queue would be counted as ours
-        shutil.rmtree(out / leftover, ignore_errors=True)
-    info = probe(args.media)
-    if not info.duration:
-        raise UserError(f"{args.media}: no duration; bench soak loops a file")
-    user = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
     config = load_config(Path(args.config) if args.config else None,
                          {"recognizer": {"enabled": not args.no_asr},
                           "output": {"progress": False}}, model=LivePipelineConfig)
+    user = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    info = probe(args.media)
+    if not info.duration:
+        raise UserError(f"{args.media}: no duration; bench soak loops a file")
+    out = Path(args.out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot make the output folder ({exc.strerror}); give "
+                        "another --out-dir") from exc
+    # An earlier soak's broker store and spool would be counted as this one's; only
+    # those files go, never a folder of the user's.
+    for leftover in (out / "broker" / "mosquitto.db", out / "spool" / f"{SESSION}.sqlite"):
+        leftover.unlink(missing_ok=True)
     stderr.log(f"the turns of {args.media}, from a replay, to count what a loop sends")
     _, reference = replay_and_collect(args.media, config)
     ends = [turn.end for turn in reference]

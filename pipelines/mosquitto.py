@@ -74,7 +74,11 @@ class PrivateBroker:
         self.restarts += 1
 
     def __enter__(self) -> PrivateBroker:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # an interrupt while it starts: not left running
+            self.stop()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -309,3 +309,32 @@ def test_a_scorer_made_mid_session_starts_its_audio_where_it_is() -> None:
     fresh.push(samples, 0)
     assert late.first == 60 * 100 and len(late.frames) == len(fresh.frames)
     np.testing.assert_array_equal(np.stack(late.frames), np.stack(fresh.frames))
+
+
+def test_an_outage_is_not_computed_as_an_hour_of_silence() -> None:
+    """Audio an hour after the last (a stall of the feed): the MFCC stream starts again
+    there instead of padding the gap with zeros (6 GB and 30 s for an hour)."""
+    mfcc = StreamingMfcc()
+    samples = np.zeros(SAMPLE_RATE, np.int16)
+    mfcc.push(samples, 0)
+    mfcc.push(samples, 3600 * SAMPLE_RATE)
+    assert mfcc.first == 3600 * 100 and len(mfcc.frames) < 100
+
+
+async def test_without_retries_a_reset_keeps_mouth_motion() -> None:
+    """`fallback_retry_s: null`: Light-ASD that fell behind stays off, through a reset."""
+    from stream.speaker.perception import PerceptionStage
+
+    base = load_config().perception  # (an override of None reads as "not given")
+    perception = base.model_copy(update={"speaker": base.speaker.model_copy(
+        update={"fallback_retry_s": None})})
+    stage = PerceptionStage(perception, pace=1.0)
+    await stage.start()
+    try:
+        await stage.process(_frame(0.0, waited=3.0))
+        assert stage.running == "mouth"
+        stage.reset()
+        await stage.process(_frame(1.0, waited=0.0))
+        assert stage.running == "mouth" and stage.fallbacks == 1
+    finally:
+        await stage.stop()

@@ -214,3 +214,19 @@ def test_after_a_loop_the_audio_count_starts_again_in_step_with_the_video() -> N
     chunks, frames = run(1.4, 3.4)
     # The resampler holds back a few samples: the count of its first chunk may lag them.
     assert chunks[0] == pytest.approx(frames[0], abs=0.005)
+
+
+def test_timestamps_that_keep_jumping_are_one_warning_not_one_each(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Two senders on one port: every switch between them is a jump. Each is counted;
+    past the third within RESTLESS_S, none is logged."""
+    wall = Wall()
+    clock = SessionClock("udp://x", wall)
+    connection = clock.connection(None)
+    with caplog.at_level(logging.WARNING):
+        for switch in range(20):
+            base = 100.0 * (switch % 2)
+            _feed(connection, wall, [("video", base + t) for t in np.arange(0.0, 0.4, 0.04)],
+                  0.04)
+    assert clock.resyncs == 19
+    assert caplog.text.count("jumped") == 3 and "two senders on one port?" in caplog.text

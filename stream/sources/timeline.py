@@ -42,6 +42,11 @@ and codec priming (`decoding.MAX_PRIMING_S`), so that the audio's count starts a
 with the new run instead of counting on across it, out of step with the video."""
 
 
+RESTLESS_S = 10.0
+"""More than three jumps within this long (two senders on one port, a broken encoder)
+are one warning, not one each."""
+
+
 class SessionClock:
     """Session seconds since the first frame, shared by every input and connection."""
 
@@ -107,6 +112,8 @@ class Connection:
         """The offset a kind takes at its first frame: the latest run's."""
         self._epoch: _Epoch | None = None
         """The last jump, while another kind may still jump to it."""
+        self._jumps: list[float] = []
+        """Wall times of the jumps in the last `RESTLESS_S`."""
 
     def __call__(self, kind: str, raw: float) -> float:
         with self.clock._lock:
@@ -155,6 +162,12 @@ class Connection:
         at = self.clock._resume_at()
         self._epoch = _Epoch(raw, at, raw - at, set(self._kinds) - {kind})
         self._base = self._epoch.offset
+        wall = self.clock._now()
+        self._jumps = [w for w in self._jumps if w > wall - RESTLESS_S] + [wall]
+        if len(self._jumps) > 3:  # one warning for a storm, not one per jump
+            return self._epoch.offset, None
         return self._epoch.offset, (
             f"the {kind} timestamps jumped {'back' if step < 0 else 'ahead'} {abs(step):.1f} s "
-            f"(a loop, or the sender restarted); the session goes on at {at:.1f} s")
+            f"(a loop, or the sender restarted); the session goes on at {at:.1f} s"
+            + ("; they keep jumping (two senders on one port?): further jumps within "
+               f"{RESTLESS_S:.0f} s are counted, not logged" if len(self._jumps) == 3 else ""))

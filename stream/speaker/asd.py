@@ -74,6 +74,11 @@ def face_crop(gray: np.ndarray, box: Box) -> np.ndarray:
                           borderMode=cv2.BORDER_CONSTANT, borderValue=110)
 
 
+LONGEST_GAP = 2 * SAMPLE_RATE
+"""Samples of a gap filled with silence; past it, the MFCC stream restarts (a stall of an
+hour padded with zeros took 6 GB and 30 s)."""
+
+
 class StreamingMfcc:
     """13 MFCCs every 10 ms as `python_speech_features.mfcc(audio, 16000)` computes them
     over the whole recording, frame k covering samples [160k, 160k + 400), fed in
@@ -82,6 +87,9 @@ class StreamingMfcc:
     def __init__(self, start: int = 0) -> None:
         """`start`: the sample index it begins at (a scorer made mid-session starts at the
         present, not with the session's silence computed first)."""
+        self._begin(start)
+
+    def _begin(self, start: int) -> None:
         self._samples = start // HOP * HOP
         self.frames: list[np.ndarray] = []
         self.first = self._samples // HOP
@@ -95,7 +103,11 @@ class StreamingMfcc:
         return self.first + len(self.frames)
 
     def push(self, samples: np.ndarray, at: int) -> None:
-        """Int16 samples starting at absolute sample index `at` (gaps are silence)."""
+        """Int16 samples starting at absolute sample index `at` (gaps are silence; one
+        longer than `LONGEST_GAP` starts the stream again at `at`, instead of computing
+        the silence of an outage)."""
+        if at - self._samples > LONGEST_GAP:
+            self._begin(at)
         if at > self._samples:
             samples = np.concatenate([np.zeros(at - self._samples, samples.dtype), samples])
         elif at < self._samples:

@@ -343,10 +343,17 @@ class PerceptionStage(Stage):
                 speaker = self.config.speaker
                 self._scorer = LightAsdScorer.load(speaker.weights, speaker.window_s,
                                                    speaker.batch_ticks, speaker.bfloat16)
-            elif self._retry_at is None:  # a reset: the weights, not the state
+            elif not self._standing_in:  # a reset: the weights, not the state
                 self._scorer = self._scorer.renewed(self.core.audio_at if self.core else 0)
-            scorer = self._scorer if self._retry_at is None else None  # else: mouth motion
+            scorer = None if self._standing_in else self._scorer
         return Perception(self.config, self._detector.detect, scorer)
+
+    @property
+    def _standing_in(self) -> bool:
+        """Mouth motion stands in for Light-ASD that fell behind: until its retry, or for
+        good without one."""
+        return self._retry_at is not None or (
+            self.fell_back_at is not None and self.config.speaker.fallback_retry_s is None)
 
     def reset(self) -> None:
         """Forget players, tracks and cues (people changed seats, a new group sat down).

@@ -46,7 +46,9 @@ class Synchrony:
 
     def audio(self, samples: np.ndarray, at: int) -> None:
         """`samples` (int16) starting at sample index `at`; a gap is taken as silence."""
-        if self._next_sample is None:
+        if self._next_sample is not None and at - self._next_sample > KEEP_S * SAMPLE_RATE:
+            self._next_sample, self._loud, self._partial = None, [], np.zeros(0, np.float32)
+        if self._next_sample is None:  # first audio, or after a gap longer than is kept
             self._next_sample = self._first_hop = at // HOP * HOP
             self._first_hop //= HOP
         if at > self._next_sample:
