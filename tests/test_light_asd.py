@@ -169,38 +169,53 @@ async def test_light_asd_that_falls_behind_a_paced_replay_gives_way_to_mouth_mot
 
 
 def _frame(pts: float, waited: float) -> VideoFrame:
-    """A blank live frame read `waited` seconds ago."""
+    """A blank live frame that left the source `waited` seconds ago."""
     return VideoFrame(pts=pts, image=np.zeros((120, 160, 3), np.uint8),
                       received=time.monotonic() - waited)
+
+
+@contextlib.asynccontextmanager
+async def _paced_stage(pace: float | None = 1.0, **speaker: Any) -> AsyncIterator[Any]:
+    """A started perception stage at `pace` (1: live), with these speaker settings (a
+    model copy: a config override of None reads as "not given")."""
+    from stream.speaker.perception import PerceptionStage
+
+    base = load_config().perception
+    stage = PerceptionStage(base.model_copy(update={"speaker": base.speaker.model_copy(
+        update=speaker)}), pace=pace)
+    await stage.start()
+    try:
+        yield stage
+    finally:
+        await stage.stop()
 
 
 async def test_after_falling_behind_a_reset_keeps_mouth_motion_until_the_retry() -> None:
     """A live `reset` (a new group sat down) forgets players, not that this CPU could not
     run Light-ASD in real time a moment ago: it waits for its retry like the rest."""
-    from stream.speaker.perception import PerceptionStage
-
-    stage = PerceptionStage(load_config().perception, pace=1.0)
-    await stage.start()
-    try:
+    async with _paced_stage() as stage:
         assert stage.core is not None and stage.core.scorer is not None
-        await stage.process(_frame(0.0, waited=10.0))  # read 10 s ago: far behind
+        await stage.process(_frame(0.0, waited=10.0))  # left the source 10 s ago: behind
         assert stage.fell_back_at == 0.0 and stage.core.scorer is None
         stage.reset()
         assert stage.core.scorer is None and stage.running == "mouth"
-    finally:
-        await stage.stop()
+
+
+async def test_without_retries_a_reset_keeps_mouth_motion() -> None:
+    """`fallback_retry_s: null`: Light-ASD that fell behind stays off, through a reset."""
+    async with _paced_stage(fallback_retry_s=None) as stage:
+        await stage.process(_frame(0.0, waited=3.0))
+        assert stage.running == "mouth"
+        stage.reset()
+        await stage.process(_frame(1.0, waited=0.0))
+        assert stage.running == "mouth" and stage.fallbacks == 1
 
 
 async def test_light_asd_comes_back_after_falling_behind_and_backs_off_when_it_cannot(
         caplog: pytest.LogCaptureFixture) -> None:
     """A CPU busy for a while (a burst after a gap, another program) costs Light-ASD only
     until its retry; falling behind again soon after doubles the wait."""
-    from stream.speaker.perception import PerceptionStage
-
-    config = load_config(None, {"perception": {"speaker": {"fallback_retry_s": 5.0}}})
-    stage = PerceptionStage(config.perception, pace=1.0)
-    await stage.start()
-    try:
+    async with _paced_stage(fallback_retry_s=5.0) as stage:
         await stage.process(_frame(0.0, waited=0.0))
         assert stage.running == "light_asd" and stage.fell_back_at is None
         await stage.process(_frame(1.0, waited=3.0))
@@ -216,24 +231,17 @@ async def test_light_asd_comes_back_after_falling_behind_and_backs_off_when_it_c
         assert stage.running == "mouth", "twice as long: 10 s"
         await stage.process(_frame(17.0, waited=0.0))
         assert stage.running == "light_asd"
-    finally:
-        await stage.stop()
 
 
 async def test_light_asd_taken_up_again_an_hour_in_starts_at_the_present(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A retry (or a reset) at 3600 s scores from the present on: fed every tick since
     the session began (90,000), it blocked the event loop for minutes."""
-    from stream.speaker.perception import PerceptionStage
-
     ticks: list[int] = []
     tick = LightAsdScorer.tick
     monkeypatch.setattr(LightAsdScorer, "tick",
                         lambda self, t, crops: (ticks.append(t), tick(self, t, crops))[1])
-    config = load_config(None, {"perception": {"speaker": {"fallback_retry_s": 5.0}}})
-    stage = PerceptionStage(config.perception, pace=1.0)
-    await stage.start()
-    try:
+    async with _paced_stage(fallback_retry_s=5.0) as stage:
         await stage.process(_frame(0.0, waited=3.0))
         assert stage.running == "mouth"
         ticks.clear()
@@ -243,22 +251,14 @@ async def test_light_asd_taken_up_again_an_hour_in_starts_at_the_present(
         ticks.clear()
         await stage.process(_frame(3601.0, waited=0.0))
         assert ticks == [3601 * 25]
-    finally:
-        await stage.stop()
 
 
 @contextlib.asynccontextmanager
 async def _scoring_stage() -> AsyncIterator[Any]:
-    """A started perception stage with Light-ASD, and a grey frame to feed it."""
-    from stream.speaker.perception import PerceptionStage
-
-    stage = PerceptionStage(load_config().perception)
-    await stage.start()
-    try:
+    """A started perception stage with Light-ASD, as fast as it goes."""
+    async with _paced_stage(pace=None) as stage:
         assert stage.core is not None and stage.core.scorer is not None
         yield stage
-    finally:
-        await stage.stop()
 
 
 GREY = np.full((120, 160, 3), 128, np.uint8)
@@ -319,22 +319,3 @@ def test_an_outage_is_not_computed_as_an_hour_of_silence() -> None:
     mfcc.push(samples, 0)
     mfcc.push(samples, 3600 * SAMPLE_RATE)
     assert mfcc.first == 3600 * 100 and len(mfcc.frames) < 100
-
-
-async def test_without_retries_a_reset_keeps_mouth_motion() -> None:
-    """`fallback_retry_s: null`: Light-ASD that fell behind stays off, through a reset."""
-    from stream.speaker.perception import PerceptionStage
-
-    base = load_config().perception  # (an override of None reads as "not given")
-    perception = base.model_copy(update={"speaker": base.speaker.model_copy(
-        update={"fallback_retry_s": None})})
-    stage = PerceptionStage(perception, pace=1.0)
-    await stage.start()
-    try:
-        await stage.process(_frame(0.0, waited=3.0))
-        assert stage.running == "mouth"
-        stage.reset()
-        await stage.process(_frame(1.0, waited=0.0))
-        assert stage.running == "mouth" and stage.fallbacks == 1
-    finally:
-        await stage.stop()

@@ -78,13 +78,19 @@ def _assert_same_turns_as_the_file_replay(events: list[dict], tmp_path: Path) ->
         assert got["speaker"] == want["speaker"]
 
 
-def test_udp_live_stream_gives_the_file_replays_turns(tmp_path: Path) -> None:
+def _pushed(tmp_path: Path, media: Path) -> tuple[str, str]:
+    """A live session's stdout and stderr for `media` pushed once over UDP."""
     port = free_port()
     live = _live(port, tmp_path, give_up=3)
     wait_listening(port, live)
-    _push(port, "-i", str(DEMO))
+    _push(port, "-i", str(media))
     out, err = live.communicate(timeout=60)
     assert live.returncode == 0, err
+    return out, err
+
+
+def test_udp_live_stream_gives_the_file_replays_turns(tmp_path: Path) -> None:
+    out, _ = _pushed(tmp_path, DEMO)
     _assert_same_turns_as_the_file_replay(turn_events(out), tmp_path)
 
 
@@ -151,12 +157,7 @@ def test_audio_and_video_drifting_apart_keep_the_session_and_its_turns(tmp_path:
     subprocess.run([_ffmpeg(), "-hide_banner", "-loglevel", "error", "-i", str(DEMO),
                     "-c:v", "copy", "-af", "asetpts=PTS*0.9", "-c:a", "aac", "-f", "mpegts",
                     str(drifting)], check=True, timeout=60)
-    port = free_port()
-    live = _live(port, tmp_path, give_up=3)
-    wait_listening(port, live)
-    _push(port, "-i", str(drifting))
-    out, err = live.communicate(timeout=60)
-    assert live.returncode == 0, err
+    out, err = _pushed(tmp_path, drifting)
     assert "audio is" in err and "behind the other stream" in err
     events = turn_events(out)
     assert len(events) >= 10, "the file's 12 turns, give or take a split at the step"
