@@ -26,7 +26,8 @@ def listening(port: int) -> bool:
 
 
 class PrivateBroker:
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    def __init__(self, folder: Path, port: int | None = None, extra: str = "") -> None:
+        """`extra`: more lines for mosquitto.conf (a TLS listener's files)."""
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(exe).exists():
             raise UserError("no broker: install mosquitto (apt-get install mosquitto) or pass "
@@ -41,7 +42,7 @@ class PrivateBroker:
         self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
                                f"persistence true\npersistence_location {folder}/\n"
                                "autosave_interval 1\n"
-                               + ("user root\n" if os.geteuid() == 0 else ""))
+                               + ("user root\n" if os.geteuid() == 0 else "") + extra)
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
 

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from pipelines.mosquitto import PrivateBroker, free_port
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+__all__ = ["Broker", "free_port", "make_certificates", "require_mosquitto"]
 
 
 def require_mosquitto() -> str:
@@ -44,40 +40,22 @@ def make_certificates(folder: Path) -> Path:
     return folder / "ca.crt"
 
 
-class Broker:
+class Broker(PrivateBroker):
+    """A restartable Mosquitto (`pipelines.mosquitto`), optionally with TLS, and the
+    mosquitto_sub helpers the tests read it with."""
+
     def __init__(self, folder: Path, port: int | None = None, tls: bool = False) -> None:
-        self.exe = require_mosquitto()
-        self.port = port or free_port()
-        self.url = f"{'mqtts' if tls else 'mqtt'}://127.0.0.1:{self.port}"
-        self.folder = folder
+        require_mosquitto()
+        folder.mkdir(parents=True, exist_ok=True)
         self.ca_file = make_certificates(folder) if tls else None
-        self.config = folder / "mosquitto.conf"
-        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                               f"persistence true\npersistence_location {folder}/\n"
-                               "autosave_interval 1\n"
-                               # as root, mosquitto drops to its own user, which cannot
-                               # write the test's folder: persistence would silently fail
-                               + ("user root\n" if os.geteuid() == 0 else "")
-                               + (f"cafile {folder}/ca.crt\ncertfile {folder}/server.crt\n"
-                                  f"keyfile {folder}/server.key\n" if tls else ""))
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(folder, port, (f"cafile {folder}/ca.crt\ncertfile {folder}/server.crt\n"
+                                        f"keyfile {folder}/server.key\n") if tls else "")
+        if tls:
+            self.url = f"mqtts://127.0.0.1:{self.port}"
 
-    def start(self) -> Broker:
-        self.process = subprocess.Popen([self.exe, "-c", str(self.config)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.05)
-        raise RuntimeError(f"mosquitto did not start on port {self.port}")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
+    def start(self, timeout: float = 10.0) -> Broker:
+        super().start(timeout)
+        return self
 
     def subscribe(self, *topics: str, count: int, timeout: float = 90,
                   extra: tuple[str, ...] = ()) -> subprocess.Popen[str]:

@@ -95,8 +95,7 @@ class Perception:
         self.players = PlayerRegistry(config.names)
         self.motion = MouthMotion()
         self.speaker = ActiveSpeaker(config.speaker)
-        self.sync = Synchrony(config.speaker.sync_window_s, config.speaker.min_motion) \
-            if scorer is not None and config.speaker.sync else None
+        self.sync = self._synchrony() if scorer is not None else None
         """Light-ASD's tie-break between faces that all look like they talk."""
         self.audio_at = 0
         """The sample index after the last audio: where a new scorer's sound starts."""
@@ -104,6 +103,10 @@ class Perception:
         self._since_detection = 0
         """Frames since the last detection pass: what the tracker counts in."""
         self._yaw: dict[int, float] = {}
+
+    def _synchrony(self) -> Synchrony | None:
+        speaker = self.config.speaker
+        return Synchrony(speaker.sync_window_s, speaker.min_motion) if speaker.sync else None
 
     def voice(self, item: VoiceFrame) -> None:
         self.speaker.voice(item.pts, item.voiced, item.start)
@@ -210,8 +213,7 @@ class Perception:
         """Light-ASD again, from the next frame on, as at the start of a session (at the
         present: not fed the ticks since it stopped)."""
         self.scorer = scorer
-        self.sync = Synchrony(self.config.speaker.sync_window_s, self.config.speaker.min_motion) \
-            if self.config.speaker.sync else None
+        self.sync = self._synchrony()
         self._tick, self._final = -1, -1_000_000
         self._spacing.clear()
         self._scores.clear()
