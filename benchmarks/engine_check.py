@@ -15,7 +15,7 @@ import json
 
 import torch
 
-from pipelines.bench_engine import FRAME_SIZE, SYSTEM
+from pipelines.bench.engine import FRAME_SIZE, SYSTEM
 from stream.engine.backends import QwenVLBackend
 from stream.engine.session import Session
 from stream.engine.synthetic import CORPUS, random_qwen, scene, word_tokenizer

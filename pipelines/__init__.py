@@ -1,1 +1,2 @@
-"""Compositions of stages (replay now; live and eval later) and the command line."""
+"""Compositions of stages and the command line: `run/` what a user runs, `evaluation/`
+the scores, `bench/` the speed figures, `cli.py` the command line that wires them."""

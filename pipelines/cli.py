@@ -17,10 +17,12 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pipelines import bench, eval_command, serve, subscribe
+from pipelines.bench import command as bench
 from pipelines.config import ReplayConfig, load_config
-from pipelines.live import LivePipelineConfig, build_live, live_inputs, run_live
-from pipelines.replay import (
+from pipelines.evaluation import command as eval_command
+from pipelines.run import serve, subscribe
+from pipelines.run.live import LivePipelineConfig, build_live, live_inputs, run_live
+from pipelines.run.replay import (
     Replay,
     ReplayReport,
     build_replay,
@@ -28,10 +30,10 @@ from pipelines.replay import (
     run_replay,
     session_id,
 )
-from stream.engine.remote import bridged
 from stream.errors import UserError
 from stream.events import check_session, new_run
 from stream.runtime import Pipeline, PipelineError, Stage
+from stream.serving.remote import bridged
 from stream.sinks.console import ConsoleSink
 from stream.sinks.jsonl import JsonlSink
 from stream.sinks.mqtt import MqttSink

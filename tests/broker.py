@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.mosquitto import PrivateBroker, free_port
+from pipelines.bench.mosquitto import PrivateBroker, free_port
 
 __all__ = ["Broker", "free_port", "make_certificates", "require_mosquitto"]
 
@@ -41,7 +41,7 @@ def make_certificates(folder: Path) -> Path:
 
 
 class Broker(PrivateBroker):
-    """A restartable Mosquitto (`pipelines.mosquitto`), optionally with TLS, and the
+    """A restartable Mosquitto (`pipelines.bench.mosquitto`), optionally with TLS, and the
     mosquitto_sub helpers the tests read it with."""
 
     def __init__(self, folder: Path, port: int | None = None, tls: bool = False) -> None:

@@ -11,6 +11,8 @@ import pytest
 
 from stream.frames import Turn
 
+pytest_plugins = ["tests.tiny"]  # the tiny models' fixtures, for engine and serving tests
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "demo.mp4"
 

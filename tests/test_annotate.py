@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pipelines.config import load_config
-from pipelines.replay import build_replay
+from pipelines.run.replay import build_replay
 from stream.engine.synthetic import random_qwen, word_tokenizer
 from stream.view.overlay import HEAT_TAG, SPEAKER
 from stream.view.video import AnnotatedVideo

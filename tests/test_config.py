@@ -42,7 +42,7 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
 
 
 def test_shipped_live_yaml_equals_the_defaults() -> None:
-    from pipelines.live import LivePipelineConfig
+    from pipelines.run.live import LivePipelineConfig
 
     assert load_config(ROOT / "configs" / "live.yaml", model=LivePipelineConfig) == \
         LivePipelineConfig()

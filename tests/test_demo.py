@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipelines.config import load_config
-from pipelines.replay import Collect, build_replay, run_replay
+from pipelines.run.replay import Collect, build_replay, run_replay
 from stream.demo import portrait as pt
 from stream.demo.render import seat_centres
 from stream.demo.scene import DEMO, Line, Player, Scene

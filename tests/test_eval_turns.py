@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pyannote.core import Annotation, Segment, Timeline
 
-from pipelines.eval_turns import _Totals, hypothesis, read_rttm, read_uem
+from pipelines.evaluation.turns import _Totals, hypothesis, read_rttm, read_uem
 from stream.errors import UserError
 from stream.frames import SpeakerVote, SpeechSegment, Turn
 from tests.conftest import ROOT, run_cli

@@ -1,4 +1,4 @@
-"""Word scores of a scene (`pipelines/eval_words.py`) on hand-made turn events.
+"""Word scores of a scene (`pipelines/evaluation/words.py`) on hand-made turn events.
 
 Every expected figure is counted by hand in the comment beside it, so a scorer that pairs
 by index, ignores speakers or skips the normaliser fails here.
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.eval_words import (
+from pipelines.evaluation.words import (
     Span,
     WordErrors,
     WordScores,

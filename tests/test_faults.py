@@ -19,7 +19,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from pipelines.replay import Collect
+from pipelines.run.replay import Collect
 from stream.audio.vad import VadConfig, VadStage
 from stream.events import turn_schema
 from stream.frames import AudioChunk, SpeechSegment

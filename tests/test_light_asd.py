@@ -17,7 +17,7 @@ import torch
 from python_speech_features import mfcc
 
 from pipelines.config import load_config
-from pipelines.replay import replay_and_collect
+from pipelines.run.replay import replay_and_collect
 from stream.frames import SAMPLE_RATE, VideoFrame
 from stream.speaker.asd import LightAsdScorer, StreamingMfcc, face_crop, weights_path
 from stream.speaker.light_asd import PIXEL_MEAN, PIXEL_STD, LightASD, load_light_asd
@@ -140,8 +140,8 @@ async def test_light_asd_that_falls_behind_a_paced_replay_gives_way_to_mouth_mot
     behind and mouth motion takes over; no frame is lost, frames after the switch still
     name speakers, and the decisions catch up with the media (mouth motion at 4x stays
     under real time)."""
-    from pipelines.bench import _LatencyProbe
-    from pipelines.replay import Collect, build_replay, run_replay
+    from pipelines.bench.command import _LatencyProbe
+    from pipelines.run.replay import Collect, build_replay, run_replay
     from stream.frames import PerceivedFrame
     from stream.speaker.perception import PerceptionStage
 

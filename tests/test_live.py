@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import load_config
-from pipelines.live import LivePipelineConfig, build_live, live_inputs
+from pipelines.run.live import LivePipelineConfig, build_live, live_inputs
 from stream.errors import UserError
 from stream.frames import (
     AudioChunk,
@@ -285,7 +285,7 @@ def test_a_pipe_is_read_once_to_its_end(tmp_path: Path) -> None:
 
 def test_a_reset_command_resets_the_conversation_too() -> None:
     """`reset` forgot players and tracks but kept the old group's names and history."""
-    from pipelines.live import Live
+    from pipelines.run.live import Live
     from stream.frames import Turn
     from stream.runtime import Pipeline
     from stream.tasks.stage import SocialStage

@@ -14,7 +14,7 @@ import json
 import pytest
 
 from pipelines.config import load_config
-from pipelines.replay import replay_and_collect
+from pipelines.run.replay import replay_and_collect
 from stream.frames import PerceivedFrame, Turn
 from stream.speaker.evaluate import score
 from tests.conftest import ROOT, assert_overlaps_declared

@@ -190,7 +190,7 @@ def test_load_of_eight_sessions_loses_nothing() -> None:
 
 async def test_bench_counts_what_never_arrived_as_lost(broker: Broker, tmp_path: Path,
                                                        monkeypatch) -> None:
-    from pipelines import bench_mqtt
+    from pipelines.bench import mqtt as bench_mqtt
     from stream.frames import Turn
     from stream.sinks.mqtt import MqttSink
 

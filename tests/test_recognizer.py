@@ -17,7 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 import stream.audio.whisper_model as whisper_model
-from pipelines.bench_words import (
+from pipelines.bench.words import (
     monologue_items,
     normalise,
     pipeline_items,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import jsonschema
 
-from pipelines.bench_words import normalise
+from pipelines.bench.words import normalise
 from pipelines.config import load_config
-from pipelines.replay import Collect, build_replay, run_replay
+from pipelines.run.replay import Collect, build_replay, run_replay
 from stream.events import dumps, turn_event, turn_schema
 from stream.frames import Item, PerceivedFrame, Prediction, Transcribed, Turn, Word
 from stream.runtime import Stage
@@ -159,9 +159,9 @@ class _Arrivals(Stage):
 
 
 def test_a_slow_engine_delays_only_predictions(monkeypatch) -> None:
-    import pipelines.replay
+    import pipelines.run.replay
 
-    monkeypatch.setattr(pipelines.replay, "EngineStage", _SlowEngine)
+    monkeypatch.setattr(pipelines.run.replay, "EngineStage", _SlowEngine)
     sink = _Arrivals()
     # Mouth motion: what is tested is that the engine holds nothing up. Light-ASD alone may
     # run near real time on a slow CPU (up to fallback_lag_s behind), which is its own test.

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipelines.bench_soak import Sample, rss_svg, turns_sent
+from pipelines.bench.soak import Sample, rss_svg, turns_sent
 from tests.broker import require_mosquitto
 from tests.conftest import ROOT
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipelines.config import load_config
-from pipelines.replay import replay_and_collect
+from pipelines.run.replay import replay_and_collect
 from stream.demo import portrait as pt
 from stream.frames import PerceivedFrame, Turn, VideoFrame, VoiceFrame
 from stream.speaker.active import ActiveSpeaker, SpeakerConfig, vote

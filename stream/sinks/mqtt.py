@@ -26,7 +26,6 @@ from urllib.parse import quote
 import aiomqtt
 
 from stream.broker import MqttConfig, broker_address, mqtt_client
-from stream.engine.bridge import engine_part
 from stream.engine.config import PredictorConfig
 from stream.engine.predict import key_frames
 from stream.errors import ConfigError
@@ -34,6 +33,7 @@ from stream.events import dumps, prediction_event, speaker_event, turn_event
 from stream.frames import Item, PerceivedFrame, Prediction, Turn
 from stream.metrics import KEPT
 from stream.runtime import Stage
+from stream.serving.bridge import engine_part
 from stream.sinks.spool import Spool
 
 log = logging.getLogger(__name__)

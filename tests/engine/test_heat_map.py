@@ -14,7 +14,7 @@ from stream.engine.ledger import Span
 from stream.engine.predict import Predictor
 from stream.engine.session import UtteranceReport
 from stream.errors import ModelError
-from tests.engine.test_predict import _turn
+from tests.tiny import scene_turn
 
 
 def _record(maps: torch.Tensor | None) -> HeadRecord:
@@ -72,7 +72,7 @@ def test_the_heat_follows_the_speaker_in_a_real_qwen_session(qwen: QwenVLBackend
     lines = [("P1", "Ben, did you finish the map?"), ("P2", "He did most of it."),
              ("P3", "Yes he did.")]
     for index, (speaker, text) in enumerate(lines):
-        turn = _turn(index, speaker, text)
+        turn = scene_turn(index, speaker, text)
         heat = predictor.turn(turn).attention
         assert heat is not None and heat.frame_pts == turn.keyframes[-1].pts
         frame = turn.keyframes[-1]
@@ -81,7 +81,7 @@ def test_the_heat_follows_the_speaker_in_a_real_qwen_session(qwen: QwenVLBackend
         hot = np.flatnonzero(heat.grid > 1).tolist()
         assert hot == expected, f"turn {index}: {np.round(heat.grid, 2)}"
     # Without --attention nothing is exported or carried.
-    plain = Predictor(qwen, PredictorConfig(model="tiny")).turn(_turn(0, *lines[0]))
+    plain = Predictor(qwen, PredictorConfig(model="tiny")).turn(scene_turn(0, *lines[0]))
     assert plain.attention is None
 
 

@@ -17,15 +17,15 @@ from stream.engine.backends import QwenVLBackend, TextBackend
 from stream.engine.config import PredictorConfig
 from stream.engine.evaluate import score_predictions
 from stream.engine.predict import NOBODY, Predictor, pronouns, spread
-from stream.engine.synthetic import scene
 from stream.events import prediction_event, prediction_schema
-from stream.frames import Prediction, SpeakerVote, Turn
+from stream.frames import Prediction, SpeakerVote
 from stream.sinks.mqtt import MqttSink
+from tests.tiny import scene_turn
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_key_frames_are_spread_over_the_turn() -> None:
+def test_key_frames_are_spread_over_thescene_turn() -> None:
     assert spread(5, 2) == [0, 4] and spread(5, 3) == [0, 2, 4] and spread(2, 3) == [0, 1]
     assert spread(7, 0) == list(range(7)) and spread(0, 2) == [] and spread(4, 1) == [0]
 
@@ -35,19 +35,11 @@ def test_pronouns_are_found_once_each_in_order() -> None:
     assert pronouns("Then show me the shortcut, please.") == []
 
 
-def _turn(index: int, speaker: str, text: str) -> Turn:
-    shots = [scene(index * 3.0 + k, speaker, seed=index * 10 + k) for k in range(2)]
-    vote = SpeakerVote(speaker=speaker, confidence=0.9, scores={speaker: 0.9}, cues={})
-    return Turn(pts=index * 3.0 + 2, index=index, start=index * 3.0, end=index * 3.0 + 2,
-                text=text, keyframes=tuple(f for f, _ in shots),
-                views=tuple(v for _, v in shots), vote=vote)
-
-
 def test_predictor_answers_each_task_with_the_best_scored_candidate(
         qwen: QwenVLBackend) -> None:
     predictor = Predictor(qwen, PredictorConfig(model="tiny"))
-    first = predictor.turn(_turn(0, "P1", "Ben, did you finish the map for our trip?"))
-    second = predictor.turn(_turn(1, "P2", "He did most of it, honestly."))
+    first = predictor.turn(scene_turn(0, "P1", "Ben, did you finish the map for our trip?"))
+    second = predictor.turn(scene_turn(1, "P2", "He did most of it, honestly."))
     assert [a.task for a in first.answers] == ["addressee", "pronoun", "mentioned"]
     assert [(a.task, a.target) for a in second.answers][1] == ("pronoun", "he")
     for prediction, speaker in ((first, "P1"), (second, "P2")):
@@ -65,7 +57,7 @@ def test_predictor_answers_each_task_with_the_best_scored_candidate(
     assert event["pronouns"][0]["pronoun"] == "he" and event["id"] == "s/0/prediction/1"
 
 
-def test_replay_with_a_real_model_writes_a_valid_prediction_after_each_turn(tmp_path) -> None:
+def test_replay_with_a_real_model_writes_a_valid_prediction_after_eachscene_turn(tmp_path) -> None:
     out = tmp_path / "events.jsonl"
     done = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "replay", str(ROOT / "examples" / "demo.mp4"),
@@ -111,16 +103,16 @@ async def test_predictions_are_spooled_for_the_prediction_topic(tmp_path) -> Non
 def test_the_transcript_names_the_speaker_when_the_faces_cannot(qwen: QwenVLBackend) -> None:
     predictor = Predictor(qwen, PredictorConfig(model="tiny"), names={"P2": "Ben"})
     unsure = SpeakerVote(speaker=None, confidence=0.0, scores={}, cues={})
-    turn = replace(_turn(0, "P1", "I did, yesterday."), vote=unsure, speaker_name="Ben")
+    turn = replace(scene_turn(0, "P1", "I did, yesterday."), vote=unsure, speaker_name="Ben")
     prediction = predictor.turn(turn)
     assert prediction.speaker == "P2"  # the name, mapped back to its player
     addressee = next(a for a in prediction.answers if a.task == "addressee")
     assert set(addressee.scores) == {"P1", "P3"}
     # A name no player carries stays a name; without a vote at all, the same.
-    stranger = replace(_turn(1, "P1", "Hello there."), vote=None, speaker_name="Ann")
+    stranger = replace(scene_turn(1, "P1", "Hello there."), vote=None, speaker_name="Ann")
     assert predictor.turn(stranger).speaker == "Ann"
     # The face vote, when there is one, wins over the transcript.
-    voted = replace(_turn(2, "P3", "Me too."), speaker_name="Ben")
+    voted = replace(scene_turn(2, "P3", "Me too."), speaker_name="Ben")
     assert predictor.turn(voted).speaker == "P3"
 
 
@@ -134,7 +126,7 @@ def test_each_answer_is_the_candidate_the_model_scored_best(qwen: QwenVLBackend,
         return [[-3.0, -0.5] + [-2.0] * (len(c) - 2) for _, c in questions]
 
     monkeypatch.setattr(predictor.session, "ask_many", scored)
-    prediction = predictor.turn(_turn(0, "P2", "Ben, did you see her?"))
+    prediction = predictor.turn(scene_turn(0, "P2", "Ben, did you see her?"))
     candidates = {q: c for q, c in asked[0]}
     assert [(a.task, a.target, a.answer) for a in prediction.answers] == [
         ("addressee", None, "P3"), ("pronoun", "you", "P3"), ("pronoun", "her", "P3"),
@@ -149,13 +141,13 @@ def test_a_turn_of_twelve_thousand_words_is_cut_and_the_session_goes_on(
     """One transcript line (or MQTT inbox message) that long stopped the whole run: the
     context budget could not hold it. The engine takes its first and last 100 words."""
     predictor = Predictor(llama, PredictorConfig(model="tiny", max_positions=4096))
-    predictor.turn(_turn(0, "P1", "Ben, did you finish the map for our trip?"))
+    predictor.turn(scene_turn(0, "P1", "Ben, did you finish the map for our trip?"))
     long = " ".join(["he walked and talked"] * 3000)
-    prediction = predictor.turn(_turn(1, "P2", f"Ann, {long} and you?"))
+    prediction = predictor.turn(scene_turn(1, "P2", f"Ann, {long} and you?"))
     assert next(a.task for a in prediction.answers) == "addressee"
     assert sum(a.task == "pronoun" for a in prediction.answers) <= 100
     assert "turn 1 has 12003 words; the engine takes its first and last 100" in caplog.text
-    after = predictor.turn(_turn(2, "P3", "Then show me the shortcut, please."))
+    after = predictor.turn(scene_turn(2, "P3", "Then show me the shortcut, please."))
     assert after.speaker == "P3"
 
 
@@ -163,19 +155,19 @@ async def test_a_reset_gives_the_engine_a_new_session(tmp_path: Path) -> None:
     """New people at the table: the next turn goes into a new session (the old group's
     words stayed in the cache), in process and at a service."""
     from stream.engine.predict import EngineStage
-    from stream.engine.remote import RemoteEngineStage
-    from stream.engine.service import HEADER
     from stream.engine.synthetic import random_llama, word_tokenizer
+    from stream.serving.remote import RemoteEngineStage
+    from stream.serving.service import HEADER
 
     tokenizer = word_tokenizer()
     random_llama(len(tokenizer)).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     stage = EngineStage(PredictorConfig(model=str(tmp_path)))
     await stage.start()
-    await stage.process(_turn(0, "P1", "Ben, did you finish the map for our trip?"))
-    await stage.process(_turn(1, "P2", "He did most of it, honestly."))
+    await stage.process(scene_turn(0, "P1", "Ben, did you finish the map for our trip?"))
+    await stage.process(scene_turn(1, "P2", "He did most of it, honestly."))
     stage.reset()
-    await stage.process(_turn(2, "P1", "Then show me the shortcut, please."))
+    await stage.process(scene_turn(2, "P1", "Then show me the shortcut, please."))
     assert stage.predictor is not None
     kinds = [s.kind for s in stage.predictor.session.ledger.spans]
     assert kinds.count("utterance") == 1
@@ -189,6 +181,6 @@ def test_a_turn_of_words_without_spaces_is_cut_too(llama: TextBackend,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     """"he,he,he,..." is one word of 12,000 tokens: cut by its characters as well."""
     predictor = Predictor(llama, PredictorConfig(model="tiny", max_positions=4096))
-    predictor.turn(_turn(0, "P1", ",".join(["he"] * 6000)))
+    predictor.turn(scene_turn(0, "P1", ",".join(["he"] * 6000)))
     assert "turn 0 has 17999 characters in its words; the engine takes its first and " \
         "last 1200" in caplog.text

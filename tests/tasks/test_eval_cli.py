@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipelines.eval_words import normalise
+from pipelines.evaluation.words import normalise
 from tests.conftest import run_cli
 from tests.tasks.helpers import write_jsonl
 from tests.tasks.test_predictors import _dataset
@@ -82,7 +82,7 @@ def test_eval_asr_is_refused_where_there_is_no_scene(tmp_path: Path, demo: Path)
 
 def test_a_scene_replayed_for_asr_leaves_its_transcript_unread(demo: Path) -> None:
     from pipelines.config import load_config
-    from pipelines.eval_scene import build_scene_replay
+    from pipelines.evaluation.scene import build_scene_replay
 
     config = load_config(None, {"output": {"progress": False}})
     assert build_scene_replay(str(demo), config, []).transcript is not None

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipelines.eval import cross_validated, evaluate, score, wilson
+from pipelines.evaluation.items import cross_validated, evaluate, score, wilson
 from stream.frames import SpeakerVote, Turn
 from stream.tasks import baselines
 from stream.tasks.dialogue import Dialogue, vocative_names

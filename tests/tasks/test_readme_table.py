@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from pipelines.eval import wilson
+from pipelines.evaluation.items import wilson
 from tests.conftest import ROOT, require_shared, run_cli
 
 SOCIAL = ROOT.parent / "shared" / "data" / "social"

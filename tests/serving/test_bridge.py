@@ -17,17 +17,16 @@ import pytest
 from aiohttp import web
 
 from stream.broker import MqttConfig
-from stream.engine.bridge import MqttBridge, bridged_turns, engine_part
 from stream.engine.config import PredictorConfig
 from stream.engine.predict import key_frames
-from stream.engine.service import HEADER, EngineService
-from stream.engine.turnlog import TurnLog
 from stream.events import dumps, turn_event, turn_schema
 from stream.frames import Turn
+from stream.serving.bridge import MqttBridge, bridged_turns, engine_part
+from stream.serving.service import HEADER, EngineService
+from stream.serving.turnlog import TurnLog
 from tests.broker import Broker
-from tests.engine.test_predict import _turn
-from tests.engine.test_serve import LINES, SPEAKERS, _tiny_model
-from tests.serving import serving
+from tests.endpoint import serving
+from tests.tiny import LINES, SPEAKERS, saved_model, scene_turn
 
 NAMES = {"P2": "Ben"}
 
@@ -40,7 +39,7 @@ def _event(turn: Turn, session: str, run: str, frames: int = 2,
 
 
 def test_a_turn_event_carries_what_the_bridge_answers_from() -> None:
-    turn = _turn(1, "P2", LINES[1])
+    turn = scene_turn(1, "P2", LINES[1])
     event = json.loads(dumps(_event(turn, "s", "r", frames=1)))
     jsonschema.validate(event, turn_schema())
     taken, seen = bridged_turns(event)
@@ -87,7 +86,7 @@ async def _engine(model: Path, log_dir: Path, gate: asyncio.Event) -> AsyncItera
 async def _served(broker: Broker, tmp_path: Path, gate: asyncio.Event | None = None
                   ) -> AsyncIterator[tuple[MqttConfig, PredictorConfig, aiomqtt.Client]]:
     """The broker's settings, the engine service's and a client watching predictions."""
-    model = _tiny_model(tmp_path / "model")
+    model = saved_model(tmp_path / "model")
     mqtt = MqttConfig(url=broker.url, reconnect_min_s=0.1, drain_timeout_s=10)
     if gate is None:
         gate = asyncio.Event()
@@ -99,7 +98,7 @@ async def _served(broker: Broker, tmp_path: Path, gate: asyncio.Event | None = N
 
 
 def _turns(count: int = len(LINES)) -> list[Turn]:
-    return [_turn(k, SPEAKERS[k], LINES[k]) for k in range(count)]
+    return [scene_turn(k, SPEAKERS[k], LINES[k]) for k in range(count)]
 
 
 async def _publish(url: str, events: list[dict[str, Any]]) -> None:
@@ -212,7 +211,7 @@ async def test_a_turn_that_cannot_be_answered_holds_no_other_back(
     damaged = tmp_path / "bridge-log"
     damaged.mkdir()
     (damaged / "bad%2Fr1.turns.jsonl").write_text("{broken\n{broken\n")
-    turns = [_turn(k, SPEAKERS[k % 4], LINES[k % 4]) for k in range(25)]
+    turns = [scene_turn(k, SPEAKERS[k % 4], LINES[k % 4]) for k in range(25)]
     async with _served(broker, tmp_path) as (mqtt, engine, watcher):
         events = [_event(t, "bad", "r1") for t in turns] + [_event(turns[0], "good", "r1")]
         async with _running(MqttBridge(mqtt, engine, TurnLog(damaged)), broker.url, events):
@@ -262,11 +261,11 @@ def _malformed() -> list[tuple[str, bytes]]:
     """Messages that once killed the bridge (and killed it again on every restart, the
     broker sending them again), or one conversation's task before it acknowledged."""
     def event(**engine_turn: Any) -> dict[str, Any]:
-        good = _event(_turn(0, "P1", LINES[0]), "bad", "r1")
+        good = _event(scene_turn(0, "P1", LINES[0]), "bad", "r1")
         good["engine"]["turn"].update(engine_turn)
         return good
 
-    names = _event(_turn(0, "P1", LINES[0]), "bad", "r1")
+    names = _event(scene_turn(0, "P1", LINES[0]), "bad", "r1")
     names["engine"]["names"] = 5
     png = event()
     png["engine"]["turn"]["frames"][0]["png"] = ""

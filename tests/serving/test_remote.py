@@ -10,9 +10,9 @@ import pytest
 from aiohttp import web
 
 from stream.engine.config import PredictorConfig
-from stream.engine.remote import RemoteEngineStage
-from tests.engine.test_predict import _turn
-from tests.serving import serving
+from stream.serving.remote import RemoteEngineStage
+from tests.endpoint import serving
+from tests.tiny import scene_turn
 
 
 @pytest.mark.parametrize(("status", "tries"), [
@@ -37,7 +37,7 @@ async def test_a_refused_turn_is_not_retried_a_failed_one_is(
         await stage.start()
         try:
             with caplog.at_level(logging.WARNING):
-                turn = _turn(0, "P1", "Ben, did you finish the map?")
+                turn = scene_turn(0, "P1", "Ben, did you finish the map?")
                 assert await stage.process(turn) == ()
         finally:
             await stage.stop()
@@ -68,12 +68,12 @@ async def test_a_service_that_stopped_answering_costs_one_timeout_not_one_per_tu
         await stage.start()
         try:
             with caplog.at_level(logging.WARNING):
-                assert await stage.process(_turn(0, "P1", "Ben, hello.")) == ()
+                assert await stage.process(scene_turn(0, "P1", "Ben, hello.")) == ()
                 tried = len(posts)
-                assert await stage.process(_turn(1, "P2", "Hi.")) == ()
+                assert await stage.process(scene_turn(1, "P2", "Hi.")) == ()
                 assert len(posts) == tried + 1, "one try while the service is down"
                 up = True
-                (prediction,) = await stage.process(_turn(2, "P1", "Where were you?"))
+                (prediction,) = await stage.process(scene_turn(2, "P1", "Where were you?"))
         finally:
             await stage.stop()
     assert tried > 1 and prediction.turn == 2
@@ -97,7 +97,7 @@ async def test_the_edge_sends_its_names_and_token(monkeypatch: pytest.MonkeyPatc
         stage = RemoteEngineStage(PredictorConfig(url=url), "s/r", {"P2": "Ben"})
         await stage.start()
         try:
-            await stage.process(_turn(0, "P1", "Ben, hello."))
+            await stage.process(scene_turn(0, "P1", "Ben, hello."))
         finally:
             await stage.stop()
     ((authorization, body),) = seen
@@ -136,7 +136,7 @@ async def test_serves_own_500_for_a_replica_that_died_mid_turn_is_retried() -> N
         stage = RemoteEngineStage(PredictorConfig(url=url, url_timeout_s=10.0), "s/r")
         await stage.start()
         try:
-            (prediction,) = await stage.process(_turn(0, "P1", "Ben, hello."))
+            (prediction,) = await stage.process(scene_turn(0, "P1", "Ben, hello."))
         finally:
             await stage.stop()
     assert posts == [0, 0] and prediction.turn == 0
@@ -165,9 +165,9 @@ async def test_a_hung_service_gets_a_knock_not_a_turn_while_down() -> None:
         stage = RemoteEngineStage(PredictorConfig(url=url, url_timeout_s=0.5), "s/r")
         await stage.start()
         try:
-            assert await stage.process(_turn(0, "P1", "Ben, hello.")) == ()
+            assert await stage.process(scene_turn(0, "P1", "Ben, hello.")) == ()
             assert stage.down
-            assert await stage.process(_turn(1, "P2", "Hi.")) == ()
+            assert await stage.process(scene_turn(1, "P2", "Hi.")) == ()
         finally:
             hung.set()  # the server's shutdown waits for its handlers
             await stage.stop()

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field
 
 from pipelines.config import ReplayConfig
-from pipelines.replay import ReplayReport, compose, run_pipeline
+from pipelines.run.replay import ReplayReport, compose, run_pipeline
 from stream.errors import UserError
 from stream.runtime import Pipeline, Stage
 from stream.sources.live import CAMERA, LiveConfig, LiveInput, LiveSource

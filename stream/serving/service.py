@@ -9,7 +9,7 @@ shared file system for a cluster): a replica that dies loses nothing, the sessio
 next turn goes to another replica, which rebuilds it from the log and answers as the
 lost one would have (a test kills a replica mid-conversation).
 
-Requests are HTTP POSTs of one turn (`stream/engine/wire.py`, with the edge's player
+Requests are HTTP POSTs of one turn (`stream/serving/wire.py`, with the edge's player
 names) with the session id in the `serve_multiplexed_model_id` header and, when the
 service has tokens, `Authorization: Bearer TOKEN`; a session belongs to its token (the
 same id under another token is another conversation). The answer is the prediction
@@ -48,7 +48,7 @@ from stream.frames import Turn
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from stream.engine.pool import SessionPool
+    from stream.serving.pool import SessionPool
 
 log = logging.getLogger(__name__)
 HEADER = "serve_multiplexed_model_id"
@@ -73,8 +73,8 @@ class EngineService:
         (checked at most once a minute, as turns come). `tokens`: the bearer tokens a
         request must carry one of (none: no credential, for a service on loopback)."""
         from stream.engine.loading import load_backend
-        from stream.engine.pool import SessionPool
-        from stream.engine.turnlog import TurnLog
+        from stream.serving.pool import SessionPool
+        from stream.serving.turnlog import TurnLog
 
         self.config = PredictorConfig(**config)
         assert self.config.model is not None, "the engine service needs engine.model"
@@ -107,7 +107,7 @@ class EngineService:
                 ) -> str | tuple[int, dict[str, Any]]:
         """The scope of the request's session (`token_scope` of its token; "" without
         tokens), or the error to answer."""
-        from stream.engine.turnlog import check_session
+        from stream.serving.turnlog import check_session
 
         scope = ""
         if self.tokens:
@@ -137,9 +137,9 @@ class EngineService:
                      ) -> tuple[int, dict[str, Any]]:
         """The status and JSON answer to one turn of `session` (checked, with its scope, by
         `session`)."""
-        from stream.engine.pool import SessionsFull, TurnConflict
-        from stream.engine.turnlog import TurnLogFull
-        from stream.engine.wire import NotATurn, TurnWire, decode_turn, parse_turn
+        from stream.serving.pool import SessionsFull, TurnConflict
+        from stream.serving.turnlog import TurnLogFull
+        from stream.serving.wire import NotATurn, TurnWire, decode_turn, parse_turn
 
         refused = self.too_large(len(body))
         if refused is not None:

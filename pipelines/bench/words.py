@@ -1,6 +1,6 @@
 """The recognizer alone: speed and word error rate, for docs/words.md.
 
-`python -m pipelines.bench_words [MEDIA...] [--json]` decodes each clip's audio, finds its
+`python -m pipelines.bench.words [MEDIA...] [--json]` decodes each clip's audio, finds its
 speech with the VAD (not timed), and times only the recognizer over it, in the order the
 pipeline feeds it, for each beam width and thread count asked. The model is loaded and
 warmed up first (not timed). A clip with a transcript beside it (`.srt`, `.vtt`,

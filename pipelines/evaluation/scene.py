@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.config import ReplayConfig, load_config
-from pipelines.eval import wilson
-from pipelines.eval_words import WordScores, percentiles, score_words, word_latencies
-from pipelines.replay import Collect, Replay, ReplayReport, build_replay, run_replay
+from pipelines.evaluation.items import wilson
+from pipelines.evaluation.words import WordScores, percentiles, score_words, word_latencies
+from pipelines.run.replay import Collect, Replay, ReplayReport, build_replay, run_replay
 from stream.engine.evaluate import score_predictions
 from stream.errors import UserError
 from stream.events import prediction_event, turn_event

@@ -31,12 +31,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.bench_mqtt import bench_mqtt
-from pipelines.bench_sessions import bench_sessions
-from pipelines.bench_soak import bench_soak
-from pipelines.bench_view import bench_view
+from pipelines.bench.mqtt import bench_mqtt
+from pipelines.bench.sessions import bench_sessions
+from pipelines.bench.soak import bench_soak
+from pipelines.bench.view import bench_view
 from pipelines.config import ReplayConfig, load_config
-from pipelines.replay import Collect, build_replay, replay_and_collect, run_replay
+from pipelines.run.replay import Collect, build_replay, replay_and_collect, run_replay
 from stream.errors import UserError
 from stream.events import turn_event
 from stream.frames import Item, PerceivedFrame, Turn
@@ -214,7 +214,7 @@ def _bench_asr(args: argparse.Namespace, stderr: Console, duration: float) -> di
     """The full replay with the words from the transcript and with them recognised, paired
     in each round (this shared machine drifts between rounds), and the recogniser's delay
     (`eval_words.word_latencies`)."""
-    from pipelines.eval_words import percentiles, word_latencies
+    from pipelines.evaluation.words import percentiles, word_latencies
 
     walls: dict[str, list[float]] = {"transcript": [], "asr": []}
     events: list[dict[str, Any]] = []
@@ -247,7 +247,7 @@ def _bench_asr(args: argparse.Namespace, stderr: Console, duration: float) -> di
 
 
 async def _replay_asr(media: str) -> list[dict[str, Any]]:
-    from pipelines.eval_scene import build_scene_replay
+    from pipelines.evaluation.scene import build_scene_replay
 
     collect = Collect()
     await run_replay(build_scene_replay(media, _config(), [collect], asr=True))
@@ -274,7 +274,7 @@ class _WordLagProbe(Stage):
 
 
 async def _paced_word_lags(media: str) -> list[float]:
-    from pipelines.eval_scene import build_scene_replay
+    from pipelines.evaluation.scene import build_scene_replay
 
     config = _config(source={"realtime": True})
     replay = build_scene_replay(media, config, [], asr=True)
@@ -410,7 +410,7 @@ async def _paced_latencies(media: str, model: str) -> list[float]:
 
 
 def bench_engine(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
-    from pipelines.bench_engine import bench_engine as run  # torch: imported only when used
+    from pipelines.bench.engine import bench_engine as run  # torch: imported only when used
 
     return run(args, stderr)
 

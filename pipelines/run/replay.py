@@ -20,7 +20,6 @@ from pipelines.config import ReplayConfig
 from stream.audio.recognizer import RecognizerStage
 from stream.audio.vad import VadStage
 from stream.engine.predict import EngineStage
-from stream.engine.remote import RemoteEngineStage, bridged
 from stream.errors import UserError
 from stream.events import check_session, new_run, safe_session
 from stream.frames import (
@@ -38,6 +37,7 @@ from stream.frames import (
     Word,
 )
 from stream.runtime import Pipeline, Policy, Stage
+from stream.serving.remote import RemoteEngineStage, bridged
 from stream.sources.media import MediaInfo, MediaSource
 from stream.sources.pacing import Pacer
 from stream.sources.transcript import TranscriptSource

@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.eval import Report, check_folds, engine_comparison, evaluate, wilson
+from pipelines.evaluation.items import Report, check_folds, engine_comparison, evaluate, wilson
 from stream.errors import UserError
 from stream.tasks.items import ItemError, Loaded, read_items
 from stream.tasks.predictors import TEXT_PREDICTORS
@@ -97,7 +97,7 @@ def run_eval(args: argparse.Namespace, stderr: Console) -> int:
         if data:
             raise UserError(f"{data[0]}: --rttm scores recordings (audio or video), not "
                             "labelled dialogue; run those without --rttm")
-        from pipelines.eval_turns import evaluate_turns
+        from pipelines.evaluation.turns import evaluate_turns
 
         result = evaluate_turns(scenes, args.rttm, args.uem, out, config=args.config)
         return _finish(args, result)
@@ -117,7 +117,7 @@ def run_eval(args: argparse.Namespace, stderr: Console) -> int:
         result = reports[0].to_json() if len(reports) == 1 else {
             **reports[0].to_json(), "compared": [r.to_json() for r in reports]}
     if scenes:
-        from pipelines.eval_scene import evaluate_scenes
+        from pipelines.evaluation.scene import evaluate_scenes
 
         result["scenes"], result["words"] = evaluate_scenes(
             scenes, args.predictor, args.weights, args.model, out, asr=args.asr)

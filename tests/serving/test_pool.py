@@ -11,12 +11,12 @@ import torch
 from stream.engine.backends import Backend, QwenVLBackend, TextBackend
 from stream.engine.cache import cache_bytes
 from stream.engine.config import PredictorConfig
-from stream.engine.pool import SessionPool
 from stream.engine.predict import Predictor
 from stream.engine.session import Session
-from stream.engine.turnlog import TurnLog, TurnLogError
 from stream.frames import Prediction
-from tests.engine.test_predict import _turn
+from stream.serving.pool import SessionPool
+from stream.serving.turnlog import TurnLog, TurnLogError
+from tests.tiny import scene_turn
 
 LINES = ["Ben, did you finish the map for our trip?", "He did most of it, honestly.",
          "Then show me the shortcut, please.", "She knows the way better than you."]
@@ -39,13 +39,13 @@ def test_an_evicted_session_comes_back_bit_identical(backend_name: str,
     backend: Backend = request.getfixturevalue(backend_name)
     config = PredictorConfig(model="tiny")
     one = Predictor(backend, config)
-    one.turn(_turn(0, "P1", LINES[0]))
+    one.turn(scene_turn(0, "P1", LINES[0]))
     # Room for two sessions of this size, not three.
     pool = SessionPool(backend, config, budget_bytes=int(2.5 * cache_bytes(one.session.cache)))
     alone = {s: Predictor(backend, config) for s in "abc"}
     for k in range(len(LINES)):
         for s in "abc":
-            turn = _turn(k, SPEAKERS[k], f"{LINES[k]} ({s})")
+            turn = scene_turn(k, SPEAKERS[k], f"{LINES[k]} ({s})")
             served = pool.turn(s, turn)
             assert _scores(served) == _scores(alone[s].turn(turn)), (s, k)
             assert len(pool.resident()) <= 2 and pool.cached_bytes() <= pool.budget
@@ -56,8 +56,8 @@ def test_an_evicted_session_comes_back_bit_identical(backend_name: str,
         assert held is not None and _same_cache(held, alone[s])
     # A session that was evicted last comes back with exactly the cache it would have had.
     gone = next(s for s in "abc" if s not in pool.resident())
-    pool.turn(gone, _turn(9, "P3", "And one more thing."))
-    alone[gone].turn(_turn(9, "P3", "And one more thing."))
+    pool.turn(gone, scene_turn(9, "P3", "And one more thing."))
+    alone[gone].turn(scene_turn(9, "P3", "And one more thing."))
     held = pool.predictor(gone)
     assert held is not None and _same_cache(held, alone[gone])
 
@@ -65,12 +65,12 @@ def test_an_evicted_session_comes_back_bit_identical(backend_name: str,
 def test_fifty_sessions_stay_inside_the_memory_budget(llama: TextBackend) -> None:
     config = PredictorConfig(model="tiny", frames_per_turn=1)
     probe = Predictor(llama, config)
-    probe.turn(_turn(0, "P1", LINES[0]))
+    probe.turn(scene_turn(0, "P1", LINES[0]))
     budget = 6 * cache_bytes(probe.session.cache)
     pool = SessionPool(llama, config, budget_bytes=budget)
     for k in range(2):
         for s in range(50):
-            pool.turn(f"cam{s}", _turn(k, SPEAKERS[k], LINES[k]))
+            pool.turn(f"cam{s}", scene_turn(k, SPEAKERS[k], LINES[k]))
             assert pool.cached_bytes() <= budget
     stats = pool.stats()
     assert stats.sessions == 50 and 1 < stats.resident <= 6
@@ -81,7 +81,7 @@ def test_fifty_sessions_stay_inside_the_memory_budget(llama: TextBackend) -> Non
 def test_a_turn_that_fails_leaves_no_half_session(llama: TextBackend,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     pool = SessionPool(llama, PredictorConfig(model="tiny"), budget_bytes=1 << 30)
-    pool.turn("a", _turn(0, "P1", LINES[0]))
+    pool.turn("a", scene_turn(0, "P1", LINES[0]))
 
     def fail(*args: object, **kwargs: object) -> None:
         raise RuntimeError("out of memory")
@@ -89,12 +89,12 @@ def test_a_turn_that_fails_leaves_no_half_session(llama: TextBackend,
     with monkeypatch.context() as patch:  # the frames are in, then the utterance fails
         patch.setattr(Session, "append_utterance", fail)
         with pytest.raises(RuntimeError, match="out of memory"):
-            pool.turn("a", _turn(1, "P2", LINES[1]))
+            pool.turn("a", scene_turn(1, "P2", LINES[1]))
     assert pool.resident() == []
-    served = pool.turn("a", _turn(1, "P2", LINES[1]))
+    served = pool.turn("a", scene_turn(1, "P2", LINES[1]))
     reference = Predictor(llama, PredictorConfig(model="tiny"))
-    reference.turn(_turn(0, "P1", LINES[0]))
-    assert _scores(served) == _scores(reference.turn(_turn(1, "P2", LINES[1])))
+    reference.turn(scene_turn(0, "P1", LINES[0]))
+    assert _scores(served) == _scores(reference.turn(scene_turn(1, "P2", LINES[1])))
 
 
 def test_a_budget_must_be_positive(qwen: QwenVLBackend) -> None:
@@ -111,14 +111,14 @@ def test_a_new_pool_over_the_turn_log_continues_every_conversation(
     alone = {s: Predictor(qwen, config) for s in ("cam 1", "cam/2")}
     for k in range(2):
         for s in alone:
-            turn = _turn(k, SPEAKERS[k], LINES[k])
+            turn = scene_turn(k, SPEAKERS[k], LINES[k])
             assert _scores(first.turn(s, turn)) == _scores(alone[s].turn(turn))
     del first
     second = SessionPool(qwen, config, budget_bytes=1 << 30, log=TurnLog(tmp_path / "log"))
     assert second.log is not None and second.log.sessions() == ["cam 1", "cam/2"]
     for k in range(2, 4):
         for s in alone:
-            turn = _turn(k, SPEAKERS[k], LINES[k])
+            turn = scene_turn(k, SPEAKERS[k], LINES[k])
             assert _scores(second.turn(s, turn)) == _scores(alone[s].turn(turn)), (s, k)
     assert second.stats().rebuilds == 2 and second.stats().rebuilt_turns == 4
     for s in alone:
@@ -127,7 +127,7 @@ def test_a_new_pool_over_the_turn_log_continues_every_conversation(
     # Only the key frames the engine takes are kept, losslessly.
     logged = second.log.turns("cam 1")
     assert [len(t.keyframes) for t in logged] == [2, 2, 2, 2]
-    original = _turn(0, SPEAKERS[0], LINES[0])
+    original = scene_turn(0, SPEAKERS[0], LINES[0])
     assert np.array_equal(logged[0].keyframes[1].image, original.keyframes[1].image)
     assert logged[0].views == original.views and logged[0].vote == original.vote
     second.forget("cam 1")
@@ -149,7 +149,7 @@ def test_pools_sharing_a_log_rebuild_a_session_another_one_moved_on(
              for _ in range(2)]
     alone = Predictor(llama, config)
     for k in range(len(LINES)):
-        turn = _turn(k, SPEAKERS[k], LINES[k])
+        turn = scene_turn(k, SPEAKERS[k], LINES[k])
         assert _scores(pools[k % 2].turn("a", turn)) == _scores(alone.turn(turn)), k
     assert [p.stats().rebuilds for p in pools] == [1, 2]  # turn 2; turns 1 and 3
 
@@ -166,7 +166,7 @@ def test_a_turn_sent_again_is_answered_as_before_and_taken_once(
         return SessionPool(llama, config, budget_bytes=1 << 30,
                            log=TurnLog(tmp_path) if logged else None)
 
-    turns = [_turn(k, SPEAKERS[k], LINES[k]) for k in range(len(LINES))]
+    turns = [scene_turn(k, SPEAKERS[k], LINES[k]) for k in range(len(LINES))]
     alone, served = Predictor(llama, config), pool()
     first = [_scores(alone.turn(turn)) for turn in turns]
     assert [_scores(served.turn("a", turn)) for turn in turns[:2]] == first[:2]
@@ -185,7 +185,7 @@ def test_a_turn_sent_again_is_answered_as_before_and_taken_once(
     # rebuilt the whole history under the pool's lock, 1.7 s for a turn of 120).
     assert served.stats().rebuilt_turns == (1 if logged else 0)
     with pytest.raises(ValueError, match="took other words as turn 3"):
-        served.turn("a", _turn(3, SPEAKERS[3], "Other words under the same index."))
+        served.turn("a", scene_turn(3, SPEAKERS[3], "Other words under the same index."))
 
 
 def test_the_service_forgets_sessions_idle_past_the_keep_time(tmp_path: Path) -> None:
@@ -194,8 +194,8 @@ def test_the_service_forgets_sessions_idle_past_the_keep_time(tmp_path: Path) ->
     import os
     import time
 
-    from stream.engine.service import EngineService
     from stream.engine.synthetic import random_llama, word_tokenizer
+    from stream.serving.service import EngineService
 
     tokenizer = word_tokenizer()
     random_llama(len(tokenizer)).save_pretrained(tmp_path / "model")
@@ -203,14 +203,14 @@ def test_the_service_forgets_sessions_idle_past_the_keep_time(tmp_path: Path) ->
     service = EngineService({"model": str(tmp_path / "model")}, 2**30, str(tmp_path / "log"),
                             keep_s=3600)
     for session in ("old", "recent"):
-        service.turn(session, _turn(0, "P1", "Ben, did you finish the map?"))
+        service.turn(session, scene_turn(0, "P1", "Ben, did you finish the map?"))
     log = service.log
     hour_ago = time.time() - 3601
     os.utime(log._path("old"), (hour_ago, hour_ago))
-    service.turn("recent", _turn(1, "P2", "He did most of it."))
+    service.turn("recent", scene_turn(1, "P2", "He did most of it."))
     assert log.sessions() == ["old", "recent"], "pruned at most once a minute"
     service._pruned_at -= 60
-    service.turn("recent", _turn(2, "P3", "Show me."))
+    service.turn("recent", scene_turn(2, "P3", "Show me."))
     assert log.sessions() == ["recent"]
     assert service.pool.stats().sessions == 1 and service.pool.resident() == ["recent"]
     assert len(log.turns("recent")) == 3

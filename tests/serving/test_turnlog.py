@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.engine.turnlog import TurnLog, TurnLogError, TurnLogFull
-from tests.engine.test_predict import _turn
+from stream.serving.turnlog import TurnLog, TurnLogError, TurnLogFull
+from tests.tiny import scene_turn
 
 LINES = ["Ben, did you finish the map for our trip?", "He did most of it, honestly.",
          "Then show me the shortcut, please."]
@@ -22,15 +22,15 @@ def test_a_turn_cut_short_by_a_crash_is_left_out_and_cut_off_before_the_next(
     append (the same turn, sent again) cuts it off first instead of writing on after it,
     which made every later read of the session an error."""
     log = TurnLog(tmp_path)
-    log.append("a", _turn(0, "P1", LINES[0]))
-    log.append("a", _turn(1, "P2", LINES[1]))
+    log.append("a", scene_turn(0, "P1", LINES[0]))
+    log.append("a", scene_turn(1, "P2", LINES[1]))
     path = tmp_path / "a.turns.jsonl"
     whole = path.read_text()
     path.write_text(whole[:-40])  # the second line lost its end
     assert [t.text for t in log.turns("a")] == [LINES[0]]
     assert "a turn cut short, left out" in caplog.text
-    log.append("a", _turn(1, "P2", LINES[1]))
-    log.append("a", _turn(2, "P3", LINES[2]))
+    log.append("a", scene_turn(1, "P2", LINES[1]))
+    log.append("a", scene_turn(2, "P3", LINES[2]))
     assert [t.text for t in log.turns("a")] == LINES
     assert "cut off before the next" in caplog.text
     path.write_text("{broken\n" + whole)  # damage that is not a cut-short last line
@@ -44,7 +44,7 @@ def test_a_full_disk_leaves_the_log_as_it_was_and_says_so(
     """The disk fills halfway through a line: the append fails as `TurnLogFull` (the
     service answers 507) and the half line is gone, so the turn can be sent again."""
     log = TurnLog(tmp_path)
-    log.append("a", _turn(0, "P1", LINES[0]))
+    log.append("a", scene_turn(0, "P1", LINES[0]))
     before = (tmp_path / "a.turns.jsonl").read_bytes()
     write = os.write
 
@@ -55,18 +55,18 @@ def test_a_full_disk_leaves_the_log_as_it_was_and_says_so(
 
     monkeypatch.setattr(os, "write", full)
     with pytest.raises(TurnLogFull, match="disk is full; free space"):
-        log.append("a", _turn(1, "P2", LINES[1]))
+        log.append("a", scene_turn(1, "P2", LINES[1]))
     monkeypatch.undo()
     assert (tmp_path / "a.turns.jsonl").read_bytes() == before
-    log.append("a", _turn(1, "P2", LINES[1]))
+    log.append("a", scene_turn(1, "P2", LINES[1]))
     assert [t.text for t in log.turns("a")] == LINES[:2]
 
 
 def test_pruning_removes_only_what_the_log_wrote(tmp_path: Path) -> None:
     """A replay's events file in the same folder, however old, stays."""
     log = TurnLog(tmp_path)
-    log.append("old", _turn(0, "P1", LINES[0]))
-    log.append("new", _turn(0, "P1", LINES[0]))
+    log.append("old", scene_turn(0, "P1", LINES[0]))
+    log.append("new", scene_turn(0, "P1", LINES[0]))
     (tmp_path / "events.jsonl").write_text('{"schema": "socialstream.turn/6"}\n')
     hour_ago = time.time() - 3601
     for name in ("old.turns.jsonl", "events.jsonl"):
@@ -82,12 +82,12 @@ def test_a_last_line_without_its_newline_is_left_out_even_if_it_parses(
     """A write cut just before its newline: the turn was not answered, and the next append
     cuts it off; read as taken, the session in memory held a turn the log then lost."""
     log = TurnLog(tmp_path)
-    log.append("a", _turn(0, "P1", LINES[0]))
-    log.append("a", _turn(1, "P2", LINES[1]))
+    log.append("a", scene_turn(0, "P1", LINES[0]))
+    log.append("a", scene_turn(1, "P2", LINES[1]))
     path = tmp_path / "a.turns.jsonl"
     path.write_bytes(path.read_bytes()[:-1])
     assert [t.index for t in log.turns("a")] == [0]
-    log.append("a", _turn(1, "P2", LINES[1]))
+    log.append("a", scene_turn(1, "P2", LINES[1]))
     assert [t.index for t in log.turns("a")] == [0, 1]
 
 
@@ -98,10 +98,10 @@ def test_a_lock_removed_while_waited_for_is_taken_again(
     one session at once)."""
     import fcntl
 
-    from stream.engine import turnlog
+    from stream.serving import turnlog
 
     log = TurnLog(tmp_path)
-    log.append("s", _turn(0, "P1", LINES[0]))
+    log.append("s", scene_turn(0, "P1", LINES[0]))
     real, calls = fcntl.flock, []
 
     def flock(fd: int, operation: int) -> None:
@@ -128,7 +128,7 @@ def test_a_long_or_non_ascii_session_id_is_kept_under_a_digest(tmp_path: Path,
     may be: a 500 ("File name too long")."""
     log = TurnLog(tmp_path)
     scoped = "0123456789abcdef." + session
-    log.append(scoped, _turn(0, "P1", LINES[0]))
-    log.append("0123456789abcdef." + session[:-1], _turn(0, "P2", LINES[1]))
+    log.append(scoped, scene_turn(0, "P1", LINES[0]))
+    log.append("0123456789abcdef." + session[:-1], scene_turn(0, "P2", LINES[1]))
     assert [t.text for t in log.turns(scoped)] == [LINES[0]]
     assert all(len(p.name.encode()) <= 255 for p in tmp_path.iterdir())

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.config import load_config
-from pipelines.replay import Collect, build_replay, run_replay
+from pipelines.run.replay import Collect, build_replay, run_replay
 from stream.errors import UserError
 from stream.frames import Turn
 

@@ -1,5 +1,5 @@
 """`socialstream serve`: the engine on Ray Serve, one model per replica, many sessions each
-(`stream/engine/service.py`)."""
+(`stream/serving/service.py`)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from rich.console import Console
 from pipelines.config import load_config
 from stream.broker import MqttConfig, broker_address
 from stream.engine.config import PredictorConfig
-from stream.engine.service import TOKEN_ENV
 from stream.errors import UserError
+from stream.serving.service import TOKEN_ENV
 from stream.view.web import loopback, parse_address
 
 log = logging.getLogger(__name__)
@@ -75,8 +75,8 @@ def run(args: argparse.Namespace, stderr: Console) -> int:
         from ray import serve
     except ImportError:
         raise UserError("serve needs Ray Serve: pip install 'socialstream[serve]'") from None
-    from stream.engine.service import APP, deployment
-    from stream.engine.turnlog import TurnLog, TurnLogError
+    from stream.serving.service import APP, deployment
+    from stream.serving.turnlog import TurnLog, TurnLogError
 
     numbers = (args.budget_mb, args.cpus_per_replica, args.log_keep_hours, args.max_body_mb)
     if args.replicas < 1 or args.max_sessions < 1 or args.sessions_per_replica < 1 \
@@ -143,8 +143,8 @@ def run(args: argparse.Namespace, stderr: Console) -> int:
 
 async def _bridge(mqtt: MqttConfig, engine: PredictorConfig, log_dir: Path,
                   stop: threading.Event) -> None:
-    from stream.engine.bridge import MqttBridge
-    from stream.engine.turnlog import TurnLog
+    from stream.serving.bridge import MqttBridge
+    from stream.serving.turnlog import TurnLog
 
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()

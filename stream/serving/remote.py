@@ -1,7 +1,7 @@
 """The engine as a remote service: each turn goes to `socialstream serve` over HTTP.
 
 Edge machines then run perception and turns only, and one model serves many of
-them (`stream/engine/service.py`). The stage stands where `EngineStage` stands and
+them (`stream/serving/service.py`). The stage stands where `EngineStage` stands and
 yields the same `Prediction`s, rebuilt from the service's prediction events. A turn
 is sent with the key frames the engine takes, the session id in the
 `serve_multiplexed_model_id` header, one at a time (the next after the answer).
@@ -35,11 +35,11 @@ import aiohttp
 
 from stream.engine.config import PredictorConfig
 from stream.engine.predict import key_frames
-from stream.engine.service import HEADER, TOKEN_ENV
-from stream.engine.wire import turn_to_json
 from stream.errors import UserError
 from stream.frames import Answer, Item, Prediction, Turn
 from stream.runtime import Stage
+from stream.serving.service import HEADER, TOKEN_ENV
+from stream.serving.wire import turn_to_json
 
 log = logging.getLogger(__name__)
 RETRY_S = 0.5

@@ -45,8 +45,8 @@ from typing import TYPE_CHECKING
 from stream.engine.cache import cache_bytes
 from stream.engine.config import PredictorConfig
 from stream.engine.predict import Predictor, key_frames
-from stream.engine.turnlog import TurnLog
 from stream.frames import Prediction, Turn
+from stream.serving.turnlog import TurnLog
 
 if TYPE_CHECKING:
     from stream.engine.backends import Backend

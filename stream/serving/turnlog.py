@@ -4,7 +4,7 @@ A session's cache is a function of its turns, so the turns are what must survive
 pool that evicted a session, or a new process after a crash, takes them again and has
 the same cache (`SessionPool`). Per session, `folder/<session id, %-quoted>.turns.jsonl`
 holds one line per turn in the format the engine service receives turns in
-(`stream/engine/wire.py`): its times, words, speaker, vote, and the key frames the
+(`stream/serving/wire.py`): its times, words, speaker, vote, and the key frames the
 engine takes as PNG with the players seen in each. Each line is flushed with fsync
 before the turn is answered.
 
@@ -38,8 +38,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from stream.engine.wire import MAX_ID, NotATurn, turn_from_json, turn_to_json
 from stream.frames import Turn
+from stream.serving.wire import MAX_ID, NotATurn, turn_from_json, turn_to_json
 
 log = logging.getLogger(__name__)
 SUFFIX = ".turns.jsonl"

@@ -20,18 +20,14 @@ import pytest
 from stream.engine.config import PredictorConfig
 from stream.engine.loading import load_backend
 from stream.engine.predict import Predictor
-from stream.engine.service import HEADER
-from stream.engine.synthetic import random_llama, word_tokenizer
-from stream.engine.wire import turn_to_json
 from stream.events import prediction_event
 from stream.frames import Turn
+from stream.serving.service import HEADER
+from stream.serving.wire import turn_to_json
 from tests.broker import Broker
-from tests.engine.test_predict import _turn
+from tests.tiny import LINES, SPEAKERS, saved_model, scene_turn
 
 ROOT = Path(__file__).resolve().parents[2]
-LINES = ["Ben, did you finish the map for our trip?", "He did most of it, honestly.",
-         "Then show me the shortcut, please.", "She knows the way better than you."]
-SPEAKERS = ["P1", "P2", "P3", "P2"]
 
 
 def _post(port: int, session: str | None, body: bytes) -> tuple[int, dict[str, Any]]:
@@ -66,13 +62,6 @@ def _send(port: int, session: str, turn: Turn, deadline_s: float = 60) -> dict[s
 
 def _answers(event: dict[str, Any]) -> dict[str, Any]:
     return {k: event[k] for k in ("addressee", "pronouns", "mentioned", "turn", "speaker")}
-
-
-def _tiny_model(folder: Path) -> Path:
-    tokenizer = word_tokenizer()
-    random_llama(len(tokenizer)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _free_port() -> int:
@@ -117,17 +106,17 @@ def _ready(port: int, deadline_s: float = 180) -> None:
 
 
 def test_a_killed_replica_loses_no_prediction(tmp_path: Path) -> None:
-    model = _tiny_model(tmp_path / "model")
+    model = saved_model(tmp_path / "model")
     port = _free_port()
     server = _serve(model, port, tmp_path / "log", replicas=2)
     try:
         reference = Predictor(load_backend(str(model)), PredictorConfig(model=str(model)))
         expected = [_answers(prediction_event(reference.turn(
-            _turn(k, SPEAKERS[k], LINES[k])), "a")) for k in range(len(LINES))]
+            scene_turn(k, SPEAKERS[k], LINES[k])), "a")) for k in range(len(LINES))]
         _ready(port)
-        served = [_send(port, "a", _turn(k, SPEAKERS[k], LINES[k])) for k in range(2)]
+        served = [_send(port, "a", scene_turn(k, SPEAKERS[k], LINES[k])) for k in range(2)]
         os.kill(served[-1]["pid"], signal.SIGKILL)  # the replica that holds the session
-        served += [_send(port, "a", _turn(k, SPEAKERS[k], LINES[k])) for k in range(2, 4)]
+        served += [_send(port, "a", scene_turn(k, SPEAKERS[k], LINES[k])) for k in range(2, 4)]
         assert [_answers(e) for e in served] == expected
         assert served[-1]["pid"] != served[1]["pid"]
         assert all(e["schema"].startswith("socialstream.prediction/") for e in served)
@@ -151,7 +140,7 @@ def test_replay_with_engine_url_gives_the_predictions_of_the_model_in_process(
     conversation of its own, as in process) and through the MQTT bridge: the same
     prediction events as with the same model loaded in the replay (the model's scores
     ride along in all)."""
-    model = _tiny_model(tmp_path / "model")
+    model = saved_model(tmp_path / "model")
     demo = str(ROOT / "examples" / "demo.mp4")
 
     def replay(out: str, *flags: str) -> None:
@@ -256,7 +245,7 @@ def test_serve_refuses_fewer_max_replicas_than_replicas() -> None:
 
 
 def test_replicas_scale_with_load_between_replicas_and_max_replicas() -> None:
-    from stream.engine.service import deployment
+    from stream.serving.service import deployment
 
     def settings(**scale: int) -> Any:
         app = deployment({"model": "x"}, 2**20, "log", **scale)

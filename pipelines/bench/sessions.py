@@ -82,8 +82,8 @@ def _tiny_qwen(folder: Path) -> str:
 def _bench(args: argparse.Namespace, model: str, stderr: Console) -> dict[str, Any]:
     from stream.engine.config import PredictorConfig
     from stream.engine.loading import load_backend
-    from stream.engine.pool import SessionPool
     from stream.engine.predict import Predictor
+    from stream.serving.pool import SessionPool
 
     stderr.log(f"loading {args.model} ...")
     backend = load_backend(model, device=args.device)
@@ -159,8 +159,8 @@ def _served_ms(args: argparse.Namespace, model: str, turns: list[Turn], budget: 
     except ImportError:
         stderr.log("Ray Serve is not installed (extra [serve]): no serve_overhead_ms")
         return None
-    from stream.engine.service import APP, HEADER, deployment
-    from stream.engine.wire import turn_to_json
+    from stream.serving.service import APP, HEADER, deployment
+    from stream.serving.wire import turn_to_json
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

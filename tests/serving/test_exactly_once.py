@@ -15,15 +15,12 @@ import pytest
 
 from stream.engine.backends import TextBackend
 from stream.engine.config import PredictorConfig
-from stream.engine.pool import SessionPool, TurnConflict
 from stream.engine.predict import Predictor
-from stream.engine.turnlog import TurnLog
 from stream.frames import Prediction, Turn
-from tests.engine.test_predict import _turn
+from stream.serving.pool import SessionPool, TurnConflict
+from stream.serving.turnlog import TurnLog
+from tests.tiny import LINES, SPEAKERS, scene_turn
 
-LINES = ["Ben, did you finish the map for our trip?", "He did most of it, honestly.",
-         "Then show me the shortcut, please.", "She knows the way better than you."]
-SPEAKERS = ["P1", "P2", "P3", "P2"]
 NOT_HAPPENING_S = 1.0
 """How long a check waits for something that must not happen (a second thread inside the
 pool) before taking it that it does not: it bounds the wait, it is not a deadline."""
@@ -68,7 +65,7 @@ def test_a_retry_at_another_replica_mid_turn_is_taken_once(
     holds it once (it held [0, 1, 1], and every rebuild took turn 1 twice)."""
     config = PredictorConfig(model="tiny")
     a, b = (SessionPool(llama, config, 1 << 30, log=TurnLog(tmp_path)) for _ in range(2))
-    turns = [_turn(k, SPEAKERS[k], LINES[k]) for k in range(3)]
+    turns = [scene_turn(k, SPEAKERS[k], LINES[k]) for k in range(3)]
     alone = Predictor(llama, config)
     expected = [_scores(alone.turn(t)) for t in turns]
     a.turn("s", turns[0])
@@ -96,7 +93,7 @@ def test_turns_sent_side_by_side_are_answered_or_refused_as_late_never_lost_sile
     gets the session, or refused as late (an index below one taken): no false "took
     other words", no index twice, and every turn answered is in the log, in order."""
     pool = SessionPool(llama, PredictorConfig(model="tiny"), 1 << 30, log=TurnLog(tmp_path))
-    turns = [_turn(k, SPEAKERS[k % 4], LINES[k % 4]) for k in range(10)]
+    turns = [scene_turn(k, SPEAKERS[k % 4], LINES[k % 4]) for k in range(10)]
 
     def send(turn: Turn) -> int | str:
         try:
@@ -119,9 +116,9 @@ async def test_a_cancelled_request_keeps_the_pool_until_its_turn_is_done(
     """Serve cancels a handler whose client went away; its worker thread goes on inside
     the pool. The next request must wait for that thread, not only for the handler (two
     turns ran at once in a pool and cache that are not thread-safe)."""
-    from stream.engine.service import EngineService
     from stream.engine.synthetic import random_llama, word_tokenizer
-    from stream.engine.wire import turn_to_json
+    from stream.serving.service import EngineService
+    from stream.serving.wire import turn_to_json
 
     tokenizer = word_tokenizer()
     random_llama(len(tokenizer)).save_pretrained(tmp_path / "model")
@@ -129,7 +126,7 @@ async def test_a_cancelled_request_keeps_the_pool_until_its_turn_is_done(
     service = EngineService({"model": str(tmp_path / "model")}, 2**30, str(tmp_path / "log"))
     gate = _Gate(service.pool._turn)
     service.pool._turn = gate  # type: ignore[method-assign]
-    body = [turn_to_json(_turn(k, SPEAKERS[k], LINES[k])) for k in range(2)]
+    body = [turn_to_json(scene_turn(k, SPEAKERS[k], LINES[k])) for k in range(2)]
     encoded = [json.dumps(b).encode() for b in body]
     cancelled = asyncio.create_task(service.answer("s", "", encoded[0]))
     await asyncio.to_thread(gate.entered.acquire)

@@ -19,11 +19,11 @@ import pytest
 from stream.engine.config import PredictorConfig
 from stream.engine.loading import load_backend
 from stream.engine.predict import Predictor
-from stream.engine.service import EngineService
 from stream.engine.synthetic import random_llama, word_tokenizer
-from stream.engine.wire import turn_to_json
 from stream.frames import Turn
-from tests.engine.test_predict import _turn
+from stream.serving.service import EngineService
+from stream.serving.wire import turn_to_json
+from tests.tiny import scene_turn
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ async def _ask(service: EngineService, session: str | None, body: bytes | dict[s
 
 
 def _body(turn: Turn | None = None, **changes: Any) -> dict[str, Any]:
-    data = turn_to_json(turn or _turn(0, "P1", "Ben, did you finish the map?"))
+    data = turn_to_json(turn or scene_turn(0, "P1", "Ben, did you finish the map?"))
     return {**data, **changes}
 
 
@@ -122,13 +122,13 @@ async def test_sessions_beyond_the_limit_are_507_until_one_is_idle_long_enough(
     import os
     import time
 
-    from stream.engine.service import PRUNE_EVERY_S
+    from stream.serving.service import PRUNE_EVERY_S
 
     service = _service(model, tmp_path, max_sessions=1, keep_s=3600)
     assert (await _ask(service, "a", _body()))[0] == 200
     status, answer = await _ask(service, "b", _body())
     assert status == 507 and "holds 1 sessions" in answer["error"]
-    assert (await _ask(service, "a", _body(_turn(1, "P2", "Yes."))))[0] == 200
+    assert (await _ask(service, "a", _body(scene_turn(1, "P2", "Yes."))))[0] == 200
     hours_ago = time.time() - 7200
     os.utime(service.log._path("a"), (hours_ago, hours_ago))
     service._pruned_at -= PRUNE_EVERY_S  # a minute on: the next request looks again
@@ -146,7 +146,7 @@ async def test_a_token_is_needed_and_each_tokens_sessions_are_its_own(
         status, answer = await _ask(service, "a", _body(), authorization)
         assert status == 401 and "Authorization: Bearer TOKEN" in answer["error"]
     assert (await _ask(service, "a", _body(), "Bearer one"))[0] == 200
-    other = _body(_turn(0, "P2", "Other words as turn 0."))
+    other = _body(scene_turn(0, "P2", "Other words as turn 0."))
     status, answer = await _ask(service, "a", other, "Bearer two")
     assert status == 200 and answer["session"] == "a"
     assert (await _ask(service, "a", other, "Bearer one"))[0] == 409
@@ -157,10 +157,10 @@ async def test_a_token_is_needed_and_each_tokens_sessions_are_its_own(
 async def test_late_and_conflicting_turns_are_409_with_the_reason(
         model: Path, tmp_path: Path) -> None:
     service = _service(model, tmp_path)
-    assert (await _ask(service, "s", _body(_turn(5, "P1", "Hello.")), None))[0] == 200
-    status, answer = await _ask(service, "s", _body(_turn(3, "P1", "Earlier.")))
+    assert (await _ask(service, "s", _body(scene_turn(5, "P1", "Hello.")), None))[0] == 200
+    status, answer = await _ask(service, "s", _body(scene_turn(3, "P1", "Earlier.")))
     assert status == 409 and "turn 3 came after turn 5" in answer["error"]
-    status, answer = await _ask(service, "s", _body(_turn(5, "P1", "Other words.")))
+    status, answer = await _ask(service, "s", _body(scene_turn(5, "P1", "Other words.")))
     assert status == 409 and "took other words as turn 5" in answer["error"]
 
 
@@ -169,7 +169,8 @@ async def test_the_service_names_people_as_the_edge_does(model: Path, tmp_path: 
     """A turn named only by its transcript ("Ben"): the edge's names make it P2, in
     process and at the service alike."""
     names = {"P1": "Ann", "P2": "Ben"}
-    turn = replace(_turn(0, "P1", "I did most of it, honestly."), vote=None, speaker_name="Ben")
+    turn = replace(scene_turn(0, "P1", "I did most of it, honestly."), vote=None,
+                   speaker_name="Ben")
     here = Predictor(load_backend(str(model)), PredictorConfig(model=str(model)), names)
     expected = here.turn(turn).speaker
     status, answer = await _ask(_service(model, tmp_path), "s", turn_to_json(turn, names))
@@ -180,7 +181,7 @@ async def test_a_full_disk_is_507_and_the_turn_can_come_again(
         model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    from stream.engine import turnlog
+    from stream.serving import turnlog
 
     service = _service(model, tmp_path)
 
@@ -223,7 +224,7 @@ async def test_what_the_engine_cannot_take_is_400_not_500(case: str, model: Path
 
 
 def test_a_key_frame_narrower_than_one_to_a_hundred_is_not_a_turn() -> None:
-    from stream.engine.wire import NotATurn, _png
+    from stream.serving.wire import NotATurn, _png
 
     _, png = cv2.imencode(".png", np.zeros((1, 2000, 3), np.uint8))
     with pytest.raises(NotATurn, match="2000x1 is narrower than 1:100"):
@@ -249,7 +250,7 @@ async def test_a_new_session_that_fails_leaves_nothing_behind(
     import os
     import time
 
-    from stream.engine.service import PRUNE_EVERY_S
+    from stream.serving.service import PRUNE_EVERY_S
 
     service = _service(model, tmp_path, keep_s=60)
 
@@ -276,7 +277,7 @@ async def test_pruning_skips_what_is_not_a_log_and_forgets_long_ids_too(
     import os
     import time
 
-    from stream.engine.service import PRUNE_EVERY_S
+    from stream.serving.service import PRUNE_EVERY_S
 
     (tmp_path / "someone.turns.jsonl").mkdir()
     service = _service(model, tmp_path, keep_s=60)

@@ -49,10 +49,12 @@ import aiomqtt
 
 from stream.broker import MqttConfig, broker_address, mqtt_client
 from stream.engine.config import PredictorConfig
-from stream.engine.remote import RemoteEngineStage
-from stream.engine.service import TOKEN_ENV, token_scope
-from stream.engine.turnlog import TurnLog
-from stream.engine.wire import (
+from stream.events import dumps, prediction_event
+from stream.frames import PlayerView, Turn
+from stream.serving.remote import RemoteEngineStage
+from stream.serving.service import TOKEN_ENV, token_scope
+from stream.serving.turnlog import TurnLog
+from stream.serving.wire import (
     TurnWire,
     ViewWire,
     count_elements,
@@ -61,8 +63,6 @@ from stream.engine.wire import (
     turn_from_json,
     turn_to_json,
 )
-from stream.events import dumps, prediction_event
-from stream.frames import PlayerView, Turn
 from stream.tasks.stage import SocialStage
 
 log = logging.getLogger(__name__)

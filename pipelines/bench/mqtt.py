@@ -25,9 +25,9 @@ import aiomqtt
 import numpy as np
 from rich.console import Console
 
+from pipelines.bench.mosquitto import PrivateBroker
 from pipelines.config import load_config
-from pipelines.mosquitto import PrivateBroker
-from pipelines.replay import replay_and_collect
+from pipelines.run.replay import replay_and_collect
 from stream.broker import MqttConfig, broker_address
 from stream.frames import Turn
 from stream.sinks.mqtt import MqttSink

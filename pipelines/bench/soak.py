@@ -36,10 +36,10 @@ import psutil
 import yaml
 from rich.console import Console
 
+from pipelines.bench.mosquitto import PrivateBroker, free_port
 from pipelines.config import load_config
-from pipelines.live import LivePipelineConfig
-from pipelines.mosquitto import PrivateBroker, free_port
-from pipelines.replay import replay_and_collect
+from pipelines.run.live import LivePipelineConfig
+from pipelines.run.replay import replay_and_collect
 from stream.errors import UserError
 from stream.sources.media import probe
 

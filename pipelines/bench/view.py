@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 
 from pipelines.config import load_config
-from pipelines.replay import Collect, build_replay, run_replay
+from pipelines.run.replay import Collect, build_replay, run_replay
 from stream.runtime import Stage
 from stream.sources.media import probe
 from stream.view.video import AnnotatedVideo
