@@ -166,6 +166,7 @@ def _asr_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     stderr = Console(stderr=True, soft_wrap=True)
     _logging(stderr, args.verbose)
     try:

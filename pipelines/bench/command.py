@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.bench.docs import command_of, write_figures
 from pipelines.bench.mqtt import bench_mqtt
 from pipelines.bench.sessions import bench_sessions
 from pipelines.bench.soak import bench_soak
@@ -63,6 +65,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                        help="mqtt: broker to load (default: a private mosquitto)")
     bench.add_argument("--json", action="store_true",
                        help="end the output with one JSON object of the figures")
+    bench.add_argument("--docs", metavar="FILE", type=Path,
+                       help="also write the figures into FILE (Markdown), between the "
+                            "`<!-- figures: COMMAND -->` markers of this command, with the "
+                            "machine and commit")
     bench.add_argument("--asr", action="store_true",
                        help="replay: also replay with the words recognised from the audio "
                             "(the transcript left unread), and time the words")
@@ -124,6 +130,10 @@ def run(args: argparse.Namespace, stderr: Console) -> int:
     for key, value in _flat(figures).items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     (stderr if args.json else Console()).print(table)
+    if args.docs is not None:
+        write_figures(args.docs, command_of(getattr(args, "argv", sys.argv[1:])),
+                      _flat(figures))
+        stderr.print(f"figures written to {args.docs}")
     if args.json:
         print(json.dumps(figures))
     return 0
