@@ -46,6 +46,6 @@ def test_a_doc_without_the_block_gets_it_appended(tmp_path: Path) -> None:
 def test_an_unclosed_block_is_an_error_that_names_the_file(tmp_path: Path) -> None:
     doc = tmp_path / "open.md"
     doc.write_text(f"<!-- figures: {REPLAY} -->\n| figure |\n")
-    with pytest.raises(UserError, match="open.md.*no <!-- /figures -->"):
+    with pytest.raises(UserError, match=r"open\.md.*no <!-- /figures -->"):
         write_figures(doc, REPLAY, {"rtf": 1.0})
     assert doc.read_text() == f"<!-- figures: {REPLAY} -->\n| figure |\n"  # untouched
