@@ -60,7 +60,7 @@ HELP = {
                  "bundled Whisper base (docs/words.md)",
     "model": "after every turn, answer who is addressed, referred to and mentioned with this "
              "model: a checkpoint directory, a model id in the local Hugging Face cache, or "
-             "smollm2 (README: Engine)",
+             "smollm2 (docs/engine.md)",
     "predictor": "who answers after each turn: fusion (the default; with --model or "
                  "--engine the model's scores ride along), cues, engine (the model's answers; "
                  "needs --model or --engine) or none",

@@ -235,7 +235,7 @@ class Answer:
 @dataclass(frozen=True, eq=False)
 class AttentionMap:
     """Where the engine's biased heads looked in a turn's last key frame while its words
-    were prefilled (README: Engine), for drawing over the picture."""
+    were prefilled (docs/engine.md), for drawing over the picture."""
 
     grid: np.ndarray
     """(rows, cols) over the frame as the model saw it: attention from the utterance's

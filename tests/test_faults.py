@@ -1,7 +1,7 @@
 """Faults and hostile input: each case as a user meets it, through the command line.
 
-The table of cases (input -> exit code -> message -> what is kept) is in README.md,
-"Bad input and faults"; every row is checked here.
+The table of cases (input -> exit code -> message -> what is kept) is in
+docs/operations.md, "Bad input and faults"; every row is checked here.
 """
 
 from __future__ import annotations

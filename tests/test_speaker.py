@@ -102,7 +102,8 @@ def _perceive(media: Path, model: str = "light_asd") -> tuple[list[PerceivedFram
 
 
 @pytest.mark.parametrize(("scene", "seats", "model", "per_frame"), [
-    # The figures the README states; the replay is deterministic, so they must hold exactly.
+    # The figures docs/perception.md states; the replay is deterministic, so they must hold
+    # exactly.
     ("demo", 3, "light_asd", 0.975),     # clean
     ("duo", 2, "light_asd", 0.976),      # two people off-centre, audio hiss, sensor noise
     ("quartet", 4, "light_asd", 0.951),  # four small faces, one turns away for 3.5 s, noise
@@ -126,7 +127,7 @@ def test_speaker_per_turn_and_per_frame(scene: str, seats: int, model: str,
 
 
 @pytest.mark.parametrize(("transcript", "found", "worst", "overlaps"), [
-    # The figures the README states. With the transcript the split goes to the lines'
+    # The figures docs/turns.md states. With the transcript the split goes to the lines'
     # ends and both replies that start before the other ends are overlaps. Without it,
     # where the new speaker's share rose; the synchrony tie-break gives a new speaker
     # the frames later (before it: 14 within 0.3 s, max 0.358, both overlaps found), so
@@ -149,8 +150,8 @@ def test_handovers_without_pauses_are_split_where_the_speaker_changes(
     print(f"handover, transcript {transcript}: boundaries {errors}, turns "
           f"{[(t.start, t.end, t.closed_by) for t in turns]}")
     assert result.turn_accuracy == 1.0, "8 turns, each with its speaker"
-    # The README's figure: the frames lost are Light-ASD's lag at handovers (0.2-0.45 s)
-    # and the last seconds of a turn spoken with the back turned.
+    # The figure of docs/perception.md: the frames lost are Light-ASD's lag at handovers
+    # (0.2-0.45 s) and the last seconds of a turn spoken with the back turned.
     assert round(result.frame_accuracy, 3) == 0.828
     assert (sum(e <= 0.3 for e in errors), max(errors)) == (found, worst)
     split = [t for t in turns if t.closed_by == "speaker"]

@@ -76,7 +76,8 @@ def test_the_page_fills_its_turn_list_during_a_replay(tmp_path: Path) -> None:
         shot = tmp_path / "web.png"
         assert page.save_screenshot(str(shot)) and shot.stat().st_size > 20_000
         if target := os.environ.get("SOCIALSTREAM_SCREENSHOT"):
-            shutil.copy(shot, target)  # how the README's picture is made
+            # How the picture in README.md and docs/operations.md is made.
+            shutil.copy(shot, target)
     finally:
         if page is not None:
             page.quit()

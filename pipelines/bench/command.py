@@ -10,10 +10,10 @@ perception path as a real-time factor for live 30 fps input, and the wall-clock
 latency from a frame's media time to its speaker decision in a paced replay.
 `view`: the annotated video and the web view with two viewers against a plain replay.
 `sessions`: how many conversations one model keeps under p95 1 s at real-time pace
-(`bench_sessions.py`).
+(`sessions.py`).
 `soak`: a live session on a looping stream for `--minutes`, its sender and broker
 restarted at intervals: memory over time, turns lost, restarts survived
-(`bench_soak.py`).
+(`soak.py`).
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ def bench_replay(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
 def _bench_asr(args: argparse.Namespace, stderr: Console, duration: float) -> dict[str, Any]:
     """The full replay with the words from the transcript and with them recognised, paired
     in each round (this shared machine drifts between rounds), and the recogniser's delay
-    (`eval_words.word_latencies`)."""
+    (`pipelines.evaluation.words.word_latencies`)."""
     from pipelines.evaluation.words import percentiles, word_latencies
 
     walls: dict[str, list[float]] = {"transcript": [], "asr": []}

@@ -1,6 +1,6 @@
 """`socialstream eval MEDIA`: replay a scene that has ground truth (`MEDIA.truth.json`)
 and score the predictions made after each of its turns, and the turns' words
-(`eval_words.py`).
+(`words.py`).
 
 With `asr`, the scene's transcript sidecar is left unread and the words are recognised
 from the audio, so that the same truth scores the recogniser.

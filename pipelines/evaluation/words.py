@@ -12,7 +12,7 @@ output turn overlaps is all deletions; an output turn that overlaps none is all
 insertions. cpWER (meeteval) needs no pairing: each speaker's words are concatenated in
 time order and speakers are matched one to one so as to minimise the errors, so words
 given to the wrong person count even where WER sees none. An output turn without a
-speaker counts as its own speaker, as in the who-spoke-when scores (`eval_turns.py`).
+speaker counts as its own speaker, as in the who-spoke-when scores (`turns.py`).
 """
 
 from __future__ import annotations

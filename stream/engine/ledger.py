@@ -15,7 +15,7 @@ class Span:
     end: int
     """Cache indices [start, end); they shift down when earlier spans are evicted."""
     position: int = 0
-    """The rotary position of the span's first token. Positions never change (see README)."""
+    """The rotary position of the span's first token. Positions never change (docs/engine.md)."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Always `ids`, and in a session `chunk` (the prefilled embeddings and relative
     positions, kept so that a rebase can re-encode the span). For frames: `t`, `grid` (rows,

@@ -356,7 +356,7 @@ class Session:
     def _make_room(self, advance: int) -> None:
         """Before positions pass the model's range, re-encode the kept conversation from 0.
 
-        Eviction keeps positions (see README), so they grow with the conversation: about
+        Eviction keeps positions (docs/engine.md), so they grow with the conversation: about
         90k an hour at the demo's pace, against 128k for Qwen2.5-VL and 8k for SmolLM2.
         A rebase costs one prefill of what is kept (at most the budget) and happens once
         per `max_positions - budget` positions.

@@ -171,7 +171,7 @@ class MqttInbox(Source):
                 "rejected")
         if self.missing:
             text += (f"; {self.missing} transcript lines never arrived (gaps in their seq "
-                     "numbers: the broker may have dropped them, see README: MQTT)")
+                     "numbers: the broker may have dropped them, see docs/operations.md, MQTT)")
         return text
 
 

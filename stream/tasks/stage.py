@@ -5,7 +5,7 @@ The fusion predictor needs no model and answers in well under a millisecond, so 
 in the event loop. When an engine model is configured, the engine stage
 (`stream.engine.predict.EngineStage`, its model in a thread) answers first and its
 scores ride along as `scores` beside the fusion probabilities: the shipped ranker was
-trained without an engine, so it does not mix them in (README: Predictions). With
+trained without an engine, so it does not mix them in (docs/evaluation.md). With
 `predictor: engine` the engine's answers are the prediction.
 """
 

@@ -54,8 +54,8 @@ def test_eval_a_scene_with_ground_truth(demo: Path, truth: dict) -> None:
     scene = json.loads(done.stdout.splitlines()[-1])["scenes"][str(demo)]
     assert {t: v["n"] for t, v in scene["tasks"].items()} == {
         "addressee": 12, "pronoun": 5, "mentioned": 12}
-    # The README's figures (addressee 9/12, pronouns 4/5, mentioned 11/12), above the
-    # previous-speaker rule on the demo (6/12), without any model.
+    # The figures of docs/evaluation.md (addressee 9/12, pronouns 4/5, mentioned 11/12),
+    # above the previous-speaker rule on the demo (6/12), without any model.
     right = {t: round(v["accuracy"] * v["n"]) for t, v in scene["tasks"].items()}
     assert right == {"addressee": 9, "pronoun": 4, "mentioned": 11}
     assert scene["tasks"]["addressee"]["baselines"]["previous_speaker"] == 0.5

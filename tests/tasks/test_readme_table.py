@@ -1,5 +1,5 @@
-"""The README's cross-validated table is what `socialstream eval ... --cv 5` prints: the
-figures we publish about ourselves come from the command, not from a hand."""
+"""The cross-validated table of docs/evaluation.md is what `socialstream eval ... --cv 5`
+prints: the figures we publish about ourselves come from the command, not from a hand."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
-def test_the_readme_table_is_what_eval_cv_prints() -> None:
+def test_the_docs_table_is_what_eval_cv_prints() -> None:
     data = [str(require_shared(SOCIAL / name)) for name in ("friends-dev.jsonl",
                                                              "wau-dev.jsonl")]
     runs = {}
@@ -31,7 +31,7 @@ def test_the_readme_table_is_what_eval_cv_prints() -> None:
                        timeout=900)
         assert done.returncode == 0, done.stderr
         runs[predictor] = json.loads(done.stdout.strip().splitlines()[-1])["by_source"]
-    rows = ROW.findall((ROOT / "README.md").read_text())
+    rows = ROW.findall((ROOT / "docs" / "evaluation.md").read_text())
     assert len(rows) == 4, rows
     for source, task, n, fused, low, high, cues, best, rule in rows:
         fusion = runs["fusion"][SOURCES[source]][task]
