@@ -22,6 +22,26 @@ def demo() -> Path:
     return DEMO
 
 
+SHORT_S = 9.0
+"""The short demo's length: the demo's first three turns, whole (the third ends at 8.63 s)."""
+SHORT_TURNS = 3
+
+
+@pytest.fixture(scope="session")
+def short_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's first 9 s, named demo.mp4 with its transcript beside it, for the tests of
+    the command line whose subject is not the conversation (errors, outputs, signals,
+    serving): the same path through every stage at a third of the replay's cost. The whole
+    conversation is replayed and checked against its truth in test_replay and test_demo."""
+    folder = tmp_path_factory.mktemp("short")
+    media = folder / "demo.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(DEMO), "-t", str(SHORT_S), "-c", "copy",
+                    str(media)], check=True, timeout=60)
+    cues = DEMO.with_suffix(".srt").read_text().strip().split("\n\n")[:SHORT_TURNS]
+    (folder / "demo.srt").write_text("\n\n".join(cues) + "\n")
+    return media
+
+
 @pytest.fixture(scope="session")
 def truth() -> dict:
     return json.loads((ROOT / "examples" / "demo.truth.json").read_text())

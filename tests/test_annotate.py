@@ -19,7 +19,7 @@ from stream.engine.synthetic import random_qwen, word_tokenizer
 from stream.view.overlay import HEAT_TAG, SPEAKER
 from stream.view.video import AnnotatedVideo
 from stream.view.web import WebView
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, SHORT_TURNS, run_cli
 
 
 def _pictures(path: Path) -> list[tuple[float, np.ndarray]]:
@@ -90,7 +90,7 @@ def test_an_interrupted_annotation_is_still_playable(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_attention_is_drawn_while_each_turn_is_shown(tmp_path: Path) -> None:
+def test_attention_is_drawn_while_each_turn_is_shown(short_demo: Path, tmp_path: Path) -> None:
     """A tiny random Qwen2.5-VL saved as a checkpoint and run as a user would: each turn's
     map (labelled with its head count) lies under the picture while the turn is shown."""
     model = tmp_path / "qwen"
@@ -98,12 +98,12 @@ def test_attention_is_drawn_while_each_turn_is_shown(tmp_path: Path) -> None:
     random_qwen("tiny", len(tokenizer)).save_pretrained(model)
     tokenizer.save_pretrained(model)
     out, events = tmp_path / "attention.mp4", tmp_path / "events.jsonl"
-    result = run_cli("replay", str(ROOT / "examples" / "demo.mp4"), "--model", str(model),
+    result = run_cli("replay", str(short_demo), "--model", str(model),
                      "--annotate", str(out), "--attention", "--out", str(events), timeout=400)
     assert result.returncode == 0, result.stderr
     known = [e["emitted_at"] for e in map(json.loads, events.read_text().splitlines())
              if e["schema"].startswith("socialstream.turn/")]
-    assert len(known) == 12
+    assert len(known) == SHORT_TURNS
 
     def labelled(image: np.ndarray) -> bool:
         corner = image[4:30, 4:160].astype(int)

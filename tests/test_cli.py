@@ -16,6 +16,7 @@ from stream.sinks.jsonl import JsonlSink
 from tests.conftest import (
     PREDICTION,
     ROOT,
+    SHORT_TURNS,
     TURN,
     run_cli,
     signalled_after_first_line,
@@ -34,17 +35,17 @@ def _one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> 
         assert needle in lines[0]
 
 
-def test_json_mode_prints_only_events_on_stdout(demo: Path, tmp_path: Path) -> None:
+def test_json_mode_prints_only_events_on_stdout(short_demo: Path, tmp_path: Path) -> None:
     out = tmp_path / "events.jsonl"
-    result = run_cli("replay", str(demo), "--json", "--out", str(out))
+    result = run_cli("replay", str(short_demo), "--json", "--out", str(out))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     events = [json.loads(ln) for ln in lines]
-    expected = [(schema, n) for n in range(12) for schema in (TURN, PREDICTION)]
+    expected = [(schema, n) for n in range(SHORT_TURNS) for schema in (TURN, PREDICTION)]
     assert [(e["schema"], e["turn"]) for e in events] == expected, "each turn, then its answers"
     assert all(e["predictor"] == "fusion" for e in events[1::2])
     assert out.read_text().splitlines() == lines
-    assert "stage metrics" in result.stderr and "12 turns" in result.stderr
+    assert "stage metrics" in result.stderr and f"{SHORT_TURNS} turns" in result.stderr
 
 
 async def test_json_and_out_are_one_writer_so_they_agree_line_for_line(
@@ -67,11 +68,11 @@ async def test_json_and_out_are_one_writer_so_they_agree_line_for_line(
     assert out.read_text().splitlines() == printed
 
 
-def test_human_mode_prints_readable_turns(demo: Path) -> None:
-    result = run_cli("replay", str(demo))
+def test_human_mode_prints_readable_turns(short_demo: Path) -> None:
+    result = run_cli("replay", str(short_demo))
     assert result.returncode == 0, result.stderr
     turn_lines = [ln for ln in result.stdout.splitlines() if ln.startswith("turn ")]
-    assert len(turn_lines) == 12 and "Ben, did you finish the map" in turn_lines[0]
+    assert len(turn_lines) == SHORT_TURNS and "Ben, did you finish the map" in turn_lines[0]
 
 
 def test_corrupt_and_missing_media_fail_in_one_line(tmp_path: Path) -> None:
@@ -81,13 +82,14 @@ def test_corrupt_and_missing_media_fail_in_one_line(tmp_path: Path) -> None:
     _one_line_error(run_cli("replay", str(tmp_path / "gone.mp4")), "gone.mp4", "no such file")
 
 
-def test_malformed_transcript_lines_are_skipped_and_counted(demo: Path, tmp_path: Path) -> None:
+def test_malformed_transcript_lines_are_skipped_and_counted(short_demo: Path,
+                                                             tmp_path: Path) -> None:
     transcript = tmp_path / "t.srt"
-    good = (demo.with_suffix(".srt")).read_text()
+    good = (short_demo.with_suffix(".srt")).read_text()
     transcript.write_text("1\n00:00:00,100 -> nonsense\nbroken cue\n\n" + good)
-    result = run_cli("replay", str(demo), "--json", "--transcript", str(transcript))
+    result = run_cli("replay", str(short_demo), "--json", "--transcript", str(transcript))
     assert result.returncode == 0, result.stderr
-    assert len(turn_events(result.stdout)) == 12
+    assert len(turn_events(result.stdout)) == SHORT_TURNS
     assert "1 malformed transcript line(s) skipped" in result.stderr
     assert f"{transcript}:2" in result.stderr
 
@@ -152,11 +154,12 @@ def test_sigint_drains_and_flushes_what_was_produced(demo: Path, tmp_path: Path)
     assert "interrupted" in stderr and "stage metrics" in stderr
 
 
-def test_bench_replay_reports_ratios_as_json(demo: Path) -> None:
-    result = run_cli("bench", "replay", "--repeat", "1", "--json", timeout=300)
+def test_bench_replay_reports_ratios_as_json(short_demo: Path) -> None:
+    result = run_cli("bench", "replay", "--media", str(short_demo), "--repeat", "1", "--json",
+                     timeout=300)
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout.strip().splitlines()[-1])
-    assert figures["turns"] == 12
+    assert figures["turns"] == SHORT_TURNS
     assert figures["replay_rtf"] > 0 and figures["decode_rtf"] > 0
     assert abs(figures["replay_over_decode"] - figures["replay_s"] / figures["decode_s"]) < 0.01
     assert "asr" not in figures  # the recogniser is timed only when asked (--asr)
@@ -183,14 +186,14 @@ def test_bench_view_pairs_each_view_with_a_plain_replay_per_round() -> None:
     assert figures["plain_cpu_s"] > 0
 
 
-def test_progress_bar_on_a_terminal_only(demo: Path) -> None:
+def test_progress_bar_on_a_terminal_only(short_demo: Path) -> None:
     import os
     import pty
 
     leader, follower = pty.openpty()
     env = {**os.environ, "COLUMNS": "120", "TERM": "xterm"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "replay", str(demo), "--json", "--realtime",
+        [sys.executable, "-m", "pipelines.cli", "replay", str(short_demo), "--json", "--realtime",
          "--speed", "8"], cwd=ROOT, stdout=subprocess.PIPE, stderr=follower, env=env)
     os.close(follower)
     seen = b""
@@ -206,15 +209,15 @@ def test_progress_bar_on_a_terminal_only(demo: Path) -> None:
     os.close(leader)
     assert proc.returncode == 0
     assert b"replaying demo.mp4" in seen and b"s media" in seen
-    piped = run_cli("replay", str(demo), "--json")
+    piped = run_cli("replay", str(short_demo), "--json")
     assert "replaying" not in piped.stderr
 
 
-def test_media_from_a_pipe(demo: Path, tmp_path: Path) -> None:
+def test_media_from_a_pipe(short_demo: Path, tmp_path: Path) -> None:
     import av
 
     stream_file = tmp_path / "demo.ts"
-    with av.open(str(demo)) as src, av.open(str(stream_file), "w", format="mpegts") as dst:
+    with av.open(str(short_demo)) as src, av.open(str(stream_file), "w", format="mpegts") as dst:
         mapping = {s.index: dst.add_stream_from_template(s) for s in src.streams}
         for packet in src.demux():
             if packet.dts is None:
@@ -222,11 +225,11 @@ def test_media_from_a_pipe(demo: Path, tmp_path: Path) -> None:
             packet.stream = mapping[packet.stream.index]
             dst.mux(packet)
     with stream_file.open("rb") as stdin:
-        result = run_cli("replay", "-", "--json", "--transcript", str(demo.with_suffix(".srt")),
-                         stdin=stdin)
+        result = run_cli("replay", "-", "--json", "--transcript",
+                         str(short_demo.with_suffix(".srt")), stdin=stdin)
     assert result.returncode == 0, result.stderr
     events = turn_events(result.stdout)
-    assert len(events) == 12 and events[0]["session"] == "stdin"
+    assert len(events) == SHORT_TURNS and events[0]["session"] == "stdin"
     assert all(e["origin"] == "speech" and e["text"] for e in events), "pipe timestamps line up"
 
 

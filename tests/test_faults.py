@@ -27,6 +27,7 @@ from stream.runtime import Pipeline, Source
 from tests.conftest import (
     DEMO,
     ROOT,
+    SHORT_TURNS,
     run_cli,
     signalled_after_first_line,
     start_cli,
@@ -131,10 +132,11 @@ def test_an_output_that_is_an_input_is_refused(tmp_path: Path) -> None:
     assert srt.read_text() == SRT.read_text()
 
 
-def test_our_own_output_beside_the_media_is_not_read_as_its_transcript(tmp_path: Path) -> None:
+def test_our_own_output_beside_the_media_is_not_read_as_its_transcript(
+        short_demo: Path, tmp_path: Path) -> None:
     media = tmp_path / "demo.mp4"
-    shutil.copy(DEMO, media)
-    shutil.copy(SRT, tmp_path / "demo.srt")
+    shutil.copy(short_demo, media)
+    shutil.copy(short_demo.with_suffix(".srt"), tmp_path / "demo.srt")
     first = run_cli("replay", str(media), "--json", "--out", str(tmp_path / "demo.jsonl"))
     again = run_cli("replay", str(media), "--json")
     assert first.returncode == again.returncode == 0, again.stderr
@@ -203,10 +205,10 @@ def test_sessions_never_share_a_spool(tmp_path: Path) -> None:
     assert len(paths) == 5 and all(p.parent == tmp_path for p in paths)
 
 
-def test_event_ids_are_unique_across_runs(tmp_path: Path) -> None:
-    runs = [turn_events(run_cli("replay", str(DEMO), "--json").stdout) for _ in range(2)]
+def test_event_ids_are_unique_across_runs(short_demo: Path) -> None:
+    runs = [turn_events(run_cli("replay", str(short_demo), "--json").stdout) for _ in range(2)]
     ids = [[e["id"] for e in events] for events in runs]
-    assert len(set(ids[0])) == 12 and not set(ids[0]) & set(ids[1])
+    assert len(set(ids[0])) == SHORT_TURNS and not set(ids[0]) & set(ids[1])
     assert ids[0][0].startswith("demo/") and ids[0][0].endswith("/turn/0")
     assert runs[0][0]["run"] != runs[1][0]["run"]
     # Everything but the run is the same: replays still compare.

@@ -24,7 +24,7 @@ from stream.frames import (
     Word,
 )
 from tests.broker import free_port
-from tests.conftest import ROOT, run_cli, turn_events
+from tests.conftest import ROOT, SHORT_TURNS, run_cli, turn_events
 from tests.ports import wait_listening
 
 DEMO = ROOT / "examples" / "demo.mp4"
@@ -66,12 +66,13 @@ drops video by design, which changes the speakers. Its cost is in `bench percept
 For the same reason the recognizer is off (`--no-asr`): the turns, not their words."""
 
 
-def _assert_same_turns_as_the_file_replay(events: list[dict], tmp_path: Path) -> None:
+def _assert_same_turns_as_the_file_replay(events: list[dict], tmp_path: Path,
+                                          media: Path = DEMO, turns: int = 12) -> None:
     config = tmp_path / "replay.yaml"
     config.write_text(MOUTH)
-    replayed = turn_events(run_cli("replay", str(DEMO), "--json", "--config",
+    replayed = turn_events(run_cli("replay", str(media), "--json", "--config",
                                    str(config), "--no-asr").stdout)
-    assert len(events) == len(replayed) == 12
+    assert len(events) == len(replayed) == turns
     for got, want in zip(events, replayed, strict=True):
         assert abs(got["start"] - want["start"]) <= 0.02, "within one VAD frame"
         assert abs(got["end"] - want["end"]) <= 0.02
@@ -89,22 +90,22 @@ def _pushed(tmp_path: Path, media: Path) -> tuple[str, str]:
     return out, err
 
 
-def test_udp_live_stream_gives_the_file_replays_turns(tmp_path: Path) -> None:
-    out, _ = _pushed(tmp_path, DEMO)
-    _assert_same_turns_as_the_file_replay(turn_events(out), tmp_path)
+def test_udp_live_stream_gives_the_file_replays_turns(short_demo: Path, tmp_path: Path) -> None:
+    out, _ = _pushed(tmp_path, short_demo)
+    _assert_same_turns_as_the_file_replay(turn_events(out), tmp_path, short_demo, SHORT_TURNS)
 
 
-def test_rtsp_listener_gives_the_file_replays_turns(tmp_path: Path) -> None:
+def test_rtsp_listener_gives_the_file_replays_turns(short_demo: Path, tmp_path: Path) -> None:
     port = free_port()
     url = f"rtsp://127.0.0.1:{port}/live"
     live = _live(port, tmp_path, 12, 3.0, url, "--listen")
     wait_listening(port, live, "tcp")
     subprocess.run([_ffmpeg(), "-hide_banner", "-loglevel", "error", "-readrate", "2", "-i",
-                    str(DEMO), "-c", "copy", "-f", "rtsp", "-rtsp_transport", "tcp", url],
+                    str(short_demo), "-c", "copy", "-f", "rtsp", "-rtsp_transport", "tcp", url],
                    check=True, timeout=120)
     out, err = live.communicate(timeout=90)
     assert live.returncode == 0, err
-    _assert_same_turns_as_the_file_replay(turn_events(out), tmp_path)
+    _assert_same_turns_as_the_file_replay(turn_events(out), tmp_path, short_demo, SHORT_TURNS)
 
 
 def test_a_stalled_stream_is_reconnected_and_the_session_goes_on(tmp_path: Path) -> None:

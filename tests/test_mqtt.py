@@ -6,8 +6,9 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jsonschema
@@ -16,7 +17,15 @@ import pytest
 from stream.events import turn_schema
 from stream.sinks.spool import Spool
 from tests.broker import Broker, free_port
-from tests.conftest import PREDICTION, ROOT, TURN, events_of, run_cli, turn_events
+from tests.conftest import (
+    PREDICTION,
+    ROOT,
+    SHORT_TURNS,
+    TURN,
+    events_of,
+    run_cli,
+    turn_events,
+)
 
 
 @pytest.fixture
@@ -26,14 +35,14 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     running.stop()
 
 
-def _replay(url: str, tmp_path: Path, *extra: str, reconnect_s: float = 1.0
+def _replay(media: Path, url: str, tmp_path: Path, *extra: str, reconnect_s: float = 1.0
             ) -> subprocess.Popen[str]:
     config = tmp_path / "mqtt.yaml"
     config.write_text(f"mqtt:\n  spool_dir: {tmp_path / 'spool'}\n"
                       f"  reconnect_min_s: {min(0.5, reconnect_s)}\n"
                       f"  reconnect_max_s: {reconnect_s}\n")
     return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "replay", str(ROOT / "examples" / "demo.mp4"),
+        [sys.executable, "-m", "pipelines.cli", "replay", str(media),
          "--json", "--mqtt", url, "--config", str(config), *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -42,12 +51,13 @@ def _turns(lines: list[str]) -> list[dict]:
     return [json.loads(line.split(" ", 1)[1]) for line in lines if "/turn " in line]
 
 
-def test_every_turn_reaches_a_subscriber_and_status_goes_offline(broker: Broker,
-                                                                 tmp_path: Path) -> None:
-    sub = broker.subscribe("socialstream/demo/turn", "socialstream/demo/status", count=14)
+def test_every_turn_reaches_a_subscriber_and_status_goes_offline(
+        broker: Broker, short_demo: Path, tmp_path: Path) -> None:
+    sub = broker.subscribe("socialstream/demo/turn", "socialstream/demo/status",
+                           count=SHORT_TURNS + 2)
     speaker = broker.subscribe("socialstream/demo/speaker", count=5)
     time.sleep(0.3)
-    replay = _replay(broker.url, tmp_path)
+    replay = _replay(short_demo, broker.url, tmp_path)
     stdout, stderr = replay.communicate(timeout=120)
     assert replay.returncode == 0, stderr
     lines = sub.communicate(timeout=30)[0].splitlines()
@@ -55,7 +65,7 @@ def test_every_turn_reaches_a_subscriber_and_status_goes_offline(broker: Broker,
     schema = turn_schema()
     for event in events:
         jsonschema.validate(event, schema)
-    assert [e["turn"] for e in events] == list(range(12))
+    assert [e["turn"] for e in events] == list(range(SHORT_TURNS))
     assert [e["id"] for e in events] == [e["id"] for e in turn_events(stdout)]
     assert lines[0] == "socialstream/demo/status online"
     assert lines[-1] == "socialstream/demo/status offline"
@@ -65,8 +75,9 @@ def test_every_turn_reaches_a_subscriber_and_status_goes_offline(broker: Broker,
     assert len(frames) == 5 and all(f["schema"] == "socialstream.speaker/1" for f in frames)
 
 
-def test_last_will_marks_a_killed_session_offline(broker: Broker, tmp_path: Path) -> None:
-    replay = _replay(broker.url, tmp_path, "--realtime")
+def test_last_will_marks_a_killed_session_offline(broker: Broker, short_demo: Path,
+                                                  tmp_path: Path) -> None:
+    replay = _replay(short_demo, broker.url, tmp_path, "--realtime")
     deadline = time.monotonic() + 30
     while broker.retained("socialstream/demo/status") != "online":
         assert time.monotonic() < deadline, "never came online"
@@ -77,7 +88,15 @@ def test_last_will_marks_a_killed_session_offline(broker: Broker, tmp_path: Path
         assert time.monotonic() < deadline, "the Last Will was not published"
 
 
-def test_broker_stopped_mid_run_loses_nothing(tmp_path: Path) -> None:
+def _wait_for(ready: Callable[[], object], what: str, timeout: float = 60) -> None:
+    """Until `ready()` holds: an event, polled; `timeout` only bounds a failure."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_broker_stopped_mid_run_loses_nothing(short_demo: Path, tmp_path: Path) -> None:
     import paho.mqtt.client as paho
 
     (tmp_path / "b").mkdir()
@@ -87,56 +106,67 @@ def test_broker_stopped_mid_run_loses_nothing(tmp_path: Path) -> None:
     # the broker keeps its session across the restart.
     observer = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="observer",
                            clean_session=False)
+    subscribed = threading.Event()
     observer.on_connect = lambda c, *_: c.subscribe("socialstream/demo/turn", qos=1)
+    observer.on_subscribe = lambda *_: subscribed.set()
     observer.on_message = lambda c, u, m: received.append(json.loads(m.payload))
     observer.reconnect_delay_set(0.2, 0.5)
     observer.connect("127.0.0.1", broker.port)
     observer.loop_start()
     try:
-        time.sleep(0.5)
+        assert subscribed.wait(30), "the observer never subscribed"
         # The publisher retries every 3 s, the observer every 0.5 s: the observer is back
         # first even if the broker forgot its session.
-        replay = _replay(broker.url, tmp_path, "--realtime", "--speed", "2", reconnect_s=3.0)
-        time.sleep(4.0)
+        replay = _replay(short_demo, broker.url, tmp_path, "--realtime", "--speed", "2",
+                         reconnect_s=3.0)
+        _wait_for(lambda: received, "no turn arrived before the broker was stopped")
         broker.stop()
-        time.sleep(10.0)  # turns keep coming and wait in the spool
+        # A later turn comes while the broker is down and waits in the spool.
+        assert replay.stdout is not None
+        last = received[-1]["turn"]
+        while True:
+            line = replay.stdout.readline()
+            assert line, "the replay ended before a turn came while the broker was down"
+            if any(e["turn"] > last for e in turn_events(line)):
+                break
         broker.start()
         _, stderr = replay.communicate(timeout=120)
         assert replay.returncode == 0, stderr
         assert "unreachable" in stderr and "is back" in stderr
-        deadline = time.monotonic() + 30
-        while len(received) < 12 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        _wait_for(lambda: len({e["turn"] for e in received}) >= SHORT_TURNS,
+                  f"turns missing: {[e['turn'] for e in received]}")
     finally:
         observer.loop_stop()
         broker.stop()
     turns = [e["turn"] for e in received]
-    assert sorted(set(turns)) == list(range(12)), "none missing"
-    assert [t for i, t in enumerate(turns) if t not in turns[:i]] == list(range(12)), "in order"
+    assert sorted(set(turns)) == list(range(SHORT_TURNS)), "none missing"
+    assert [t for i, t in enumerate(turns) if t not in turns[:i]] == list(
+        range(SHORT_TURNS)), "in order"
 
 
-def test_broker_down_at_start_spools_and_delivers_later(tmp_path: Path) -> None:
+def test_broker_down_at_start_spools_and_delivers_later(short_demo: Path, tmp_path: Path
+                                                        ) -> None:
     port = free_port()
-    replay = _replay(f"mqtt://127.0.0.1:{port}", tmp_path)
+    replay = _replay(short_demo, f"mqtt://127.0.0.1:{port}", tmp_path)
     stdout, stderr = replay.communicate(timeout=120)
     assert replay.returncode == 0
-    assert len(turn_events(stdout)) == 12, "the run itself does not wait for the broker"
-    # 12 turns and their 12 predictions; the log wraps long lines
-    assert "24eventskeptin" in "".join(stderr.split())
+    assert len(turn_events(stdout)) == SHORT_TURNS, "the run does not wait for the broker"
+    # the turns and their predictions; the log wraps long lines
+    assert f"{2 * SHORT_TURNS}eventskeptin" in "".join(stderr.split())
     spool = Spool(tmp_path / "spool" / "demo.sqlite")
-    assert len(spool) == 24
+    assert len(spool) == 2 * SHORT_TURNS
     spool.close()
     (tmp_path / "b").mkdir()
     broker = Broker(tmp_path / "b", port).start()
     try:
-        sub = broker.subscribe("socialstream/demo/turn", count=24)
+        sub = broker.subscribe("socialstream/demo/turn", count=2 * SHORT_TURNS)
         time.sleep(0.3)
-        again = _replay(broker.url, tmp_path)  # the next run of the session delivers first
+        again = _replay(short_demo, broker.url, tmp_path)  # the next run delivers first
         again.communicate(timeout=120)
         turns = [e["turn"] for e in _turns(sub.communicate(timeout=30)[0].splitlines())]
     finally:
         broker.stop()
-    assert turns == list(range(12)) * 2
+    assert turns == list(range(SHORT_TURNS)) * 2
 
 
 def test_spool_keeps_order_and_bounds_its_size(tmp_path: Path) -> None:
@@ -160,19 +190,20 @@ def test_bad_mqtt_urls_are_one_line_errors() -> None:
     assert result.returncode == 2 and "secret" not in result.stderr
 
 
-def test_subscribe_prints_events(broker: Broker, tmp_path: Path) -> None:
+def test_subscribe_prints_events(broker: Broker, short_demo: Path, tmp_path: Path) -> None:
     sub = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "subscribe", "--mqtt", broker.url, "--session",
-         "demo", "--count", "25", "--timeout", "60"],
+         "demo", "--count", str(1 + 2 * SHORT_TURNS), "--timeout", "60"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.5)
-    _replay(broker.url, tmp_path).communicate(timeout=120)
+    _replay(short_demo, broker.url, tmp_path).communicate(timeout=120)
     out, err = sub.communicate(timeout=90)
     assert sub.returncode == 0, err
     events = events_of(out)
     assert events[0]["status"] == "online"
-    assert [e["turn"] for e in events[1:] if e["schema"] == TURN] == list(range(12))
-    assert [e["turn"] for e in events[1:] if e["schema"] == PREDICTION] == list(range(12))
+    assert [e["turn"] for e in events[1:] if e["schema"] == TURN] == list(range(SHORT_TURNS))
+    assert [e["turn"] for e in events[1:] if e["schema"] == PREDICTION] == list(
+        range(SHORT_TURNS))
 
 
 def test_load_of_eight_sessions_loses_nothing() -> None:
@@ -301,7 +332,8 @@ async def test_hostile_payloads_never_end_the_inbox(broker: Broker, caplog) -> N
         await asyncio.wait_for(reader, 10)
 
 
-def test_subscribe_serves_the_web_view_from_mqtt(broker: Broker, tmp_path: Path) -> None:
+def test_subscribe_serves_the_web_view_from_mqtt(broker: Broker, short_demo: Path,
+                                                  tmp_path: Path) -> None:
     import asyncio
 
     import aiohttp
@@ -311,7 +343,7 @@ def test_subscribe_serves_the_web_view_from_mqtt(broker: Broker, tmp_path: Path)
     port = free_port()
     sub = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "subscribe", "--mqtt", broker.url, "--session",
-         "demo", "--web", str(port), "--count", "25", "--timeout", "120"],
+         "demo", "--web", str(port), "--count", str(1 + 2 * SHORT_TURNS), "--timeout", "120"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     async def watch() -> list[dict]:
@@ -324,7 +356,7 @@ def test_subscribe_serves_the_web_view_from_mqtt(broker: Broker, tmp_path: Path)
                     await asyncio.sleep(0.1)
             else:
                 raise AssertionError(f"subscribe --web never listened: {sub.stderr.read()}")
-            replay = _replay(broker.url, tmp_path)
+            replay = _replay(short_demo, broker.url, tmp_path)
             events = []
             async with socket:
                 async for message in socket:
@@ -339,8 +371,9 @@ def test_subscribe_serves_the_web_view_from_mqtt(broker: Broker, tmp_path: Path)
     sub.communicate(timeout=60)
     assert sub.returncode == 0
     assert events[0] == {"type": "hello", "session": "demo", "names": {}, "pictures": False}
-    assert [e["turn"] for e in events if e.get("schema") == TURN] == list(range(12))
-    assert [e["turn"] for e in events if e.get("schema") == PREDICTION] == list(range(12))
+    assert [e["turn"] for e in events if e.get("schema") == TURN] == list(range(SHORT_TURNS))
+    assert [e["turn"] for e in events if e.get("schema") == PREDICTION] == list(
+        range(SHORT_TURNS))
     boxes = [e for e in events if e.get("schema", "").startswith("socialstream.speaker")]
     assert boxes and len(boxes[-1]["players"]) == 3
 

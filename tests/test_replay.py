@@ -16,7 +16,7 @@ from stream.events import dumps, turn_event, turn_schema
 from stream.frames import Item, PerceivedFrame, Prediction, Transcribed, Turn, Word
 from stream.runtime import Stage
 from stream.sinks.jsonl import JsonlSink
-from tests.conftest import PREDICTION, ROOT, TURN, events_of
+from tests.conftest import PREDICTION, ROOT, SHORT_TURNS, TURN, events_of
 from tests.media import tone_track, write_media
 
 DUO = ROOT / "examples" / "duo.mp4"
@@ -57,22 +57,25 @@ def test_one_valid_event_per_utterance_close_to_the_truth(demo: Path, truth: dic
         assert all(len(k["players"]) == 3 for k in event["keyframes"])
 
 
-def test_paced_and_fast_replays_give_identical_events(demo: Path, tmp_path: Path) -> None:
-    fast = replay_events(demo, tmp_path, schema=None)
+def test_paced_and_fast_replays_give_identical_events(short_demo: Path, tmp_path: Path
+                                                      ) -> None:
+    fast = replay_events(short_demo, tmp_path, schema=None)
     # Light-ASD may not keep up with 4x on this CPU; pacing alone is what is compared, so
     # it never gives way to mouth motion here (test_light_asd.py tests that it does).
-    paced = replay_events(demo, tmp_path, schema=None, source={"realtime": True, "speed": 4.0},
+    paced = replay_events(short_demo, tmp_path, schema=None,
+                          source={"realtime": True, "speed": 4.0},
                           yaml="perception:\n  speaker:\n    fallback_lag_s: null\n")
-    assert sum(e["schema"] == PREDICTION for e in fast) == 12
+    assert sum(e["schema"] == PREDICTION for e in fast) == SHORT_TURNS
     # A prediction's latency_s is wall clock (its compute): the one field that may differ.
     wall = {"latency_s"}
     assert ([dumps({k: v for k, v in e.items() if k not in wall}) for e in paced]
             == [dumps({k: v for k, v in e.items() if k not in wall}) for e in fast])
 
 
-def test_small_queues_and_decimated_video_still_lose_nothing(demo: Path, tmp_path: Path) -> None:
-    events = replay_events(demo, tmp_path, queues={"size": 1}, source={"video_fps": 15})
-    assert len(events) == 12 and all(e["keyframes"] for e in events)
+def test_small_queues_and_decimated_video_still_lose_nothing(short_demo: Path,
+                                                             tmp_path: Path) -> None:
+    events = replay_events(short_demo, tmp_path, queues={"size": 1}, source={"video_fps": 15})
+    assert len(events) == SHORT_TURNS and all(e["keyframes"] for e in events)
 
 
 def test_audio_only_and_video_only_inputs(tmp_path: Path) -> None:
@@ -89,11 +92,11 @@ def test_audio_only_and_video_only_inputs(tmp_path: Path) -> None:
     assert events[0]["speaker"] is None and events[0]["speaker_confidence"] == 0.0
 
 
-def test_collect_keeps_turn_objects_with_frames(demo: Path) -> None:
+def test_collect_keeps_turn_objects_with_frames(short_demo: Path) -> None:
     collect = Collect()
-    replay = build_replay(str(demo), load_config(), [collect])
+    replay = build_replay(str(short_demo), load_config(), [collect])
     report = asyncio.run(run_replay(replay))
-    assert len(collect.turns) == 12
+    assert len(collect.turns) == SHORT_TURNS
     assert collect.turns[0].keyframes[0].image.shape == (480, 640, 3)
     assert report.real_time_factor is not None and not report.interrupted
     assert report.metrics["vad"]["items_in"] > 0

@@ -313,3 +313,49 @@ def test_stage_latencies_keep_a_bounded_uniform_sample() -> None:
     # probability above 0.998 (normal approximation: sd 0.5 / sqrt(4096) = 0.0078).
     assert abs(metrics.percentile_ms(50) / 1e3 - 0.5) < 0.025
     assert abs(metrics.percentile_ms(95) / 1e3 - 0.95) < 0.025
+
+
+class HoldToEnd(Stage):
+    """Takes every item and emits one at the end, at the time its progress already reached
+    (the turn a media's end closes, at the end of the media)."""
+
+    name = "hold"
+
+    def __init__(self) -> None:
+        self.last = float("-inf")
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        self.last = item.pts
+        return ()
+
+    async def finish(self) -> Sequence[Item]:
+        return [Num(pts=self.last, value=7)]
+
+
+class Answer(Stage):
+    """Answers each item at once, at its time (a prediction of a turn)."""
+
+    name = "answer"
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        assert isinstance(item, Num)
+        return [Num(pts=item.pts, value=1000 + item.value)]
+
+
+async def test_an_unordered_answer_follows_its_item_emitted_at_the_progress_already_made(
+) -> None:
+    """The answer has its item's time, which the merge had already reached through the
+    holding stage's watermark: a tie, which the merged item wins (before: the answer was
+    taken first, a prediction before its turn at the end of a clip)."""
+    pipe = Pipeline()
+    pipe.add(Numbers("src", [0.0, 1.0]))
+    pipe.add(HoldToEnd())
+    pipe.add(Answer())
+    sink = Arrivals()
+    pipe.add(sink)
+    pipe.connect("src", "hold", Num)
+    pipe.connect("hold", "answer", Num)
+    pipe.connect("hold", "arrivals", Num)
+    pipe.connect("answer", "arrivals", Num, ordered=False)
+    await pipe.run()
+    assert [v for v, _ in sink.seen] == [7, 1007]

@@ -14,9 +14,10 @@ stage the same sequence and produce the same outputs.
 
 An input connected with `ordered=False` stays out of that merge: the merge
 never waits for it, and each of its items is taken, in arrival order, as soon
-as the merge has reached the item's time. A sink that takes the engine's
-predictions beside turns and per-frame speakers does so: a slow model delays
-only the predictions, and a prediction still follows its turn.
+as the merge has gone past the item's time (or every merged input has ended).
+A sink that takes the engine's predictions beside turns and per-frame speakers
+does so: a slow model delays only the predictions, and a prediction still
+follows its turn.
 
 Read it in parts: `stage.py` (what a pipeline is built of), `edge.py` (the queues),
 `graph.py` (nodes and edges), `merge.py` (the order a stage sees its inputs in),

@@ -48,11 +48,12 @@ class InputMerge:
                         break
                     if not isinstance(item, Watermark):
                         self._waiting.append(item)
-            # An unordered item waits until the merge has reached its time, so it follows
-            # what it is about (a prediction, its turn) and never moves progress ahead of
-            # merged items still to come; the merge itself never waits for it.
+            # An unordered item waits until the merge has gone past its time, so it follows
+            # what it is about (a prediction, its turn, which has the same time and may be
+            # emitted at the progress its stage had already made) and never moves progress
+            # ahead of merged items still to come; the merge itself never waits for it.
             frontier = self._frontier()
-            if self._waiting and (not self._merging or self._waiting[0].pts <= frontier):
+            if self._waiting and (not self._merging or self._waiting[0].pts < frontier):
                 return Step(self._waiting.popleft(), frontier)
             heads = self._heads
             for i, edge in enumerate(self._merged):

@@ -20,12 +20,13 @@ from stream.engine.predict import NOBODY, Predictor, pronouns, spread
 from stream.events import prediction_event, prediction_schema
 from stream.frames import Prediction, SpeakerVote
 from stream.sinks.mqtt import MqttSink
+from tests.conftest import SHORT_TURNS
 from tests.tiny import scene_turn
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_key_frames_are_spread_over_thescene_turn() -> None:
+def test_key_frames_are_spread_over_the_turn() -> None:
     assert spread(5, 2) == [0, 4] and spread(5, 3) == [0, 2, 4] and spread(2, 3) == [0, 1]
     assert spread(7, 0) == list(range(7)) and spread(0, 2) == [] and spread(4, 1) == [0]
 
@@ -57,18 +58,20 @@ def test_predictor_answers_each_task_with_the_best_scored_candidate(
     assert event["pronouns"][0]["pronoun"] == "he" and event["id"] == "s/0/prediction/1"
 
 
-def test_replay_with_a_real_model_writes_a_valid_prediction_after_eachscene_turn(tmp_path) -> None:
+def test_replay_with_a_real_model_writes_a_valid_prediction_after_each_turn(
+        short_demo: Path, tmp_path: Path) -> None:
     out = tmp_path / "events.jsonl"
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "replay", str(ROOT / "examples" / "demo.mp4"),
+        [sys.executable, "-m", "pipelines.cli", "replay", str(short_demo),
          "--model", "smollm2", "--json", "--out", str(out)],
         capture_output=True, text=True, timeout=600, check=False, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in out.read_text().splitlines()]
     turns = [e for e in events if e["schema"] == "socialstream.turn/6"]
     predictions = [e for e in events if e["schema"] == "socialstream.prediction/3"]
-    assert len(events) == 24 and [e["turn"] for e in turns] == list(range(12))
-    assert [e["turn"] for e in predictions] == list(range(12))
+    assert len(events) == 2 * SHORT_TURNS
+    assert [e["turn"] for e in turns] == list(range(SHORT_TURNS))
+    assert [e["turn"] for e in predictions] == list(range(SHORT_TURNS))
     # Predictions come when the model is done (turns never wait for it), each after its turn.
     assert all(events.index(t) < events.index(p) for t, p in zip(turns, predictions,
                                                                  strict=True))
@@ -78,9 +81,10 @@ def test_replay_with_a_real_model_writes_a_valid_prediction_after_eachscene_turn
         assert prediction["turn"] == turn["turn"] and prediction["speaker"] == turn["speaker"]
         assert prediction["addressee"]["answer"] in {"P1", "P2", "P3"} - {turn["speaker"]}
     truth = json.loads((ROOT / "examples" / "demo.truth.json").read_text())
+    truth["turns"] = truth["turns"][:SHORT_TURNS]  # the short demo's: "He" is the pronoun
     scores = score_predictions(predictions, truth)
-    assert scores["addressee"][1] == 12 and scores["pronoun"][1] == 5
-    assert scores["mentioned"][1] == 12
+    assert scores["addressee"][1] == SHORT_TURNS and scores["pronoun"][1] == 1
+    assert scores["mentioned"][1] == SHORT_TURNS
 
 
 async def test_predictions_are_spooled_for_the_prediction_topic(tmp_path) -> None:

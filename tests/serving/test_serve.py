@@ -25,6 +25,7 @@ from stream.frames import Turn
 from stream.serving.service import HEADER
 from stream.serving.wire import turn_to_json
 from tests.broker import Broker
+from tests.conftest import SHORT_TURNS
 from tests.tiny import LINES, SPEAKERS, saved_model, scene_turn
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,13 +136,13 @@ def _predictions(path: Path) -> list[dict[str, Any]]:
 
 
 def test_replay_with_engine_url_gives_the_predictions_of_the_model_in_process(
-        tmp_path: Path) -> None:
+        short_demo: Path, tmp_path: Path) -> None:
     """The demo replayed against `socialstream serve`, over HTTP (twice: each run is a
     conversation of its own, as in process) and through the MQTT bridge: the same
     prediction events as with the same model loaded in the replay (the model's scores
     ride along in all)."""
     model = saved_model(tmp_path / "model")
-    demo = str(ROOT / "examples" / "demo.mp4")
+    demo = str(short_demo)
 
     def replay(out: str, *flags: str) -> None:
         done = subprocess.run(
@@ -158,14 +159,15 @@ def test_replay_with_engine_url_gives_the_predictions_of_the_model_in_process(
         _ready(port)
         for run in ("first", "second"):
             replay(f"{run}.jsonl", "--engine", f"http://127.0.0.1:{port}/")
-        predictions = broker.subscribe("socialstream/demo/prediction", count=12, timeout=300)
+        predictions = broker.subscribe("socialstream/demo/prediction", count=SHORT_TURNS,
+                                       timeout=300)
         replay("edge.jsonl", "--engine", broker.url)
         bridged, _ = predictions.communicate(timeout=330)
     finally:
         _stop(server)
         broker.stop()
     expected = _predictions(tmp_path / "here.jsonl")
-    assert len(expected) == 12
+    assert len(expected) == SHORT_TURNS
     assert all(e["predictor"] == "fusion+engine" for e in expected)
     assert all(e["addressee"]["scores"] for e in expected), "the engine's scores ride along"
     for run in ("first", "second"):
@@ -177,7 +179,7 @@ def test_replay_with_engine_url_gives_the_predictions_of_the_model_in_process(
     runs = {e["run"] for e in edge if e["schema"].startswith("socialstream.turn/")}
     events = [json.loads(line.split(" ", 1)[1]) for line in bridged.splitlines()]
     (run,) = runs
-    assert [e["id"] for e in events] == [f"demo/{run}/prediction/{k}" for k in range(12)]
+    assert [e["id"] for e in events] == [f"demo/{run}/prediction/{k}" for k in range(SHORT_TURNS)]
     assert [_drop_run(e) for e in events] == expected
 
 
