@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -60,12 +61,22 @@ class Broker(PrivateBroker):
     def subscribe(self, *topics: str, count: int, timeout: float = 90,
                   extra: tuple[str, ...] = ()) -> subprocess.Popen[str]:
         """mosquitto_sub printing `topic payload` lines; it exits after `count` messages
-        (it loses buffered lines when killed, so tests let it finish)."""
-        args = ["mosquitto_sub", "-p", str(self.port), "-v", "-C", str(count),
-                "-W", str(int(timeout)), *extra]
+        (it loses buffered lines when killed, so tests let it finish). Returns once it is
+        subscribed: its first subscription is a probe topic holding one retained message,
+        which the broker sends as it subscribes; that line is read here, so `communicate()`
+        gives the `count` messages."""
+        probe = f"socialstream-test/probe/{uuid.uuid4().hex}"
+        subprocess.run(["mosquitto_pub", "-p", str(self.port), "-t", probe, "-m", "here",
+                        "-r", "-q", "1"], check=True, capture_output=True, timeout=30)
+        args = ["mosquitto_sub", "-p", str(self.port), "-v", "-C", str(count + 1),
+                "-W", str(int(timeout)), "-t", probe, *extra]
         for topic in topics:
             args += ["-t", topic]
-        return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        sub = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        assert sub.stdout is not None
+        first = sub.stdout.readline()
+        assert first == f"{probe} here\n", f"mosquitto_sub never subscribed: {first!r}"
+        return sub
 
     def retained(self, topic: str) -> str:
         result = subprocess.run(["mosquitto_sub", "-p", str(self.port), "-t", topic, "-C", "1",

@@ -11,8 +11,6 @@ import pytest
 
 from stream.frames import Turn
 
-pytest_plugins = ["tests.tiny"]  # the tiny models' fixtures, for engine and serving tests
-
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "demo.mp4"
 
@@ -22,8 +20,9 @@ def demo() -> Path:
     return DEMO
 
 
-SHORT_S = 9.0
-"""The short demo's length: the demo's first three turns, whole (the third ends at 8.63 s)."""
+SHORT_S = 9.2
+"""The short demo's length: the demo's first three turns, each closed by the silence after it
+(the third's speech ends at 8.63 s, its hang-over at 9.06 s; the fourth starts at 9.28 s)."""
 SHORT_TURNS = 3
 
 
@@ -32,7 +31,9 @@ def short_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo's first 9 s, named demo.mp4 with its transcript beside it, for the tests of
     the command line whose subject is not the conversation (errors, outputs, signals,
     serving): the same path through every stage at a third of the replay's cost. The whole
-    conversation is replayed and checked against its truth in test_replay and test_demo."""
+    conversation is replayed and checked against its truth in test_replay and test_demo.
+    Every turn ends in silence, as in the whole demo, so a live feed of it gives the same
+    turns as the file (a turn the end of a feed cuts ends where the feed's audio does)."""
     folder = tmp_path_factory.mktemp("short")
     media = folder / "demo.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-i", str(DEMO), "-t", str(SHORT_S), "-c", "copy",

@@ -22,10 +22,18 @@ from stream.view.web import WebView
 from tests.conftest import ROOT, SHORT_TURNS, run_cli
 
 
-def _pictures(path: Path) -> list[tuple[float, np.ndarray]]:
+def _pictures(path: Path, torn_tail: bool = False) -> list[tuple[float, np.ndarray]]:
+    """Every picture of the video; with `torn_tail`, those before a last packet that a kill
+    cut short (a player stops there too)."""
+    pictures = []
     with av.open(str(path)) as container:
-        return [(float(f.time), f.to_ndarray(format="rgb24"))
-                for f in container.decode(video=0)]
+        try:
+            for frame in container.decode(video=0):
+                pictures.append((float(frame.time), frame.to_ndarray(format="rgb24")))
+        except av.error.InvalidDataError:
+            if not torn_tail:
+                raise
+    return pictures
 
 
 def _highlight(image: np.ndarray) -> np.ndarray:
@@ -84,7 +92,7 @@ def test_an_interrupted_annotation_is_still_playable(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGKILL)  # no chance to finish the file
         process.wait(30)
-    pictures = _pictures(out)
+    pictures = _pictures(out, torn_tail=True)
     assert len(pictures) >= 25, "the fragments written before the kill play"
     assert pictures[0][0] == 0.0
 

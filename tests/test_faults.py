@@ -354,10 +354,12 @@ def test_emitted_at_never_lies_after_the_media_end(tmp_path: Path) -> None:
 
 def test_a_second_ctrl_c_aborts_at_once_with_whole_lines(tmp_path: Path) -> None:
     out = tmp_path / "events.jsonl"
-    proc = start_cli("replay", str(DEMO), "--json", "--speed", "2", "--out", str(out))
-    time.sleep(5.0)
+    proc = start_cli("replay", str(DEMO), "--json", "--speed", "2", "--out", str(out),
+                     text=False, bufsize=0)
+    assert proc.stdout is not None
+    proc.stdout.readline()  # the first turn is out: the run is under way (not a fixed wait)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    time.sleep(0.05)  # a second Ctrl-C as a hand gives it, while the first one drains
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=20)
     # 130 when the second one lands inside the run; ended by SIGINT itself when the drain

@@ -32,7 +32,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.bench.docs import command_of, write_figures
+from pipelines.bench.docs import check_doc, command_of, write_figures
 from pipelines.bench.mqtt import bench_mqtt
 from pipelines.bench.sessions import bench_sessions
 from pipelines.bench.soak import bench_soak
@@ -123,6 +123,9 @@ def run(args: argparse.Namespace, stderr: Console) -> int:
     if args.repeat < 1:
         raise UserError("--repeat must be >= 1")
     args.media = args.media or str(QUARTET if args.name == "perception" else DEMO)
+    command = command_of(getattr(args, "argv", sys.argv[1:]))
+    if args.docs is not None:
+        check_doc(args.docs, command)
     figures = BENCHES[args.name](args, stderr)
     table = Table(title=f"bench {args.name}")
     table.add_column("figure")
@@ -130,12 +133,11 @@ def run(args: argparse.Namespace, stderr: Console) -> int:
     for key, value in _flat(figures).items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     (stderr if args.json else Console()).print(table)
-    if args.docs is not None:
-        write_figures(args.docs, command_of(getattr(args, "argv", sys.argv[1:])),
-                      _flat(figures))
-        stderr.print(f"figures written to {args.docs}")
     if args.json:
-        print(json.dumps(figures))
+        print(json.dumps(figures), flush=True)
+    if args.docs is not None:
+        write_figures(args.docs, command, _flat(figures))
+        stderr.print(f"figures written to {args.docs}")
     return 0
 
 

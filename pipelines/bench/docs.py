@@ -22,8 +22,13 @@ from stream.errors import UserError
 END = "<!-- /figures -->"
 
 
+QUIET = re.compile(r"^(--json|--docs=.*|-v+|--verbose)$")
+"""Options that change what is printed or where figures go, not what is measured."""
+
+
 def command_of(argv: list[str]) -> str:
-    """`socialstream ARGS` as typed, less the options that only say where figures go."""
+    """`socialstream ARGS` as typed, less the options that do not change the figures: the
+    key of a doc's block, so type a command the same way each time."""
     kept: list[str] = []
     skip = False
     for arg in argv:
@@ -31,7 +36,7 @@ def command_of(argv: list[str]) -> str:
             skip = False
         elif arg == "--docs":
             skip = True
-        elif not (arg.startswith("--docs=") or arg == "--json"):
+        elif not QUIET.match(arg):
             kept.append(arg)
     return "socialstream " + shlex.join(kept)
 
@@ -56,15 +61,16 @@ def machine() -> str:
     except (ValueError, OSError):
         pass
     bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
-    return (f"{model}, {len(os.sched_getaffinity(0))} cores{memory}, "
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"{model}, {cores} cores{memory}, "
             f"{'with' if bf16 else 'without'} native bfloat16")
 
 
 def _commit() -> str:
     try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+        done = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
                               text=True, timeout=10)
-    except OSError:
+    except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return done.stdout.strip() or "unknown"
 
@@ -82,19 +88,29 @@ def block(command: str, rows: dict[str, Any], when: datetime | None = None) -> s
     return "\n".join(lines)
 
 
-def write_figures(path: Path, command: str, rows: dict[str, Any]) -> None:
-    """Replace the block of `command` in the doc at `path` (append one if it has none)."""
+def check_doc(path: Path, command: str) -> str:
+    """The doc's text, checked before a benchmark runs (an hour's soak must not end in a
+    doc it cannot write): readable, its folder there, the command's block closed."""
     try:
         text = path.read_text(encoding="utf-8") if path.exists() else ""
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"--docs {path}: cannot read it ({exc}); give a Markdown file") from exc
+    if not path.parent.is_dir():
+        raise UserError(f"--docs {path}: there is no folder {path.parent}")
+    start = f"<!-- figures: {command} -->"
+    if start in text and END not in text.split(start, 1)[1]:
+        raise UserError(f"--docs {path}: the block for `{command}` has no {END}; "
+                        f"close it and run again")
+    return text
+
+
+def write_figures(path: Path, command: str, rows: dict[str, Any]) -> None:
+    """Replace the block of `command` in the doc at `path` (append one if it has none)."""
+    text = check_doc(path, command)
     start = f"<!-- figures: {command} -->"
     new = block(command, rows)
     if start in text:
         head, rest = text.split(start, 1)
-        if END not in rest:
-            raise UserError(f"--docs {path}: the block for `{command}` has no {END}; "
-                            f"close it and run again")
         text = head + new + rest.split(END, 1)[1]
     else:
         text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + new + "\n"

@@ -1,6 +1,10 @@
 """The order in which a stage sees the items of its inputs (the module doc of
 `stream.runtime` says why): ordered inputs merged by (pts, input rank, seq), unordered
-ones taken in arrival order once the merge has reached their time."""
+ones taken in arrival order once the merge has gone past their time (or every merged
+input has ended). Past, not at: an answer has its item's time, and the item may be
+emitted at the progress its stage had already made, so a tie goes to the merged item.
+The cost is one watermark step (0.05 s of media) of delay, and an answer whose merged
+inputs stall right after its item waits until they move on or end."""
 
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ class InputMerge:
         self._heads: list[Item | None] = [None] * len(self._merged)
         self._merging = bool(self._merged)
         self._waiting: deque[Item] = deque()
-        """Items of unordered inputs, in arrival order, until the merge reaches their time."""
+        """Items of unordered inputs, in arrival order, until the merge passes their time."""
 
     async def next(self) -> Step | None:
         """The next item to handle; None once every input has ended."""
