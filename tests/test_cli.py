@@ -154,12 +154,13 @@ def test_sigint_drains_and_flushes_what_was_produced(demo: Path, tmp_path: Path)
     assert "interrupted" in stderr and "stage metrics" in stderr
 
 
-def test_bench_replay_reports_ratios_as_json(short_demo: Path) -> None:
-    result = run_cli("bench", "replay", "--media", str(short_demo), "--repeat", "1", "--json",
-                     timeout=300)
+def test_bench_replay_reports_ratios_as_json(demo: Path) -> None:
+    # The whole demo: on the short one decoding takes a third of a second, and the
+    # figures' rounding (4 places) moves the ratio by more than its own 3 places.
+    result = run_cli("bench", "replay", "--repeat", "1", "--json", timeout=300)
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout.strip().splitlines()[-1])
-    assert figures["turns"] == SHORT_TURNS
+    assert figures["turns"] == 12
     assert figures["replay_rtf"] > 0 and figures["decode_rtf"] > 0
     assert abs(figures["replay_over_decode"] - figures["replay_s"] / figures["decode_s"]) < 0.01
     assert "asr" not in figures  # the recogniser is timed only when asked (--asr)

@@ -95,17 +95,19 @@ def test_udp_live_stream_gives_the_file_replays_turns(short_demo: Path, tmp_path
     _assert_same_turns_as_the_file_replay(turn_events(out), tmp_path, short_demo, SHORT_TURNS)
 
 
-def test_rtsp_listener_gives_the_file_replays_turns(short_demo: Path, tmp_path: Path) -> None:
+def test_rtsp_listener_gives_the_file_replays_turns(tmp_path: Path) -> None:
+    # The whole demo: the RTSP sender's teardown loses the last few tenths of a second,
+    # which on the short demo is the end of its last turn.
     port = free_port()
     url = f"rtsp://127.0.0.1:{port}/live"
     live = _live(port, tmp_path, 12, 3.0, url, "--listen")
     wait_listening(port, live, "tcp")
     subprocess.run([_ffmpeg(), "-hide_banner", "-loglevel", "error", "-readrate", "2", "-i",
-                    str(short_demo), "-c", "copy", "-f", "rtsp", "-rtsp_transport", "tcp", url],
+                    str(DEMO), "-c", "copy", "-f", "rtsp", "-rtsp_transport", "tcp", url],
                    check=True, timeout=120)
     out, err = live.communicate(timeout=90)
     assert live.returncode == 0, err
-    _assert_same_turns_as_the_file_replay(turn_events(out), tmp_path, short_demo, SHORT_TURNS)
+    _assert_same_turns_as_the_file_replay(turn_events(out), tmp_path)
 
 
 def test_a_stalled_stream_is_reconnected_and_the_session_goes_on(tmp_path: Path) -> None:

@@ -42,8 +42,8 @@ def test_a_short_soak_survives_a_sender_and_a_broker_restart(tmp_path: Path) -> 
     config.write_text(MOUTH)
     out = tmp_path / "soak"
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "bench", "soak", "--minutes", "0.7",
-         "--sender-every", "0.25", "--broker-every", "0.4", "--sample-every", "2",
+        [sys.executable, "-m", "pipelines.cli", "bench", "soak", "--minutes", "1.2",
+         "--sender-every", "0.5", "--broker-every", "0.7", "--sample-every", "3",
          "--config", str(config), "--no-asr", "--out-dir", str(out), "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -54,7 +54,7 @@ def test_a_short_soak_survives_a_sender_and_a_broker_restart(tmp_path: Path) -> 
     assert figures["exit_code"] == 130, "ended by the benchmark's Ctrl-C, nothing else"
     # Each restart may cut a turn in two, or cut one off before its end went out.
     assert abs(figures["turns_received"] - figures["turns_sent"]) <= 2 + 1
-    assert figures["turns_received"] >= 10, "three 15 s stretches of the demo, 4-5 turns each"
+    assert figures["turns_received"] >= 12, "two loops' worth of the demo"
     assert figures["lost_on_broker"] == 0
     assert figures["turns_on_broker"] == figures["turns_received"]
     assert figures["predictions_on_broker"] == figures["predictions"] == figures[
