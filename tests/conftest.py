@@ -48,6 +48,11 @@ def truth() -> dict:
     return json.loads((ROOT / "examples" / "demo.truth.json").read_text())
 
 
+MOUTH = "perception:\n  speaker:\n    model: mouth\n"
+"""A config for tests of the harness around perception (transports, delivery, a soak):
+mouth motion keeps up at any pace on a busy 2-core machine, Light-ASD may not, and a
+pipeline behind a live feed drops video by design, which changes the speakers."""
+
 TURN = "socialstream.turn/6"
 PREDICTION = "socialstream.prediction/3"
 

@@ -24,7 +24,7 @@ from stream.frames import (
     Word,
 )
 from tests.broker import free_port
-from tests.conftest import ROOT, SHORT_TURNS, run_cli, turn_events
+from tests.conftest import MOUTH, ROOT, SHORT_TURNS, run_cli, turn_events
 from tests.ports import wait_listening
 
 DEMO = ROOT / "examples" / "demo.mp4"
@@ -58,12 +58,11 @@ def _live(port: int, tmp_path: Path, give_up: float, stall: float = 3.0,
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-MOUTH = "perception:\n  speaker:\n    model: mouth\n"
-"""These tests check the transport (a live feed gives the file's turns), not the speaker
-model: Light-ASD's real-time factor here (about 0.75 for the demo's 3 faces on 2 cores)
-leaves no headroom beside ffmpeg pushing the stream, and a pipeline behind a live feed
-drops video by design, which changes the speakers. Its cost is in `bench perception`.
-For the same reason the recognizer is off (`--no-asr`): the turns, not their words."""
+# MOUTH: these tests check the transport (a live feed gives the file's turns), not the
+# speaker model: Light-ASD's real-time factor here (about 0.75 for the demo's 3 faces on 2
+# cores) leaves no headroom beside ffmpeg pushing the stream, and a pipeline behind a live feed
+# drops video by design, which changes the speakers. Its cost is in `bench perception`.
+# For the same reason the recognizer is off (`--no-asr`): the turns, not their words.
 
 
 def _assert_same_turns_as_the_file_replay(events: list[dict], tmp_path: Path,

@@ -20,6 +20,7 @@ from stream.events import turn_schema
 from stream.sinks.spool import Spool
 from tests.broker import Broker, free_port
 from tests.conftest import (
+    MOUTH,
     PREDICTION,
     ROOT,
     SHORT_TURNS,
@@ -76,19 +77,6 @@ def test_every_turn_reaches_a_subscriber_and_status_goes_offline(
     assert len(frames) == 5 and all(f["schema"] == "socialstream.speaker/1" for f in frames)
 
 
-def test_last_will_marks_a_killed_session_offline(broker: Broker, short_demo: Path,
-                                                  tmp_path: Path) -> None:
-    replay = _replay(short_demo, broker.url, tmp_path, "--realtime")
-    deadline = time.monotonic() + 30
-    while broker.retained("socialstream/demo/status") != "online":
-        assert time.monotonic() < deadline, "never came online"
-    replay.send_signal(signal.SIGKILL)
-    replay.wait(timeout=10)
-    deadline = time.monotonic() + 20  # keepalive 5 s: the broker gives up after 7.5 s
-    while broker.retained("socialstream/demo/status") != "offline":
-        assert time.monotonic() < deadline, "the Last Will was not published"
-
-
 def _wait_for(ready: Callable[[], object], what: str, timeout: float = 60) -> None:
     """Until `ready()` holds: an event, polled; `timeout` only bounds a failure."""
     deadline = time.monotonic() + timeout
@@ -97,9 +85,15 @@ def _wait_for(ready: Callable[[], object], what: str, timeout: float = 60) -> No
         time.sleep(0.05)
 
 
-MOUTH = "perception:\n  speaker:\n    model: mouth\n"
-"""The speaker cue that keeps up at any pace on a busy machine: these tests are about
-delivery, not about who speaks."""
+def test_last_will_marks_a_killed_session_offline(broker: Broker, short_demo: Path,
+                                                  tmp_path: Path) -> None:
+    replay = _replay(short_demo, broker.url, tmp_path, "--realtime")
+    _wait_for(lambda: broker.retained("socialstream/demo/status") == "online",
+              "never came online", timeout=30)
+    replay.send_signal(signal.SIGKILL)
+    replay.wait(timeout=10)
+    _wait_for(lambda: broker.retained("socialstream/demo/status") == "offline",
+              "the Last Will was not published", timeout=20)  # the broker gives up after 7.5 s
 
 
 def _spooled_turns(spool: Path) -> int:

@@ -11,11 +11,10 @@ from pathlib import Path
 
 from pipelines.bench.soak import Sample, rss_svg, turns_sent
 from tests.broker import require_mosquitto
-from tests.conftest import ROOT
+from tests.conftest import MOUTH, ROOT
 
-MOUTH = "perception:\n  speaker:\n    model: mouth\n"
-"""The harness, not the speaker model: mouth motion leaves the 2 cores room for the
-sender, the broker and a test beside it."""
+# MOUTH: the harness, not the speaker model: mouth motion leaves the 2 cores room for the
+# sender, the broker and a test beside it.
 
 
 def test_turns_sent_counts_each_loop_once_its_end_has_gone_out() -> None:

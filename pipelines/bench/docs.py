@@ -22,6 +22,11 @@ from stream.errors import UserError
 END = "<!-- /figures -->"
 
 
+def start_of(command: str) -> str:
+    """The marker that opens `command`'s block."""
+    return f"<!-- figures: {command} -->"
+
+
 QUIET = re.compile(r"^(--json|--docs=.*|-v+|--verbose)$")
 """Options that change what is printed or where figures go, not what is measured."""
 
@@ -77,7 +82,7 @@ def _commit() -> str:
 
 def block(command: str, rows: dict[str, Any], when: datetime | None = None) -> str:
     when = when or datetime.now(UTC)
-    lines = [f"<!-- figures: {command} -->",
+    lines = [start_of(command),
              f"`{command}` on {machine()}, commit {_commit()}, "
              f"{when:%Y-%m-%d %H:%M} UTC:", "",
              "| figure | value |", "| --- | ---: |"]
@@ -97,7 +102,7 @@ def check_doc(path: Path, command: str) -> str:
         raise UserError(f"--docs {path}: cannot read it ({exc}); give a Markdown file") from exc
     if not path.parent.is_dir():
         raise UserError(f"--docs {path}: there is no folder {path.parent}")
-    start = f"<!-- figures: {command} -->"
+    start = start_of(command)
     if start in text and END not in text.split(start, 1)[1]:
         raise UserError(f"--docs {path}: the block for `{command}` has no {END}; "
                         f"close it and run again")
@@ -107,7 +112,7 @@ def check_doc(path: Path, command: str) -> str:
 def write_figures(path: Path, command: str, rows: dict[str, Any]) -> None:
     """Replace the block of `command` in the doc at `path` (append one if it has none)."""
     text = check_doc(path, command)
-    start = f"<!-- figures: {command} -->"
+    start = start_of(command)
     new = block(command, rows)
     if start in text:
         head, rest = text.split(start, 1)

@@ -29,7 +29,7 @@ class Pipeline:
     def __init__(self) -> None:
         self._graph = Graph()
         self._observers: list[Observer] = []
-        self._nodes = NodeRunner(self._observers, lambda: self.stop_requested)
+        self._runner = NodeRunner(self._observers, lambda: self.stop_requested)
         self._stop_requested = asyncio.Event()
         self._shutting_down = False
         self.stopped_by: int | None = None
@@ -117,7 +117,7 @@ class Pipeline:
         try:
             for node in reversed(stages):  # sinks were added last: they start first
                 node.current_pts = None
-                await self._nodes.guard(node, node.runnable.start())
+                await self._runner.guard(node, node.runnable.start())
                 started.append(node)
             await self._run_tasks()
         except BaseException:
@@ -148,7 +148,7 @@ class Pipeline:
 
     async def _run_tasks(self) -> None:
         tasks = {
-            asyncio.create_task(self._nodes.run(node), name=node.name): node
+            asyncio.create_task(self._runner.run(node), name=node.name): node
             for node in self._graph.nodes.values()
         }
         try:
